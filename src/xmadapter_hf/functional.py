@@ -1,0 +1,81 @@
+"""Pure tensor functions for the formulas of METHOD.md.
+
+Every method module is a thin layer over these functions, so the tests can compare each of them with the
+formula on random tensors. All affinity maths runs in float32, whatever dtype the inputs come in.
+
+Notation (METHOD.md): ``f`` query embeddings (B, C), ``W`` class text embeddings (N, C), ``F`` cache keys (NK, C),
+cache labels (NK,) as integers, ``s`` the logit scale.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "affinity",
+    "cache_logits",
+    "fuse_affinities",
+    "l2_normalize",
+    "template_ensemble",
+    "zero_shot_logits",
+]
+
+
+def l2_normalize(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Divides ``x`` by its L2 norm along ``dim`` (float32 for half inputs)."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
+    return F.normalize(x, dim=dim)
+
+
+def template_ensemble(text_embeds: torch.Tensor) -> torch.Tensor:
+    """Class weights from per-template text embeddings: normalise, average over templates, renormalise.
+
+    Args:
+        text_embeds (`torch.Tensor` of shape `(N, T, C)`): raw text embeddings, T templates per class.
+
+    Returns:
+        `torch.Tensor` of shape `(N, C)`: the L2-normalised class weights ``W``.
+    """
+    return l2_normalize(l2_normalize(text_embeds).mean(dim=1))  # (N, T, C) -> (N, C)
+
+
+def zero_shot_logits(image_embeds: torch.Tensor, class_weights: torch.Tensor, logit_scale: float) -> torch.Tensor:
+    """``s * f W^T`` with ``f`` and ``W`` already normalised. (B, C) @ (C, N) -> (B, N)."""
+    return logit_scale * image_embeds.float() @ class_weights.float().t()
+
+
+def affinity(queries: torch.Tensor, keys: torch.Tensor, sharpness: float | torch.Tensor) -> torch.Tensor:
+    """Tip-Adapter's affinity ``exp(-beta * (1 - q K^T))``.
+
+    Args:
+        queries (`torch.Tensor` of shape `(B, C)`): normalised query embeddings.
+        keys (`torch.Tensor` of shape `(NK, C)`): cache keys (normalised at construction; learned keys may drift).
+        sharpness (`float`): ``beta``, in (0, 100].
+
+    Returns:
+        `torch.Tensor` of shape `(B, NK)` in float32.
+    """
+    cos = queries.float() @ keys.float().t()  # (B, C) @ (C, NK) -> (B, NK)
+    return torch.exp(-sharpness * (1.0 - cos))
+
+
+def cache_logits(affinities: torch.Tensor, cache_labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``A L`` with ``L`` the one-hot matrix of ``cache_labels``, as an index-add (never a dense NK x N matrix).
+
+    Args:
+        affinities (`torch.Tensor` of shape `(B, NK)`).
+        cache_labels (`torch.LongTensor` of shape `(NK,)`): the class of each cache entry.
+        num_classes (`int`): N.
+
+    Returns:
+        `torch.Tensor` of shape `(B, N)`: for each class, the sum of the affinities of its cache entries.
+    """
+    out = affinities.new_zeros(affinities.shape[0], num_classes)
+    return out.index_add(1, cache_labels, affinities)  # (B, NK) -> (B, N)
+
+
+def fuse_affinities(image_affinity: torch.Tensor, text_affinity: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+    """XMAdapter's fused affinity ``gamma * A_img + (1 - gamma) * A_txt``; ``ratio`` broadcasts (scalar or (B, 1))."""
+    return ratio * image_affinity + (1.0 - ratio) * text_affinity
