@@ -1,3 +1,22 @@
-"""xmadapter-hf: cache-based few-shot adapters for frozen Hugging Face CLIP models."""
+"""xmadapter-hf: cache-based few-shot adapters (XMAdapter, Tip-Adapter, ...) for frozen Hugging Face CLIP models."""
 
 __version__ = "0.1.0"
+
+from transformers import AutoConfig, AutoModelForImageClassification  # noqa: E402
+
+from .configuration import METHODS, XMAdapterConfig  # noqa: E402
+from .methods import register_method, registered_methods  # noqa: E402
+from .modeling import XMAdapterForImageClassification, XMAdapterImageClassifierOutput  # noqa: E402
+
+AutoConfig.register(XMAdapterConfig.model_type, XMAdapterConfig, exist_ok=True)
+AutoModelForImageClassification.register(XMAdapterConfig, XMAdapterForImageClassification, exist_ok=True)
+
+__all__ = [
+    "METHODS",
+    "XMAdapterConfig",
+    "XMAdapterForImageClassification",
+    "XMAdapterImageClassifierOutput",
+    "__version__",
+    "register_method",
+    "registered_methods",
+]

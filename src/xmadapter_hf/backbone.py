@@ -1,0 +1,102 @@
+"""The one boundary between the adapters and the dual-encoder backbone.
+
+Everything that knows how a backbone returns its embeddings lives here: transformers 5 returns a
+`BaseModelOutputWithPooling` from `get_image_features` / `get_text_features` (4.x returned a tensor).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+
+import torch
+
+__all__ = [
+    "PROBE_TEXT",
+    "architecture_hash",
+    "check_backbone",
+    "encode_images",
+    "encode_texts",
+    "freeze",
+    "projection_dim",
+]
+
+#: A fixed string whose text embedding is stored at build time and compared on load (backbone integrity).
+PROBE_TEXT = "a photo of a xmadapter probe."
+
+# Architecture fields of the text/vision sub-configs that identify a backbone; dtype, paths and versions change on
+# ordinary loads and are left out on purpose.
+_ARCH_FIELDS = (
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "image_size",
+    "patch_size",
+    "num_channels",
+    "vocab_size",
+    "max_position_embeddings",
+    "projection_dim",
+    "hidden_act",
+)
+
+
+def check_backbone(model) -> None:
+    """Raises `TypeError` unless ``model`` is a dual encoder with `get_image_features` and `get_text_features`."""
+    missing = [name for name in ("get_image_features", "get_text_features") if not hasattr(model, name)]
+    if missing or not isinstance(model, torch.nn.Module) or not hasattr(model, "logit_scale"):
+        raise TypeError(
+            "The backbone must be a dual image-text encoder such as transformers' `CLIPModel` (with "
+            f"`get_image_features`, `get_text_features` and `logit_scale`); got {type(model).__name__}"
+            + (f" without {', '.join(missing)}." if missing else ".")
+        )
+
+
+def projection_dim(model) -> int:
+    """`C`, the dimension of the backbone's joint embedding space."""
+    dim = getattr(model.config, "projection_dim", None)
+    if dim is None:
+        raise TypeError(f"Cannot read `projection_dim` from the backbone config {type(model.config).__name__}.")
+    return int(dim)
+
+
+def _pooled(output) -> torch.Tensor:
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+@torch.no_grad()
+def encode_images(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Raw (unnormalised) image embeddings, (B, 3, H, W) -> (B, C)."""
+    param = next(model.parameters())
+    return _pooled(model.get_image_features(pixel_values=pixel_values.to(device=param.device, dtype=param.dtype)))
+
+
+@torch.no_grad()
+def encode_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    """Raw text embeddings of ``texts``, batched, (T,) -> (T, C) in float32."""
+    device = next(model.parameters()).device
+    chunks = []
+    for start in range(0, len(texts), batch_size):
+        tokens = tokenizer(list(texts[start : start + batch_size]), padding=True, truncation=True, return_tensors="pt")
+        tokens = {k: v.to(device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
+        chunks.append(_pooled(model.get_text_features(**tokens)).float())
+    return torch.cat(chunks)
+
+
+def freeze(model) -> None:
+    """Freezes every backbone parameter and puts it in eval mode (dropout off)."""
+    model.requires_grad_(False)
+    model.eval()
+
+
+def architecture_hash(model) -> str:
+    """A sha256 over the backbone's architecture fields only (sizes, layers, heads, image/patch size, vocab)."""
+    config = model.config
+    described = {"model_type": getattr(config, "model_type", type(config).__name__)}
+    for sub in ("text_config", "vision_config"):
+        sub_config = getattr(config, sub, None)
+        if sub_config is not None:
+            described[sub] = {k: getattr(sub_config, k, None) for k in _ARCH_FIELDS if hasattr(sub_config, k)}
+    described["projection_dim"] = getattr(config, "projection_dim", None)
+    return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()

@@ -1,0 +1,147 @@
+"""XMAdapter (METHOD.md §2): an image cache and a text cache, fused with an adaptive affinity ratio."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import functional as Fn
+from .base import CacheState, MethodOutput, adapter_linear, chunked_cache_logits, register_method
+from .tip_adapter import TipAdapterF
+
+__all__ = ["XMAdapter"]
+
+
+@register_method("xmadapter")
+class XMAdapter(TipAdapterF):
+    r"""XMAdapter: Tip-Adapter-F's learnable image cache plus a text cache in a shared low-dimensional space.
+
+    ```
+    t_i    = normalise(W[y_i] + MetaNet(E_i))        # E_i: the frozen initial cache embedding
+    T      = normalise(P_t t_i)                       # (NK, D) text keys
+    g      = normalise(Img2TxtNet(f))                 # (B, D) query in the text space
+    gamma  = sigmoid(gamma_logit [+ gate(f)])
+    logits = s f W^T + alpha * (gamma * A_img L + (1 - gamma) * A_txt L)
+    ```
+    With `use_text_cache=False` none of the text-side modules exist and this is exactly Tip-Adapter-F. Since
+    ``L`` is linear, the fused cache logits are computed as the fusion of the per-modality cache logits, which the
+    output reports separately. The text keys depend only on weights and buffers: without autograd they are
+    computed once and reused until a tensor they depend on changes (tracked by tensor version counters).
+    """
+
+    def __init__(self, config, embed_dim: int):
+        super().__init__(config, embed_dim)
+        self._text_keys_memo: tuple | None = None
+        self.text_key_computations = 0  # how often the text keys were built (tests check the memo)
+        if not config.use_text_cache:
+            return
+        text_dim = config.text_dim or max(1, embed_dim // 4)
+        hidden = max(1, embed_dim // config.meta_reduction)
+        # Last MetaNet layer starts at zero so that training starts from the plain class text embedding.
+        self.meta_net = nn.Sequential(
+            adapter_linear(embed_dim, hidden), nn.ReLU(), adapter_linear(hidden, embed_dim, zero_init=True)
+        )
+        self.text_projection = adapter_linear(embed_dim, text_dim, bias=False)  # P_t
+        self.img2txt = nn.Sequential(
+            adapter_linear(embed_dim, text_dim), nn.ReLU(), adapter_linear(text_dim, text_dim)
+        )
+        self.affinity_ratio_logit = nn.Parameter(torch.tensor(0.0))
+        self.affinity_gate = adapter_linear(embed_dim, 1, zero_init=True) if config.dynamic_affinity_ratio else None
+        self.reset_own_parameters()
+
+    def reset_own_parameters(self) -> None:
+        """Initialises the parameters that are not in a linear layer: ``gamma_logit = logit(gamma_0)``."""
+        if self.config.use_text_cache:
+            gamma0 = self.config.affinity_ratio_init
+            with torch.no_grad():
+                self.affinity_ratio_logit.fill_(math.log(gamma0 / (1.0 - gamma0)))
+
+    def parameter_groups(self, learning_rate: float) -> list[dict]:
+        ratio = [p for n, p in self.named_parameters() if n == "affinity_ratio_logit" and p.requires_grad]
+        rest = [p for n, p in self.named_parameters() if n != "affinity_ratio_logit" and p.requires_grad]
+        groups = [{"params": rest, "lr": learning_rate}]
+        if ratio:
+            groups.append({"params": ratio, "lr": learning_rate * self.config.affinity_ratio_lr_multiplier})
+        return groups
+
+    # ------------------------------------------------------------------------------------------------ text side
+    def compute_text_keys(self, state: CacheState) -> torch.Tensor:
+        """``T = normalise(P_t normalise(W[y] + MetaNet(E)))``, (NK, D), always recomputed."""
+        self.text_key_computations += 1
+        cache = state.cache_embeds.float()  # (NK, C)
+        class_text = state.class_embeds.float()[state.cache_labels]  # (NK, C)
+        conditioned = Fn.l2_normalize(class_text + self.meta_net(cache))
+        return Fn.l2_normalize(self.text_projection(conditioned))  # (NK, C) -> (NK, D)
+
+    def text_keys(self, state: CacheState) -> torch.Tensor:
+        """The text keys; memoised while autograd is off and no tensor they depend on has changed."""
+        if torch.is_grad_enabled():
+            return self.compute_text_keys(state)
+        tensors = [*self.meta_net.parameters(), *self.text_projection.parameters()]
+        tensors += [state.cache_embeds, state.class_embeds, state.cache_labels]
+        stamp = tuple((t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape)) for t in tensors)
+        if self._text_keys_memo is None or self._text_keys_memo[0] != stamp:
+            self._text_keys_memo = (stamp, self.compute_text_keys(state))
+        return self._text_keys_memo[1]
+
+    def affinity_ratio(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        """``gamma`` per query, (B, 1)."""
+        logit = self.affinity_ratio_logit.float().expand(image_embeds.shape[0], 1)
+        if self.affinity_gate is not None:
+            logit = logit + self.affinity_gate(image_embeds.float())  # (B, C) -> (B, 1)
+        return torch.sigmoid(logit)
+
+    def query_text_embeds(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        """``g = normalise(Img2TxtNet(f))``, (B, C) -> (B, D)."""
+        return Fn.l2_normalize(self.img2txt(image_embeds.float()))
+
+    # ------------------------------------------------------------------------------------------------- forward
+    def forward(self, image_embeds, state: CacheState, labels=None, cache_index=None) -> MethodOutput:
+        zs = Fn.zero_shot_logits(image_embeds, state.class_embeds, state.logit_scale)
+        image_cache = self.image_cache_logits(image_embeds, state)  # (B, N)
+        if not self.config.use_text_cache:
+            logits = zs + self.config.residual_ratio * image_cache
+            return MethodOutput(logits, zs, cache_logits=image_cache, image_cache_logits=image_cache)
+        text_keys = self.text_keys(state)
+        query = self.query_text_embeds(image_embeds)
+        n, chunk = state.num_classes, self.config.cache_chunk_size
+        text_cache = chunked_cache_logits(query, text_keys, state.cache_labels, n, self.config.text_sharpness, chunk)
+        gamma = self.affinity_ratio(image_embeds)  # (B, 1)
+        cache = Fn.fuse_affinities(image_cache, text_cache, gamma)  # fusing A then L == fusing A L (L is linear)
+        logits = zs + self.config.residual_ratio * cache
+        disagreement = None
+        if labels is not None and self.config.hard_sample_strength > 0:
+            if self.config.hard_sample_criterion == "disagreement":
+                disagreement = self.disagreement(
+                    image_embeds, query, text_keys, image_cache, text_cache, state, labels, cache_index
+                )
+        return MethodOutput(logits, zs, cache, image_cache, text_cache, gamma.squeeze(-1), disagreement)
+
+    @torch.no_grad()
+    def disagreement(self, image_embeds, query, text_keys, image_cache, text_cache, state, labels, cache_index):
+        """``d = |p_img[y] - p_txt[y]|`` with ``p = softmax(A L / tau)``; leave-one-out when ``cache_index`` is given.
+
+        A training image is also a cache entry, so its own entry (affinity close to 1) is removed from both caches'
+        class scores before comparing them. Entries with ``cache_index < 0`` are not in the cache.
+        """
+        image_cache, text_cache = image_cache.detach().clone(), text_cache.detach().clone()
+        if cache_index is not None:
+            index = cache_index.long()
+            inside = index >= 0
+            safe = index.clamp(min=0)
+            keys = self.keys(state)[safe].float()
+            if self.config.normalize_keys:
+                keys = Fn.l2_normalize(keys)
+            self_img = torch.exp(-self.config.sharpness * (1 - (image_embeds.float() * keys).sum(-1)))
+            self_txt = torch.exp(-self.config.text_sharpness * (1 - (query * text_keys[safe]).sum(-1)))
+            own = F.one_hot(state.cache_labels[safe], state.num_classes).float() * inside[:, None].float()
+            image_cache = image_cache - own * self_img[:, None]
+            text_cache = text_cache - own * self_txt[:, None]
+        tau = self.config.hard_sample_temperature
+        valid = labels.clamp(min=0)[:, None]
+        p_img = torch.softmax(image_cache / tau, dim=-1).gather(1, valid).squeeze(1)
+        p_txt = torch.softmax(text_cache / tau, dim=-1).gather(1, valid).squeeze(1)
+        return (p_img - p_txt).abs()

@@ -1,0 +1,440 @@
+"""`XMAdapterForImageClassification`: a frozen CLIP backbone plus one registered adapter method."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import ImageClassifierOutput
+
+from . import backbone as bb
+from . import functional as Fn
+from . import serialization
+from .configuration import XMAdapterConfig
+from .extraction import extract_embeddings
+from .losses import hard_sample_weights, weighted_cross_entropy
+from .methods import AdapterMethod, CacheState, get_method_class
+from .prompts import DEFAULT_TEMPLATES, class_text_embeddings
+
+__all__ = ["XMAdapterForImageClassification", "XMAdapterImageClassifierOutput"]
+
+
+@dataclass
+class XMAdapterImageClassifierOutput(ImageClassifierOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `()`, *optional*):
+        ``sum_i(w_i * CE_i) / n_items`` when `labels` are given.
+    logits (`torch.FloatTensor` of shape `(B, N)`):
+        The method's final logits.
+    zero_shot_logits (`torch.FloatTensor` of shape `(B, N)`):
+        ``s * f W^T``, zero-shot CLIP's logits.
+    cache_logits (`torch.FloatTensor` of shape `(B, N)`, *optional*):
+        The (fused) cache term ``A L`` before the residual ratio: ``logits = zero_shot_logits + alpha *
+        cache_logits`` for the cache methods; `None` for methods without a cache.
+    image_cache_logits (`torch.FloatTensor` of shape `(B, N)`, *optional*):
+        ``A_img L``, the image cache's contribution.
+    text_cache_logits (`torch.FloatTensor` of shape `(B, N)`, *optional*):
+        ``A_txt L``, XMAdapter's text cache's contribution.
+    affinity_ratio (`torch.FloatTensor` of shape `(B,)`, *optional*):
+        XMAdapter's ``gamma`` per image (the weight of the image cache).
+    disagreement (`torch.FloatTensor` of shape `(B,)`, *optional*):
+        XMAdapter's cross-modal disagreement ``d`` (training with labels and `hard_sample_strength > 0`).
+    image_embeds (`torch.FloatTensor` of shape `(B, C)`):
+        The normalised image embeddings the adapter saw.
+    """
+
+    zero_shot_logits: torch.FloatTensor | None = None
+    cache_logits: torch.FloatTensor | None = None
+    image_cache_logits: torch.FloatTensor | None = None
+    text_cache_logits: torch.FloatTensor | None = None
+    affinity_ratio: torch.FloatTensor | None = None
+    disagreement: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+
+
+class XMAdapterForImageClassification(PreTrainedModel):
+    r"""A frozen `CLIPModel` (under the prefix `clip.`) with a cache-based few-shot adapter on its embeddings.
+
+    Build one with [`~XMAdapterForImageClassification.from_clip`], fill its cache with
+    [`~XMAdapterForImageClassification.build_cache`], train it (trainable methods) with the HF `Trainer`, and save
+    the adapter alone with `save_pretrained`. Which method runs is `config.method`.
+
+    Example (the tiny random CLIP of the tests stands in for `openai/clip-vit-base-patch16`):
+
+    ```python
+    >>> from xmadapter_hf import XMAdapterForImageClassification
+    >>> from xmadapter_hf.testing import tiny_clip, tiny_image_dataset
+    >>> clip, processor = tiny_clip()
+    >>> model = XMAdapterForImageClassification.from_clip(clip, ["cat", "dog"], processor=processor)
+    >>> model.build_cache(tiny_image_dataset(num_classes=2, shots=2), augment_views=1, show_progress=False)
+    >>> model.config.cache_size
+    4
+    ```
+    """
+
+    config_class = XMAdapterConfig
+    base_model_prefix = "xmadapter"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    # forward normalises the loss by Trainer's `num_items_in_batch` itself (see losses.py)
+    accepts_loss_kwargs = True
+    _no_split_modules = []
+
+    def __init__(self, config: XMAdapterConfig, clip_model=None, processor=None):
+        if clip_model is None:
+            raise TypeError(
+                "XMAdapterForImageClassification needs its backbone: build it with `from_clip(...)`, load it with "
+                "`from_pretrained(...)`, or pass `clip_model=`."
+            )
+        bb.check_backbone(clip_model)
+        dim = bb.projection_dim(clip_model)
+        if config.projection_dim is not None and config.projection_dim != dim:
+            raise ValueError(
+                f"The adapter was built for a backbone of projection dim {config.projection_dim}, but the given "
+                f"backbone has projection dim {dim}."
+            )
+        config.projection_dim = dim
+        if not config.class_names:
+            raise ValueError("`config.class_names` is empty: an adapter needs at least one class.")
+        super().__init__(config)
+        self.clip = clip_model
+        self.processor = processor
+        n, entries, cache_dtype = config.num_classes, config.cache_size, getattr(torch, config.cache_dtype)
+        self.register_buffer("class_embeds", torch.zeros(n, dim))  # W, (N, C)
+        self.register_buffer("cache_embeds", torch.zeros(entries, dim, dtype=cache_dtype))  # E, (NK, C)
+        self.register_buffer("cache_labels", torch.zeros(entries, dtype=torch.long))  # (NK,)
+        self.register_buffer("probe_text_embed", torch.zeros(dim))  # backbone integrity check
+        self.method: AdapterMethod = get_method_class(config.method)(config, dim)
+        self.post_init()
+        bb.freeze(self.clip)
+
+    # ------------------------------------------------------------------------------------------ initialisation
+    def _init_weights(self, module):
+        # Only the adapter's own modules: the backbone arrives initialised (or loaded) and must not change.
+        kind = getattr(module, "_xmadapter_init", None)
+        if kind is not None:
+            if kind == "zeros":
+                init.zeros_(module.weight)
+            else:
+                init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, AdapterMethod) and hasattr(module, "reset_own_parameters"):
+            module.reset_own_parameters()
+
+    def train(self, mode: bool = True):
+        """As `nn.Module.train`, but the frozen backbone always stays in eval mode (dropout off)."""
+        super().train(mode)
+        self.clip.eval()
+        return self
+
+    # --------------------------------------------------------------------------------------------- properties
+    @property
+    def logit_scale(self) -> float:
+        """`s`: `config.logit_scale`, or the backbone's `logit_scale.exp()`."""
+        if self.config.logit_scale is not None:
+            return float(self.config.logit_scale)
+        return float(self.clip.logit_scale.detach().float().exp())
+
+    @property
+    def embed_dim(self) -> int:
+        return self.class_embeds.shape[1]
+
+    def cache_state(self) -> CacheState:
+        return CacheState(self.class_embeds, self.cache_embeds, self.cache_labels, self.logit_scale)
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every tensor that `save_pretrained` writes: the adapter's parameters and buffers, no backbone tensor."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("clip.")}
+
+    # ------------------------------------------------------------------------------------------- construction
+    @classmethod
+    def from_clip(
+        cls,
+        clip_model_or_path,
+        class_names,
+        processor=None,
+        templates=None,
+        method: str = "xmadapter",
+        *,
+        revision: str | None = None,
+        base_model_name_or_path: str | None = None,
+        text_batch_size: int = 256,
+        **config_overrides,
+    ) -> XMAdapterForImageClassification:
+        """Builds an adapter over a CLIP backbone: validates the config, then encodes the class prompts into ``W``.
+
+        Args:
+            clip_model_or_path (`CLIPModel` or `str`): a loaded backbone, or a Hub id / local path to load.
+            class_names (`list[str]`): the classes, in label order.
+            processor (`CLIPProcessor`, *optional*): tokenizer + image processor; loaded from the path if omitted.
+            templates (`list[str]`, *optional*): prompt templates with `{}` (default `["a photo of a {}."]`).
+            method (`str`, *optional*, defaults to `"xmadapter"`): a registered method.
+            revision (`str`, *optional*): the backbone revision to load (recorded in the config).
+            base_model_name_or_path (`str`, *optional*): the Hub id to record when the backbone object was loaded from
+                elsewhere (defaults to the backbone's `name_or_path`).
+            config_overrides: any other [`XMAdapterConfig`] field.
+        """
+        # Validate everything the user gave before loading or encoding anything.
+        config = XMAdapterConfig(
+            method=method,
+            class_names=list(class_names) if not isinstance(class_names, str) else class_names,
+            prompt_templates=list(templates) if templates is not None else list(DEFAULT_TEMPLATES),
+            base_model_revision=revision,
+            **config_overrides,
+        )
+        if isinstance(clip_model_or_path, (str, os.PathLike)):
+            clip_model = serialization.load_backbone(str(clip_model_or_path), revision=revision)
+            processor = processor or serialization.load_processor(str(clip_model_or_path), revision=revision)
+            base_model_name_or_path = base_model_name_or_path or str(clip_model_or_path)
+        else:
+            clip_model = clip_model_or_path
+            bb.check_backbone(clip_model)
+            base_model_name_or_path = base_model_name_or_path or getattr(clip_model, "name_or_path", None) or None
+        if processor is None:
+            if not base_model_name_or_path:
+                raise ValueError(
+                    "Pass `processor=` (a CLIPProcessor): the backbone object does not say where it came from."
+                )
+            processor = serialization.load_processor(base_model_name_or_path, revision=revision)
+        if getattr(processor, "tokenizer", None) is None:
+            raise TypeError(f"`processor` must carry a tokenizer (a CLIPProcessor); got {type(processor).__name__}.")
+        config.base_model_name_or_path = base_model_name_or_path
+        model = cls(config, clip_model=clip_model, processor=processor)
+        device = next(clip_model.parameters()).device
+        model.to(device)
+        weights = class_text_embeddings(
+            clip_model, processor.tokenizer, config.class_names, config.prompt_templates, text_batch_size
+        )
+        probe = Fn.l2_normalize(bb.encode_texts(clip_model, processor.tokenizer, [bb.PROBE_TEXT]))[0]
+        with torch.no_grad():
+            model.class_embeds.copy_(weights)
+            model.probe_text_embed.copy_(probe)
+        config.backbone_fingerprint = {"architecture_hash": bb.architecture_hash(clip_model)}
+        return model.eval()
+
+    @torch.no_grad()
+    def build_cache(
+        self,
+        dataset,
+        augment_views: int = 10,
+        batch_size: int = 32,
+        seed: int = 0,
+        *,
+        image_column: str | None = None,
+        label_column: str | None = None,
+        processor=None,
+        show_progress: bool = True,
+    ) -> XMAdapterForImageClassification:
+        """Fills the cache from a labelled few-shot image set (`datasets.Dataset` or a torch `Dataset`).
+
+        Keys average the raw embeddings of ``augment_views`` augmented views (RandomResizedCrop scale 0.5-1 +
+        horizontal flip; 0 = the plain view), then normalise; labels are stored as integers. Creates (or resizes)
+        the method's cache-shaped parameters and sets `config.cache_size`: build optimisers after this call.
+        """
+        processor = processor or self.processor
+        if processor is None:
+            raise ValueError("`build_cache` needs an image processor: pass `processor=` or build with `from_clip`.")
+        extracted = extract_embeddings(
+            self.clip,
+            processor,
+            dataset,
+            augment_views=augment_views,
+            seed=seed,
+            batch_size=batch_size,
+            image_column=image_column,
+            label_column=label_column,
+            show_progress=show_progress,
+        )
+        self.set_cache(extracted.embeds.mean(dim=0), extracted.labels)
+        self.config.augment_views, self.config.seed = augment_views, seed
+        return self
+
+    @torch.no_grad()
+    def set_cache(self, embeds: torch.Tensor, labels: torch.Tensor) -> None:
+        """Sets the cache from raw embeddings (NK, C) (normalised here) and integer labels (NK,).
+
+        Validates everything before changing any state; then resizes and initialises the method's parameters.
+        """
+        embeds, labels = self._validate_cache(embeds, labels)
+        keys = Fn.l2_normalize(embeds.float())
+        device = self.class_embeds.device
+        self.cache_embeds = keys.to(device=device, dtype=getattr(torch, self.config.cache_dtype))
+        self.cache_labels = labels.to(device)
+        self.config.cache_size = keys.shape[0]
+        counts = torch.bincount(labels, minlength=self.config.num_classes)
+        self.config.shots = int(counts.max()) if bool((counts == counts[0]).all()) else None
+        self.method.resize_cache(keys.shape[0])
+        self.method.to(device)
+        self.method.init_from_cache(self.cache_state())
+
+    def _validate_cache(self, embeds, labels):
+        if not isinstance(embeds, torch.Tensor) or not isinstance(labels, torch.Tensor):
+            raise TypeError("Cache embeddings and labels must be torch tensors.")
+        if embeds.ndim != 2 or embeds.shape[1] != self.embed_dim:
+            raise ValueError(f"Cache embeddings must have shape (NK, {self.embed_dim}); got {tuple(embeds.shape)}.")
+        if embeds.shape[0] == 0:
+            raise ValueError("The cache would be empty: the few-shot set has no images.")
+        if labels.shape != (embeds.shape[0],) or labels.dtype.is_floating_point:
+            raise ValueError(
+                f"Cache labels must be integers of shape ({embeds.shape[0]},); got {tuple(labels.shape)}."
+            )
+        if not torch.isfinite(embeds).all():
+            bad = (~torch.isfinite(embeds)).any(dim=1).nonzero().flatten().tolist()[:10]
+            raise ValueError(f"Cache embeddings contain NaN or Inf (rows {bad}); check the images or the backbone.")
+        labels = labels.long()
+        n = self.config.num_classes
+        if labels.min() < 0 or labels.max() >= n:
+            raise ValueError(
+                f"Cache labels must lie in [0, {n - 1}]; got values in [{int(labels.min())}, {int(labels.max())}]."
+            )
+        counts = torch.bincount(labels, minlength=n)
+        missing = [self.config.class_names[i] for i in (counts == 0).nonzero().flatten().tolist()]
+        if missing:
+            raise ValueError(
+                f"Every class needs at least one cache image; none for {missing[:10]} ({len(missing)} classes)."
+            )
+        return embeds, labels
+
+    # ------------------------------------------------------------------------------------------------ forward
+    def embed_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Raw backbone embeddings of pixel values (no gradient reaches the frozen backbone)."""
+        return bb.encode_images(self.clip, pixel_values)
+
+    def _check_inputs(self, pixel_values, image_embeds, labels, cache_index):
+        if (pixel_values is None) == (image_embeds is None):
+            raise ValueError("Pass exactly one of `pixel_values` (B, 3, H, W) and `image_embeds` (B, C).")
+        if pixel_values is not None:
+            if not isinstance(pixel_values, torch.Tensor) or not pixel_values.is_floating_point():
+                raise TypeError(f"`pixel_values` must be a floating-point tensor; got {_describe(pixel_values)}.")
+            if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
+                raise ValueError(f"`pixel_values` must have shape (B, 3, H, W); got {tuple(pixel_values.shape)}.")
+            batch = pixel_values.shape[0]
+        else:
+            if not isinstance(image_embeds, torch.Tensor) or not image_embeds.is_floating_point():
+                raise TypeError(f"`image_embeds` must be a floating-point tensor; got {_describe(image_embeds)}.")
+            if image_embeds.ndim != 2 or image_embeds.shape[1] != self.embed_dim:
+                raise ValueError(
+                    f"`image_embeds` must have shape (B, {self.embed_dim}); got {tuple(image_embeds.shape)}."
+                )
+            batch = image_embeds.shape[0]
+        if self.method.uses_cache and self.config.cache_size == 0:
+            raise ValueError(f"Method {self.config.method!r} needs a cache: call `model.build_cache(dataset)` first.")
+        if labels is not None:
+            if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.shape != (batch,):
+                raise ValueError(f"`labels` must be an integer tensor of shape ({batch},); got {_describe(labels)}.")
+            valid = labels[labels != -100]
+            if valid.numel() and (valid.min() < 0 or valid.max() >= self.config.num_classes):
+                raise ValueError(
+                    f"`labels` must lie in [0, {self.config.num_classes - 1}] (or be -100); "
+                    f"got values in [{int(valid.min())}, {int(valid.max())}]."
+                )
+        if cache_index is not None:
+            if not isinstance(cache_index, torch.Tensor) or cache_index.shape != (batch,):
+                raise ValueError(
+                    f"`cache_index` must be an integer tensor of shape ({batch},); got {_describe(cache_index)}."
+                )
+            if cache_index.numel() and cache_index.max() >= self.config.cache_size:
+                raise ValueError(f"`cache_index` must be < cache_size ({self.config.cache_size}), or -1 for none.")
+        training = self.training and labels is not None and torch.is_grad_enabled()
+        if training and not self.method.trainable:
+            raise ValueError(
+                f"Method {self.config.method!r} is training-free: it has no trainable parameters. Train "
+                "'tip-adapter-f', 'xmadapter', 'clip-adapter' or 'multimodal-adapter', or evaluate without training."
+            )
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        cache_index: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> XMAdapterImageClassifierOutput:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(B, 3, H, W)`, *optional*): images, as the processor makes them.
+            image_embeds (`torch.FloatTensor` of shape `(B, C)`, *optional*): raw backbone image embeddings
+                (normalised here), instead of `pixel_values`.
+            labels (`torch.LongTensor` of shape `(B,)`, *optional*): class ids; `-100` is ignored.
+            cache_index (`torch.LongTensor` of shape `(B,)`, *optional*): each training image's position in the
+                cache (-1 if none), so the hard-sample criterion leaves its own entry out.
+            kwargs: `num_items_in_batch` (passed by Trainer) normalises the loss; other keys are ignored.
+        """
+        self._check_inputs(pixel_values, image_embeds, labels, cache_index)
+        raw = self.embed_images(pixel_values) if pixel_values is not None else image_embeds
+        image = Fn.l2_normalize(raw.float())
+        out = self.method(image, self.cache_state(), labels=labels, cache_index=cache_index)
+        loss = None
+        if labels is not None:
+            config = self.config
+            weights = hard_sample_weights(
+                out.logits, labels, config.hard_sample_strength, config.hard_sample_criterion,
+                out.disagreement, config.hard_sample_focal_power,
+            )  # fmt: skip
+            loss = weighted_cross_entropy(out.logits, labels, weights, kwargs.get("num_items_in_batch"))
+        output = XMAdapterImageClassifierOutput(
+            loss=loss,
+            logits=out.logits,
+            zero_shot_logits=out.zero_shot_logits,
+            cache_logits=out.cache_logits,
+            image_cache_logits=out.image_cache_logits,
+            text_cache_logits=out.text_cache_logits,
+            affinity_ratio=out.affinity_ratio,
+            disagreement=out.disagreement,
+            image_embeds=image,
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+    # -------------------------------------------------------------------------------------------- save / load
+    def save_pretrained(self, save_directory, is_main_process: bool = True, state_dict=None, **kwargs):
+        """Writes `config.json`, `model.safetensors` (adapter tensors only) and the processor's image settings.
+
+        Called by Trainer with the full model's ``state_dict``: backbone tensors are filtered out either way. Each file
+        is written to a temporary name and moved into place; other files in the directory are left alone.
+        """
+        if kwargs.pop("push_to_hub", False):
+            raise ValueError(
+                "Use `model.push_to_hub(repo_id)` to push; `save_pretrained(push_to_hub=True)` is not supported."
+            )
+        if state_dict is None:
+            state_dict = self.adapter_state_dict()
+        tensors = {k: v for k, v in state_dict.items() if not k.startswith("clip.")}
+        if not is_main_process:
+            return
+        serialization.save_adapter(self, save_directory, tensors)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path,
+        *model_args,
+        config: XMAdapterConfig | None = None,
+        clip_model=None,
+        processor=None,
+        dtype=None,
+        device_map=None,
+        **kwargs,
+    ) -> XMAdapterForImageClassification:
+        """Loads an adapter: its config and tensors from ``pretrained_model_name_or_path`` (a directory or a Hub id),
+        the backbone from `config.base_model_name_or_path` at `config.base_model_revision` (or ``clip_model=``).
+
+        Hub keyword arguments (`revision`, `cache_dir`, `token`, `local_files_only`, `force_download`) apply to the
+        adapter; `dtype` and `device_map` go to the backbone. Missing or unexpected adapter tensors are refused.
+        """
+        if model_args:
+            raise TypeError(f"from_pretrained takes no positional arguments beyond the path; got {len(model_args)}.")
+        return serialization.load_adapter(
+            cls, pretrained_model_name_or_path, config=config, clip_model=clip_model, processor=processor,
+            dtype=dtype, device_map=device_map, **kwargs,
+        )  # fmt: skip
+
+
+def _describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return type(value).__name__
