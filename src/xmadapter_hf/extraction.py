@@ -41,7 +41,7 @@ def resolve_columns(dataset, image_column: str | None, label_column: str | None)
     names = getattr(dataset, "column_names", None)
     if names is None:
         return image_column, label_column
-    for given, candidates, what in ((image_column, _IMAGE_COLUMNS, "image"), (label_column, _LABEL_COLUMNS, "label")):
+    for given, what in ((image_column, "image"), (label_column, "label")):
         if given is not None and given not in names:
             raise ValueError(f"The dataset has no {what} column {given!r}; its columns are {names}.")
     image_column = image_column or next((c for c in _IMAGE_COLUMNS if c in names), None)

@@ -357,7 +357,7 @@ class XMAdapterForImageClassification(PreTrainedModel):
     ) -> XMAdapterImageClassifierOutput:
         r"""
         Args:
-            pixel_values (`torch.FloatTensor` of shape `(B, 3, H, W)`, *optional*): images, as the processor makes them.
+            pixel_values (`torch.FloatTensor` of shape `(B, 3, H, W)`, *optional*): images, from the processor.
             image_embeds (`torch.FloatTensor` of shape `(B, C)`, *optional*): raw backbone image embeddings
                 (normalised here), instead of `pixel_values`.
             labels (`torch.LongTensor` of shape `(B,)`, *optional*): class ids; `-100` is ignored.
