@@ -41,7 +41,14 @@ WEIGHTS_NAME = "model.safetensors"
 PROCESSOR_NAME = "preprocessor_config.json"
 _HUB_KEYS = ("revision", "cache_dir", "token", "local_files_only", "force_download", "proxies", "subfolder")
 # Keyword arguments that transformers' Auto classes and pipeline pass along and that mean nothing to an adapter.
-_IGNORED_KEYS = ("trust_remote_code", "use_safetensors", "weights_only", "output_loading_info", "code_revision")
+_IGNORED_KEYS = (
+    "trust_remote_code",
+    "use_safetensors",
+    "weights_only",
+    "output_loading_info",
+    "code_revision",
+    "adapter_kwargs",
+)
 #: Probe cosine below this means the backbone is not the one the adapter was built with (bf16 loads stay above).
 PROBE_TOLERANCE = 0.99
 
