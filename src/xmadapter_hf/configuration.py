@@ -113,7 +113,8 @@ class XMAdapterConfig(PreTrainedConfig):
         shots (`int`, *optional*):
             `K`, images per class in the cache (recorded by `build_cache`).
         seed (`int`, *optional*):
-            The seed of the cache's augmentation draws (recorded by `build_cache`).
+            The seed of the adapter's initial weights (`None` = 0) and of the cache's augmentation draws (recorded
+            by `build_cache`).
         search_result (`dict`, *optional*):
             What the last validation search chose and measured (values, grid, validation size, accuracy).
         evaluation (`dict`, *optional*):

@@ -107,8 +107,12 @@ class XMAdapterForImageClassification(PreTrainedModel):
         self.register_buffer("cache_embeds", torch.zeros(entries, dim, dtype=cache_dtype))  # E, (NK, C)
         self.register_buffer("cache_labels", torch.zeros(entries, dtype=torch.long))  # (NK,)
         self.register_buffer("probe_text_embed", torch.zeros(dim))  # backbone integrity check
-        self.method: AdapterMethod = get_method_class(config.method)(config, dim)
-        self.post_init()
+        # The adapter's initial weights are a function of `config.seed` alone, not of the global RNG state
+        # (ARCHITECTURE decision 6): two builds with the same seed are bit-identical.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed if config.seed is not None else 0)
+            self.method: AdapterMethod = get_method_class(config.method)(config, dim)
+            self.post_init()
         bb.freeze(self.clip)
 
     # ------------------------------------------------------------------------------------------ initialisation
