@@ -61,7 +61,7 @@ def build_optimizer(
 
     ```python
     >>> optimizer, scheduler = build_optimizer(model, num_training_steps=200)  # doctest: +SKIP
-    >>> trainer = Trainer(model=model, args=args, train_dataset=ds, optimizers=(optimizer, scheduler))  # doctest: +SKIP
+    >>> trainer = Trainer(model=model, args=args, train_dataset=ds, optimizers=(optimizer, scheduler))
     ```
     """
     recipe = recipe_for(model.config.method)

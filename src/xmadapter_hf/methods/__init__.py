@@ -9,13 +9,17 @@ from .base import (
     register_method,
     registered_methods,
 )
+from .clip_adapter import ClipAdapter
+from .multimodal import MultiModalAdapter
 from .tip_adapter import TipAdapter, TipAdapterF, ZeroShot
 from .xmadapter import XMAdapter
 
 __all__ = [
     "AdapterMethod",
     "CacheState",
+    "ClipAdapter",
     "MethodOutput",
+    "MultiModalAdapter",
     "TipAdapter",
     "TipAdapterF",
     "XMAdapter",
