@@ -257,6 +257,13 @@ class XMAdapterForImageClassification(PreTrainedModel):
         self.config.augment_views, self.config.seed = augment_views, seed
         return self
 
+    def search_hyperparameters(self, validation, labels=None, **kwargs):
+        """Chooses `sharpness`, `residual_ratio` (and `text_sharpness`) on a validation split; see
+        [`xmadapter_hf.tuning.search_on_validation`]. The choice and the split size are written into the config."""
+        from .tuning import search_on_validation
+
+        return search_on_validation(self, validation, labels, **kwargs)
+
     @torch.no_grad()
     def set_cache(self, embeds: torch.Tensor, labels: torch.Tensor) -> None:
         """Sets the cache from raw embeddings (NK, C) (normalised here) and integer labels (NK,).
