@@ -419,6 +419,14 @@ class XMAdapterForImageClassification(PreTrainedModel):
             return
         serialization.save_adapter(self, save_directory, tensors)
 
+    def push_to_hub(self, repo_id: str, **kwargs) -> str:
+        """Uploads exactly `config.json`, `model.safetensors` (adapter only), `preprocessor_config.json` and our model
+        card to ``repo_id``; see [`xmadapter_hf.hub.push_adapter_to_hub`] for the arguments (`base_model_id=` is
+        required when the backbone was loaded from a local path)."""
+        from .hub import push_adapter_to_hub
+
+        return push_adapter_to_hub(self, repo_id, **kwargs)
+
     @classmethod
     def from_pretrained(
         cls,
@@ -436,6 +444,9 @@ class XMAdapterForImageClassification(PreTrainedModel):
 
         Hub keyword arguments (`revision`, `cache_dir`, `token`, `local_files_only`, `force_download`) apply to the
         adapter; `dtype` and `device_map` go to the backbone. Missing or unexpected adapter tensors are refused.
+        The backbone is checked against the one the adapter was built on (architecture hash, and the text embedding
+        of a probe string compared by cosine); `rebuild_text_embeddings=True` re-encodes the class prompts with the
+        given backbone instead of refusing a different text encoder, `check_backbone=False` skips the checks.
         """
         if model_args:
             raise TypeError(f"from_pretrained takes no positional arguments beyond the path; got {len(model_args)}.")

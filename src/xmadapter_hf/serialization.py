@@ -180,6 +180,7 @@ def load_adapter(
     dtype=None,
     device_map=None,
     check_backbone: bool = True,
+    rebuild_text_embeddings: bool = False,
     **kwargs,
 ):
     """Implements `XMAdapterForImageClassification.from_pretrained` (see there)."""
@@ -218,6 +219,8 @@ def load_adapter(
     device = next(clip_model.parameters()).device
     model.to(device)
     bb.freeze(model.clip)
+    if rebuild_text_embeddings:
+        _rebuild_text(model)
     if check_backbone:
         _check_backbone_identity(model)
     model.eval()
@@ -260,6 +263,25 @@ def _load_tensors(model, tensors: dict[str, torch.Tensor]) -> None:
     model.load_state_dict(tensors, strict=False)
 
 
+def _rebuild_text(model) -> None:
+    """Re-encodes the class prompts and the probe with the model's (new) backbone."""
+    from .prompts import class_text_embeddings
+
+    tokenizer = getattr(model.processor, "tokenizer", None)
+    if tokenizer is None:
+        raise ValueError("`rebuild_text_embeddings=True` needs the backbone's tokenizer: pass `processor=`.")
+    config = model.config
+    weights = class_text_embeddings(model.clip, tokenizer, config.class_names, config.prompt_templates)
+    probe = Fn.l2_normalize(bb.encode_texts(model.clip, tokenizer, [bb.PROBE_TEXT]))[0]
+    with torch.no_grad():
+        model.class_embeds.copy_(weights)
+        model.probe_text_embed.copy_(probe)
+    config.backbone_fingerprint = {
+        **(config.backbone_fingerprint or {}),
+        "architecture_hash": bb.architecture_hash(model.clip),
+    }
+
+
 def _check_backbone_identity(model) -> None:
     fingerprint = model.config.backbone_fingerprint or {}
     stored = fingerprint.get("architecture_hash")
@@ -278,5 +300,6 @@ def _check_backbone_identity(model) -> None:
         raise ValueError(
             f"The backbone's text encoder does not match the one this adapter was built with (probe cosine "
             f"{cosine:.4f} < {PROBE_TOLERANCE}): its class text embeddings would be wrong. Load the backbone named in "
-            "the config at its revision, or pass `check_backbone=False`."
+            "the config at its revision, pass `rebuild_text_embeddings=True` to re-encode the class prompts with this "
+            "backbone, or `check_backbone=False`."
         )

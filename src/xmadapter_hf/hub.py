@@ -1,0 +1,164 @@
+"""Pushing adapters (never backbones) to the Hub, with our model card; a Trainer callback that does the same.
+
+`transformers`' own `push_to_hub` calls `save_pretrained` and then writes its own README over ours, and
+`Trainer.push_to_hub` uploads the whole output directory (`training_args.bin`, a pickle, included). This module
+uploads exactly `config.json`, `model.safetensors` (adapter tensors only), `preprocessor_config.json` and our
+`README.md`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from .serialization import CONFIG_NAME, PROCESSOR_NAME, WEIGHTS_NAME
+
+__all__ = ["PushAdapterCallback", "build_model_card", "push_adapter_to_hub"]
+
+PUSHED_FILES = (CONFIG_NAME, WEIGHTS_NAME, PROCESSOR_NAME, "README.md")
+
+
+def _looks_local(name: str | None) -> bool:
+    return bool(name) and (os.path.isabs(name) or name.startswith((".", "~")) or os.path.exists(name))
+
+
+def _format(value, digits: int = 4) -> str:
+    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+
+
+def build_model_card(config, repo_id: str, datasets: list[str] | None = None):
+    """Our model card (a `huggingface_hub.ModelCard`): YAML metadata, usage, method, shots, chosen values, results."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    evaluation = config.evaluation or {}
+    metrics = {k: v for k, v in evaluation.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    data = ModelCardData(
+        library_name="xmadapter-hf",
+        base_model=config.base_model_name_or_path,
+        pipeline_tag="image-classification",
+        tags=["xmadapter-hf", "clip", "few-shot", "image-classification", config.method],
+        datasets=datasets or None,
+        metrics=sorted(metrics) or None,
+        license="apache-2.0",
+    )
+    search = config.search_result or {}
+    rows = [
+        ("method", config.method),
+        ("backbone", f"`{config.base_model_name_or_path}` (revision `{config.base_model_revision or 'main'}`)"),
+        ("classes", config.num_classes),
+        ("shots per class", config.shots if config.shots is not None else "unknown"),
+        ("cache entries", config.cache_size),
+        ("augmented views per cache image", config.augment_views),
+        ("residual ratio (alpha)", _format(config.residual_ratio)),
+        ("sharpness (beta)", _format(config.sharpness)),
+    ]
+    if config.method == "xmadapter" and config.use_text_cache:
+        rows.append(("text sharpness", _format(config.text_sharpness)))
+        rows.append(("hard-sample strength", _format(config.hard_sample_strength)))
+    if search:
+        rows.append(("chosen on", f"a validation split of {search.get('num_validation')} images"))
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    results = ""
+    if metrics:
+        split = evaluation.get("split", "unknown split")
+        dataset = evaluation.get("dataset", "the user's data")
+        lines = "\n".join(f"| {name} | {_format(value)} |" for name, value in sorted(metrics.items()))
+        results = f"\n## Results\n\nMeasured on {dataset} ({split}).\n\n| metric | value |\n|---|---|\n{lines}\n"
+    body = f"""# {repo_id}
+
+A few-shot image-classification adapter made with [xmadapter-hf](https://pypi.org/project/xmadapter-hf/) on a frozen
+CLIP backbone. This repository holds the adapter only; the backbone is downloaded from its own repository.
+
+## Usage
+
+```python
+import xmadapter_hf  # registers the model type with transformers
+from transformers import pipeline
+from xmadapter_hf import XMAdapterForImageClassification
+
+model = XMAdapterForImageClassification.from_pretrained("{repo_id}")
+classifier = pipeline("image-classification", model="{repo_id}")
+print(model.config.class_names[:5])
+```
+
+## Adapter
+
+| setting | value |
+|---|---|
+{table}
+{results}"""
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+def push_adapter_to_hub(
+    model,
+    repo_id: str,
+    *,
+    commit_message: str | None = None,
+    private: bool | None = None,
+    token: str | bool | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+    base_model_id: str | None = None,
+    datasets: list[str] | None = None,
+) -> str:
+    """Uploads exactly the adapter files and our card to ``repo_id``; returns the commit URL.
+
+    A `base_model_name_or_path` that is a local path would make the pushed repo unusable: it is refused unless
+    ``base_model_id`` names the Hub id to record in the pushed config and card.
+    """
+    from huggingface_hub import HfApi
+
+    if not isinstance(repo_id, str) or not repo_id.strip():
+        raise ValueError(f"`repo_id` must be a non-empty string like 'user/name'; got {repo_id!r}.")
+    base = base_model_id or model.config.base_model_name_or_path
+    if not base or (base_model_id is None and _looks_local(base)):
+        raise ValueError(
+            f"The backbone is recorded as {base!r}, a local path (or nothing): a pushed adapter could not load it. "
+            "Pass `base_model_id=` with the backbone's Hub id (e.g. 'openai/clip-vit-base-patch16')."
+        )
+    if model.processor is None:
+        raise ValueError("The model has no processor: its image settings are needed for `pipeline(...)` users.")
+    api = HfApi(token=token)
+    with tempfile.TemporaryDirectory(prefix="xmadapter-push-") as folder:
+        model.save_pretrained(folder)
+        config_path = Path(folder) / CONFIG_NAME
+        saved = json.loads(config_path.read_text())
+        saved["base_model_name_or_path"] = base
+        config_path.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+        card_config = type(model.config).from_dict(saved)
+        build_model_card(card_config, repo_id, datasets=datasets).save(Path(folder) / "README.md")
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        info = api.upload_folder(
+            repo_id=repo_id,
+            folder_path=folder,
+            allow_patterns=list(PUSHED_FILES),
+            commit_message=commit_message or f"Upload {model.config.method} adapter with xmadapter-hf",
+            revision=revision,
+            create_pr=create_pr,
+        )
+    return str(getattr(info, "commit_url", info))
+
+
+class PushAdapterCallback(TrainerCallback):
+    """Pushes the adapter files and our card at the end of training (main process only), instead of
+    `Trainer.push_to_hub`, which would upload the whole output directory, `training_args.bin` (a pickle) included.
+
+    ```python
+    >>> trainer = Trainer(model=model, args=args, callbacks=[PushAdapterCallback("user/my-adapter")])  # doctest: +SKIP
+    ```
+    """
+
+    def __init__(self, repo_id: str, **push_kwargs):
+        self.repo_id = repo_id
+        self.push_kwargs = push_kwargs
+        self.pushed_url: str | None = None
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if state.is_world_process_zero and model is not None:
+            self.pushed_url = push_adapter_to_hub(model, self.repo_id, **self.push_kwargs)
+        return control
