@@ -1,0 +1,105 @@
+"""Integrity on load: the backbone's identity, corrupt or incomplete checkpoints, newer versions, torn saves."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from xmadapter_hf import XMAdapterForImageClassification
+from xmadapter_hf.backbone import architecture_hash
+from xmadapter_hf.testing import tiny_clip
+
+
+@pytest.fixture
+def saved(make_model, tmp_path):
+    model = make_model("xmadapter")
+    model.save_pretrained(tmp_path / "adapter")
+    return model, tmp_path / "adapter"
+
+
+def _load(path, clip=None, processor=None, **kwargs):
+    if clip is None:
+        clip, processor = tiny_clip()
+    return XMAdapterForImageClassification.from_pretrained(path, clip_model=clip, processor=processor, **kwargs)
+
+
+def test_architecture_hash_ignores_dtype_and_paths():
+    clip, _ = tiny_clip()
+    reference = architecture_hash(clip)
+    clip.config._name_or_path = "somewhere/else"
+    assert architecture_hash(clip.to(torch.bfloat16)) == reference
+    assert architecture_hash(tiny_clip(layers=3)[0]) != reference
+
+
+def test_backbone_of_another_architecture_is_refused(saved):
+    _, path = saved
+    clip, processor = tiny_clip(layers=3)  # same projection dim, one more layer
+    with pytest.raises(ValueError, match="architecture .* differs"):
+        _load(path, clip, processor)
+
+
+def test_backbone_with_another_text_encoder_is_refused_unless_rebuilt(saved, test_pixels):
+    model, path = saved
+    clip, processor = tiny_clip(seed=1)  # same architecture, other weights
+    with pytest.raises(ValueError, match=r"probe cosine .* < 0.99"):
+        _load(path, clip, processor)
+    rebuilt = _load(path, clip, processor, rebuild_text_embeddings=True)
+    assert not torch.allclose(rebuilt.class_embeds, model.class_embeds)
+    fresh = XMAdapterForImageClassification.from_clip(clip, model.config.class_names, processor=processor)
+    torch.testing.assert_close(rebuilt.class_embeds, fresh.class_embeds)
+    assert _load(path, clip, processor, check_backbone=False) is not None
+
+
+def test_backbone_loaded_in_bf16_passes_the_probe(saved):
+    _, path = saved
+    clip, processor = tiny_clip()
+    model = _load(path, clip.to(torch.bfloat16), processor)
+    assert model.clip.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_corrupt_weights_raise_a_clear_error(saved, damage):
+    _, path = saved
+    weights = path / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"\x00garbage" * 100)
+    with pytest.raises(OSError, match="not a readable safetensors file"):
+        _load(path)
+
+
+@pytest.mark.parametrize("missing", ["config.json", "model.safetensors"])
+def test_missing_files_are_named(saved, missing):
+    _, path = saved
+    (path / missing).unlink()
+    with pytest.raises(OSError, match=f"holds no {missing}"):
+        _load(path)
+
+
+def test_config_from_a_newer_version_is_refused(saved):
+    _, path = saved
+    config = json.loads((path / "config.json").read_text())
+    config["xmadapter_version"] = "99.0.0"
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="written by xmadapter-hf 99.0.0, newer than the installed"):
+        _load(path)
+
+
+def test_config_and_weights_of_different_saves_are_refused(make_model, tmp_path):
+    model = make_model("tip-adapter")
+    model.save_pretrained(tmp_path / "a")
+    model.save_pretrained(tmp_path / "b")
+    shutil.copy(tmp_path / "b" / "config.json", tmp_path / "a" / "config.json")  # new config, old weights
+    with pytest.raises(ValueError, match="come from different saves"):
+        _load(tmp_path / "a")
+
+
+def test_directory_without_a_checkpoint_and_a_file_path(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(OSError, match="holds no config.json"):
+        _load(tmp_path / "empty")
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(OSError, match="is a file"):
+        _load(tmp_path / "file.txt")
