@@ -68,7 +68,8 @@ class XMAdapterConfig(PreTrainedConfig):
         text_dim (`int`, *optional*):
             `D`, the dimension of XMAdapter's shared text space. `None` = projection dim // 4.
         meta_reduction (`int`, *optional*, defaults to 16):
-            `r`, MetaNet's bottleneck `C -> C/r -> C` (as CoCoOp's meta-net).
+            `r`, MetaNet's bottleneck `C -> max(C/r, 8) -> C` (as CoCoOp's meta-net; at least 8 hidden units so that
+            a tiny backbone's ReLUs cannot all be dead).
         use_text_cache (`bool`, *optional*, defaults to `True`):
             XMAdapter's text cache. `False` builds none of the text-side modules and reduces XMAdapter to
             Tip-Adapter-F.

@@ -39,7 +39,9 @@ class XMAdapter(TipAdapterF):
         if not config.use_text_cache:
             return
         text_dim = config.text_dim or max(1, embed_dim // 4)
-        hidden = max(1, embed_dim // config.meta_reduction)
+        # At least 8 hidden ReLUs: cache embeddings sit in a narrow cone, and with very few units all of them can be
+        # dead on every entry (no gradient ever reaches MetaNet); C = 512 with r = 16 gives 32.
+        hidden = min(embed_dim, max(8, embed_dim // config.meta_reduction))
         # Last MetaNet layer starts at zero so that training starts from the plain class text embedding.
         self.meta_net = nn.Sequential(
             adapter_linear(embed_dim, hidden), nn.ReLU(), adapter_linear(hidden, embed_dim, zero_init=True)
