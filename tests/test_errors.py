@@ -1,0 +1,271 @@
+"""The catalogue of bad inputs: each gets a clear error, raised before any state changes, files left untouched.
+
+`docs/errors.md` is generated from this catalogue (`python tests/test_errors.py > docs/errors.md`), and a test
+checks that it lists every case with its current message.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import CLASS_NAMES  # noqa: E402
+
+from xmadapter_hf import XMAdapterConfig, XMAdapterForImageClassification  # noqa: E402
+from xmadapter_hf.extraction import extract_embeddings  # noqa: E402
+from xmadapter_hf.splits import FewShotSplit, sample_few_shot  # noqa: E402
+from xmadapter_hf.testing import tiny_clip, tiny_image_dataset  # noqa: E402
+from xmadapter_hf.training import build_optimizer  # noqa: E402
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
+
+
+@dataclass
+class Case:
+    id: str
+    area: str
+    what: str
+    error: type
+    call: object  # callable(ctx) -> None
+
+
+class Context:
+    """What the cases act on: a model with a cache, a model without, a working directory with files in it."""
+
+    def __init__(self, root: Path):
+        self.clip, self.processor = tiny_clip()
+        self.root = root
+        self.dataset = tiny_image_dataset(num_classes=4, shots=2, noise=0.8)
+        extracted = extract_embeddings(self.clip, self.processor, self.dataset, augment_views=0, show_progress=False)
+        self.raw, self.labels = extracted.embeds[0], extracted.labels
+        self.model = self.build("xmadapter")
+        self.model.set_cache(self.raw, self.labels)
+        self.empty = self.build("tip-adapter")
+        (root / "existing.json").write_text('{"keep": true}\n')
+        (root / "checkpoint").mkdir()
+        self.model.save_pretrained(root / "checkpoint")
+        (root / "images").mkdir()
+        Image.fromarray(np.zeros((30, 30, 3), np.uint8)).save(root / "images" / "ok.png")
+        (root / "images" / "notes.png").write_text("not an image")
+        (root / "images" / "broken.png").write_bytes((root / "images" / "ok.png").read_bytes()[:40])
+
+    def build(self, method, **kwargs):
+        return XMAdapterForImageClassification.from_clip(
+            self.clip, CLASS_NAMES, processor=self.processor, method=method, **kwargs
+        )
+
+    def folder(self, *names, label=0):
+        """A torch dataset of (path, label) pairs, as an image-folder loader yields them."""
+        return [(str(self.root / "images" / name), label) for name in names]
+
+
+def _config(**kwargs):
+    return lambda ctx: XMAdapterConfig(**{"class_names": CLASS_NAMES, **kwargs})
+
+
+def _forward(**kwargs):
+    return lambda ctx: ctx.model(**kwargs(ctx) if callable(kwargs) else kwargs)
+
+
+def _bomb(ctx):
+    old = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = 100
+    try:
+        ctx.model.build_cache(ctx.folder("ok.png"), augment_views=0, show_progress=False)
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+
+
+E = torch.zeros(2, 32)
+CASES = [
+    # ---------------------------------------------------------------------------------------- forward inputs
+    Case("pixels-wrong-shape", "forward", "pixel values of shape (B, 1, H, W)", ValueError,
+         lambda ctx: ctx.model(pixel_values=torch.zeros(2, 1, 30, 30))),
+    Case("pixels-int-dtype", "forward", "integer pixel values", TypeError,
+         lambda ctx: ctx.model(pixel_values=torch.zeros(2, 3, 30, 30, dtype=torch.uint8))),
+    Case("pixels-not-a-tensor", "forward", "a list as pixel values", TypeError,
+         lambda ctx: ctx.model(pixel_values=[[0.0]])),
+    Case("embeds-wrong-dim", "forward", "image embeddings of the wrong dim", ValueError,
+         lambda ctx: ctx.model(image_embeds=torch.zeros(2, 16))),
+    Case("embeds-int-dtype", "forward", "integer image embeddings", TypeError,
+         lambda ctx: ctx.model(image_embeds=torch.zeros(2, 32, dtype=torch.long))),
+    Case("embeds-3d", "forward", "image embeddings with a view axis (V, B, C)", ValueError,
+         lambda ctx: ctx.model(image_embeds=torch.zeros(3, 2, 32))),
+    Case("no-input", "forward", "neither pixel values nor embeddings", ValueError, lambda ctx: ctx.model()),
+    Case("both-inputs", "forward", "both pixel values and embeddings", ValueError,
+         lambda ctx: ctx.model(pixel_values=torch.zeros(2, 3, 30, 30), image_embeds=E)),
+    Case("labels-out-of-range", "forward", "a label >= the number of classes", ValueError,
+         lambda ctx: ctx.model(image_embeds=E, labels=torch.tensor([0, 7]))),
+    Case("labels-float", "forward", "float labels", ValueError,
+         lambda ctx: ctx.model(image_embeds=E, labels=torch.tensor([0.0, 1.0]))),
+    Case("labels-wrong-length", "forward", "labels of another batch size", ValueError,
+         lambda ctx: ctx.model(image_embeds=E, labels=torch.tensor([0, 1, 2]))),
+    Case("cache-index-out-of-range", "forward", "a cache index >= the cache size", ValueError,
+         lambda ctx: ctx.model(image_embeds=E, cache_index=torch.tensor([0, 99]))),
+    Case("no-cache-yet", "forward", "a cache method before build_cache", ValueError,
+         lambda ctx: ctx.empty(image_embeds=E)),
+    # ------------------------------------------------------------------------------------------------ cache
+    Case("cache-nan", "cache", "NaN embeddings at cache building", ValueError,
+         lambda ctx: ctx.model.set_cache(torch.full((4, 32), float("nan")), torch.arange(4))),
+    Case("cache-inf", "cache", "Inf embeddings at cache building", ValueError,
+         lambda ctx: ctx.model.set_cache(torch.full((4, 32), float("inf")), torch.arange(4))),
+    Case("cache-wrong-dim", "cache", "cache embeddings of the wrong dim", ValueError,
+         lambda ctx: ctx.model.set_cache(torch.zeros(4, 8), torch.arange(4))),
+    Case("cache-empty-dataset", "cache", "an empty dataset", ValueError,
+         lambda ctx: ctx.model.build_cache(ctx.dataset.select([]), show_progress=False)),
+    Case("cache-class-without-shots", "cache", "a class with no image", ValueError,
+         lambda ctx: ctx.model.set_cache(torch.randn(3, 32), torch.tensor([0, 1, 2]))),
+    Case("cache-label-out-of-range", "cache", "a label outside the classes", ValueError,
+         lambda ctx: ctx.model.set_cache(torch.randn(5, 32), torch.tensor([0, 1, 2, 3, 9]))),
+    Case("cache-float-label", "cache", "a non-integer label in the dataset", TypeError,
+         lambda ctx: ctx.model.build_cache([(str(ctx.root / "images" / "ok.png"), 0.5)], augment_views=0,
+                                           show_progress=False)),
+    Case("cache-negative-views", "cache", "a negative number of augmented views", ValueError,
+         lambda ctx: ctx.model.build_cache(ctx.dataset, augment_views=-1, show_progress=False)),
+    Case("folder-non-image-file", "cache", "a text file among the images", ValueError,
+         lambda ctx: ctx.model.build_cache(ctx.folder("ok.png", "notes.png"), augment_views=0, show_progress=False)),
+    Case("folder-corrupt-image", "cache", "a truncated image file", ValueError,
+         lambda ctx: ctx.model.build_cache(ctx.folder("broken.png"), augment_views=0, show_progress=False)),
+    Case("folder-decompression-bomb", "cache", "an image above PIL's decompression-bomb limit", ValueError, _bomb),
+    # ----------------------------------------------------------------------------------------------- config
+    Case("unknown-method", "config", "an unknown method", ValueError, _config(method="lora")),
+    Case("zero-sharpness", "config", "zero sharpness", ValueError, _config(sharpness=0.0)),
+    Case("negative-sharpness", "config", "negative sharpness", ValueError, _config(sharpness=-2.0)),
+    Case("sharpness-above-100", "config", "sharpness above 100 (exp underflows)", ValueError,
+         _config(text_sharpness=150.0)),
+    Case("template-without-braces", "config", "a prompt template without {}", ValueError,
+         _config(prompt_templates=["a photo of a cat"])),
+    Case("duplicate-class-names", "config", "duplicate class names", ValueError,
+         lambda ctx: XMAdapterConfig(class_names=["cat", "dog", "cat"])),
+    Case("empty-class-name", "config", "an empty class name", ValueError,
+         lambda ctx: XMAdapterConfig(class_names=["cat", " "])),
+    Case("id2label-contradicts", "config", "id2label that contradicts class_names", ValueError,
+         _config(id2label={0: "red apple", 1: "zebra", 2: "blue sky", 3: "yellow sun"})),
+    Case("num-labels-contradicts", "config", "num_labels that contradicts class_names", ValueError,
+         _config(num_labels=7)),
+    Case("field-wrong-type", "config", "a config field of the wrong type", TypeError, _config(residual_ratio="2")),
+    Case("flag-wrong-type", "config", "a number where a flag is expected", TypeError, _config(use_text_cache=1)),
+    Case("hard-samples-without-text-cache", "config", "hard-sample weighting with the text cache off", ValueError,
+         _config(use_text_cache=False, hard_sample_strength=1.0)),
+    # ------------------------------------------------------------------------------------------ construction
+    Case("backbone-not-clip", "construction", "a backbone that is not a dual encoder", TypeError,
+         lambda ctx: XMAdapterForImageClassification.from_clip(torch.nn.Linear(2, 2), CLASS_NAMES,
+                                                               processor=ctx.processor)),
+    Case("processor-without-tokenizer", "construction", "an image processor where a CLIPProcessor is needed",
+         TypeError, lambda ctx: XMAdapterForImageClassification.from_clip(ctx.clip, CLASS_NAMES,
+                                                                          processor=ctx.processor.image_processor)),
+    Case("optimizer-training-free", "construction", "an optimiser for a training-free method", ValueError,
+         lambda ctx: build_optimizer(ctx.empty, num_training_steps=10)),
+    Case("search-without-cache-method", "construction", "a validation search for zero-shot", ValueError,
+         lambda ctx: ctx.build("zero-shot").search_hyperparameters(ctx.raw, ctx.labels)),
+    # ---------------------------------------------------------------------------------------- saving, loading
+    Case("save-onto-a-file", "files", "save_pretrained onto an existing file", OSError,
+         lambda ctx: ctx.model.save_pretrained(ctx.root / "existing.json")),
+    Case("load-directory-without-checkpoint", "files", "from_pretrained of a directory without a checkpoint",
+         OSError, lambda ctx: XMAdapterForImageClassification.from_pretrained(ctx.root / "images",
+                                                                              clip_model=ctx.clip)),
+    Case("load-unexpected-argument", "files", "an unknown keyword argument to from_pretrained", TypeError,
+         lambda ctx: XMAdapterForImageClassification.from_pretrained(ctx.root / "checkpoint", clip_model=ctx.clip,
+                                                                     colour="red")),
+    Case("split-too-few-images", "files", "fewer than K images in a class for a few-shot split", ValueError,
+         lambda ctx: sample_few_shot(ctx.dataset, shots=5)),
+    Case("split-save-onto-existing", "files", "saving a split file over an existing file", OSError,
+         lambda ctx: sample_few_shot(ctx.dataset, shots=1, val_shots=0).save(ctx.root / "existing.json")),
+    Case("push-local-backbone", "files", "pushing an adapter whose backbone is a local path", ValueError,
+         lambda ctx: _local_backbone_model(ctx).push_to_hub("user/adapter")),
+]  # fmt: skip
+
+
+def _local_backbone_model(ctx):
+    model = copy.copy(ctx.model)
+    model.config = copy.deepcopy(ctx.model.config)
+    model.config.base_model_name_or_path = str(ctx.root / "checkpoint")
+    return model
+
+
+def _snapshot(ctx) -> tuple:
+    files = {
+        str(p.relative_to(ctx.root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(ctx.root.rglob("*"))
+        if p.is_file()
+    }
+    states = []
+    for model in (ctx.model, ctx.empty):
+        states.append(({k: v.clone() for k, v in model.state_dict().items()}, model.config.to_json_string()))
+    return files, states
+
+
+@pytest.fixture(scope="module")
+def context(tmp_path_factory):
+    return Context(tmp_path_factory.mktemp("errors"))
+
+
+def test_the_catalogue_has_at_least_30_cases():
+    assert len(CASES) >= 30
+    assert len({case.id for case in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_bad_input_gets_a_clear_error_and_changes_nothing(context, case):
+    before = _snapshot(context)
+    with pytest.raises(case.error) as info:
+        case.call(context)
+    message = str(info.value)
+    assert len(message) > 20, f"the message must say what was expected: {message!r}"
+    files, states = _snapshot(context)
+    assert files == before[0], "files the call did not mean to touch must stay byte-identical"
+    for (state, config), (state0, config0) in zip(states, before[1]):
+        assert config == config0
+        assert state.keys() == state0.keys() and all(torch.equal(state[k], state0[k]) for k in state)
+
+
+def render(context) -> str:
+    lines = [
+        "# Errors",
+        "",
+        "Every bad input below gets the error shown, raised before any state changes; files the call did not mean to",
+        "touch stay byte-identical (`tests/test_errors.py` checks each case; this page is generated from it with",
+        "`python tests/test_errors.py > docs/errors.md`). Paths are shown as `<tmp>`.",
+        "",
+    ]
+    area = None
+    for case in CASES:
+        if case.area != area:
+            area = case.area
+            lines += [f"## {area}", "", "| case | input | error | message |", "|---|---|---|---|"]
+        try:
+            case.call(context)
+            message = "(no error: this is a bug)"
+        except case.error as error:
+            message = str(error)
+        message = re.sub(r"/[^ '\"]*/errors\d*", "<tmp>", message).replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| `{case.id}` | {case.what} | `{case.error.__name__}` | {message} |")
+        if case is CASES[-1] or CASES[CASES.index(case) + 1].area != area:
+            lines.append("")
+    return "\n".join(lines)
+
+
+def test_docs_list_every_case_with_its_message(context):
+    text = DOCS.read_text()
+    for case in CASES:
+        assert f"| `{case.id}` |" in text, f"docs/errors.md misses {case.id}: regenerate it"
+    assert render(context).strip() == text.strip(), "docs/errors.md is stale: regenerate it (see its header)"
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder) / "errors0"
+        root.mkdir()
+        print(render(Context(root)))
