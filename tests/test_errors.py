@@ -23,7 +23,7 @@ from conftest import CLASS_NAMES  # noqa: E402
 
 from xmadapter_hf import XMAdapterConfig, XMAdapterForImageClassification  # noqa: E402
 from xmadapter_hf.extraction import extract_embeddings  # noqa: E402
-from xmadapter_hf.splits import FewShotSplit, sample_few_shot  # noqa: E402
+from xmadapter_hf.splits import sample_few_shot  # noqa: E402
 from xmadapter_hf.testing import tiny_clip, tiny_image_dataset  # noqa: E402
 from xmadapter_hf.training import build_optimizer  # noqa: E402
 
