@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import field
 from typing import Any
 
@@ -198,7 +199,8 @@ class XMAdapterConfig(PreTrainedConfig):
         for name in self.class_names:
             if not isinstance(name, str) or not name.strip():
                 raise ValueError(f"`class_names` must hold non-empty strings; got {name!r}.")
-        duplicates = sorted({n for n in self.class_names if list(self.class_names).count(n) > 1})
+        # a Counter, not list.count per name: quadratic in N, that takes hours for 100k class names
+        duplicates = sorted(name for name, count in Counter(self.class_names).items() if count > 1)
         if duplicates:
             raise ValueError(f"`class_names` must be unique; duplicated: {duplicates}.")
         self.class_names = list(self.class_names)

@@ -2,25 +2,55 @@
 
 The cache, the embedding fast path and the benchmarks all call `extract_embeddings`. Every random draw is a
 function of (seed, item index, view), so the result does not depend on batch size, order or process count.
+
+With ``cache_dir=`` the embeddings are also kept on disk, as safetensors shards under a key that names everything
+they depend on (see [`extraction_cache_key`]): a second run with the same backbone, data and settings reads them back
+without a single backbone forward, and an interrupted run resumes at the first shard it had not finished.
 """
 
 from __future__ import annotations
 
-import math
+import hashlib
+import json
+import logging
+import os
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from .augment import augment_view, draw_seed
-from .backbone import encode_images
+from .backbone import architecture_hash, encode_images
 from .images import load_image
 
-__all__ = ["ExtractedEmbeddings", "crop_size", "extract_embeddings", "read_item", "resolve_columns"]
+__all__ = [
+    "DEFAULT_SHARD_SIZE",
+    "ExtractedEmbeddings",
+    "backbone_weights_fingerprint",
+    "crop_size",
+    "extract_embeddings",
+    "extraction_cache_key",
+    "read_item",
+    "resolve_columns",
+]
+
+logger = logging.getLogger(__name__)
 
 _IMAGE_COLUMNS = ("image", "img", "pixel_values", "image_path", "path", "file")
 _LABEL_COLUMNS = ("label", "labels", "fine_label")
+#: Items per on-disk shard of a cached extraction (independent of `batch_size`, so that a rerun with another batch
+#: size still finds the shards; 256 items x 10 views x 512 dims is 5 MB).
+DEFAULT_SHARD_SIZE = 256
+# Bump when the shard layout or the augmentation recipe changes: old caches then miss instead of being misread.
+_CACHE_FORMAT = "xmadapter-extraction-v1"
+_AUGMENTATION = "random-resized-crop(scale=0.5-1, ratio=3/4-4/3, bicubic)+hflip(p=0.5)"
+# Values sampled per parameter tensor for the weights fingerprint.
+_FINGERPRINT_SAMPLES = 1024
 
 
 @dataclass
@@ -30,10 +60,12 @@ class ExtractedEmbeddings:
     Attributes:
         embeds (`torch.Tensor` of shape `(V, M, C)`): float32, one row per view and item; V = 1 without augmentation.
         labels (`torch.LongTensor` of shape `(M,)`).
+        cache_path (`str`, *optional*): the directory of the on-disk shards when extracted with ``cache_dir=``.
     """
 
     embeds: torch.Tensor
     labels: torch.Tensor
+    cache_path: str | None = None
 
 
 def resolve_columns(dataset, image_column: str | None, label_column: str | None) -> tuple[str | None, str | None]:
@@ -88,6 +120,159 @@ def _label(value, index: int) -> int:
     return int(value)
 
 
+# ------------------------------------------------------------------------------------------------- the cache key
+def backbone_weights_fingerprint(backbone) -> str:
+    """A hash of the backbone's weights: names, shapes, dtypes and ~1k evenly spaced values of every tensor.
+
+    Hashing every value of a ViT-L would cost seconds; a strided sample of each tensor tells apart two random
+    initialisations, two checkpoints and a fine-tuned copy, which is what an extraction cache key needs. This hashes
+    bits on purpose (a cache must be reused only for bit-identical inputs); it is not the tolerant fingerprint that
+    checkpoints are compared with on load.
+    """
+    digest = hashlib.blake2b(digest_size=16, person=b"xmadapter-wts")
+    tensors = [*backbone.named_parameters(), *backbone.named_buffers()]
+    for name, tensor in sorted(tensors, key=lambda item: item[0]):
+        flat = tensor.detach().reshape(-1)
+        step = max(1, flat.numel() // _FINGERPRINT_SAMPLES)
+        sample = flat[::step][:_FINGERPRINT_SAMPLES].to("cpu", torch.float64)  # exact for every float dtype
+        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
+        digest.update(sample.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _dataset_fingerprint(dataset, given: str | None) -> dict:
+    if given is not None:
+        if not isinstance(given, str) or not given:
+            raise TypeError(f"`dataset_fingerprint` must be a non-empty string, got {given!r}.")
+        return {"fingerprint": given, "length": len(dataset)}
+    fingerprint = getattr(dataset, "_fingerprint", None)
+    if not isinstance(fingerprint, str):
+        raise ValueError(
+            f"`cache_dir` needs to know which data it caches: a {type(dataset).__name__} has no fingerprint (a "
+            "`datasets.Dataset` has one). Pass `dataset_fingerprint=`, a string that changes whenever the data does."
+        )
+    # A transform changes what `dataset[i]` returns; datasets gives it a new fingerprint, and we also record which
+    # function it is (by name: an address would change every run).
+    form = getattr(dataset, "format", None) or {}
+    described = json.dumps(form, sort_keys=True, default=lambda o: getattr(o, "__qualname__", type(o).__name__))
+    return {"fingerprint": fingerprint, "length": len(dataset), "format": described}
+
+
+def _processor_settings(image_processor) -> str:
+    to_dict = getattr(image_processor, "to_dict", None)
+    settings = to_dict() if callable(to_dict) else dict(vars(image_processor))
+    return json.dumps(settings, sort_keys=True, default=str)
+
+
+def extraction_cache_key(
+    backbone,
+    image_processor,
+    dataset,
+    *,
+    indices: Sequence[int] | None = None,
+    augment_views: int = 10,
+    seed: int = 0,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    dataset_fingerprint: str | None = None,
+) -> tuple[str, dict]:
+    """The key under which `extract_embeddings(..., cache_dir=...)` stores its shards, and what it is made of.
+
+    The key is a hash of: the backbone's `name_or_path`, [`~xmadapter_hf.backbone.architecture_hash`], a fingerprint
+    of its weights ([`backbone_weights_fingerprint`]) and its dtype; the dataset's fingerprint (`dataset._fingerprint`
+    of a `datasets.Dataset`, its format, its length, or the ``dataset_fingerprint`` given); the item indices; the
+    augmentation (views, seed, crop size, recipe); the image processor's settings; the columns; the autocast dtype.
+    Batch size, progress bar and device are left out: they do not change the embeddings beyond float rounding.
+
+    Returns:
+        `tuple[str, dict]`: a 32-hex-digit key and the JSON-serialisable description it hashes.
+    """
+    image_processor = getattr(image_processor, "image_processor", image_processor)
+    indices = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
+    index_hash = hashlib.sha256(torch.tensor(indices, dtype=torch.int64).numpy().tobytes()).hexdigest()
+    param = next(backbone.parameters())
+    description = {
+        "format": _CACHE_FORMAT,
+        "backbone": {
+            "name_or_path": str(getattr(backbone, "name_or_path", "") or ""),
+            "architecture_hash": architecture_hash(backbone),
+            "weights": backbone_weights_fingerprint(backbone),
+            "dtype": str(param.dtype),
+        },
+        "dataset": _dataset_fingerprint(dataset, dataset_fingerprint),
+        "indices": {"count": len(indices), "sha256": index_hash},
+        "augmentation": {
+            "views": augment_views,
+            "seed": seed,
+            "crop_size": crop_size(image_processor),
+            "recipe": _AUGMENTATION if augment_views > 0 else "none",
+        },
+        "image_processor": _processor_settings(image_processor),
+        "columns": [image_column, label_column],
+        "autocast_dtype": str(autocast_dtype) if autocast_dtype is not None else None,
+    }
+    text = json.dumps(description, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32], description
+
+
+# --------------------------------------------------------------------------------------------- on-disk shards
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    # Write beside the target and rename: a reader (or a resumed run) never sees a half-written shard.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _load_shard(path: Path, key: str, items: list[int], views: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The (embeds (V, b, C), labels (b,)) of a shard, or None if it is missing or does not match."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            embeds, labels, stored = (handle.get_tensor(k) for k in ("embeds", "labels", "indices"))
+    except Exception as error:  # a foreign or damaged file: recompute it rather than fail
+        logger.warning("Ignoring unreadable extraction shard %s (%s); recomputing it.", path, error)
+        return None
+    expected = torch.tensor(items, dtype=torch.int64)
+    if (
+        metadata.get("key") != key
+        or embeds.ndim != 3
+        or embeds.shape[:2] != (views, len(items))
+        or labels.shape != (len(items),)
+        or not torch.equal(stored, expected)
+    ):
+        logger.warning("Extraction shard %s does not match this extraction; recomputing it.", path)
+        return None
+    return embeds.float(), labels.long()
+
+
+# ------------------------------------------------------------------------------------------------ extraction
+def _encode_batch(backbone, image_processor, dataset, batch, *, views, augment_views, seed, size, columns, dtype):
+    """Embeddings (V, b, C) float32 on CPU and labels of the items ``batch``; images are decoded once."""
+    images, labels = [], []
+    for i in batch:
+        image, label = read_item(dataset, i, *columns)
+        images.append(load_image(image))
+        labels.append(_label(label, i))
+    device = next(backbone.parameters()).device
+    per_view = []
+    for view in range(views):
+        if augment_views == 0:
+            pictures = images
+        else:
+            pictures = [augment_view(img, size, draw_seed(seed, i, view)) for img, i in zip(images, batch)]
+        pixels = image_processor(images=pictures, return_tensors="pt")["pixel_values"]
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            per_view.append(encode_images(backbone, pixels).float().cpu())  # (b, C)
+    return torch.stack(per_view), labels  # (V, b, C)
+
+
 def extract_embeddings(
     backbone,
     image_processor,
@@ -101,16 +286,65 @@ def extract_embeddings(
     indices: Sequence[int] | None = None,
     autocast_dtype: torch.dtype | None = None,
     show_progress: bool = True,
+    cache_dir: str | os.PathLike | None = None,
+    dataset_fingerprint: str | None = None,
+    shard_size: int = DEFAULT_SHARD_SIZE,
 ) -> ExtractedEmbeddings:
     """Raw backbone embeddings of every item, over ``augment_views`` augmented views (0 = the plain view).
 
     Each view is Tip-Adapter's RandomResizedCrop(scale 0.5-1) + horizontal flip, drawn from
-    ``draw_seed(seed, index, view)``; images are decoded once per batch and converted to 8-bit RGB.
+    ``draw_seed(seed, index, view)``; images are decoded once per batch and converted to 8-bit RGB. The backbone runs
+    under `torch.no_grad`, and under `torch.autocast(autocast_dtype)` when one is given (bf16 on CPU/GPU, fp16 on GPU).
+
+    Args:
+        backbone (`CLIPModel`): the frozen dual encoder.
+        image_processor (`CLIPImageProcessor` or `CLIPProcessor`): turns the (augmented) images into pixel values.
+        dataset: a `datasets.Dataset` with image and label columns, or a torch dataset of (image, label) pairs or
+            dicts.
+        augment_views (`int`, *optional*, defaults to 10): augmented views per item; 0 = the plain image, once.
+        seed (`int`, *optional*, defaults to 0): seed of the augmentation draws.
+        batch_size (`int`, *optional*, defaults to 32): images per backbone forward.
+        image_column, label_column (`str`, *optional*): the columns of a `datasets.Dataset` (found if omitted).
+        indices (`Sequence[int]`, *optional*): the items to embed, in this order (default: all).
+        autocast_dtype (`torch.dtype`, *optional*): mixed precision for the backbone forward.
+        show_progress (`bool`, *optional*, defaults to `True`): a tqdm progress bar.
+        cache_dir (`str` or `os.PathLike`, *optional*): keep the embeddings on disk under
+            ``cache_dir/<key>/`` (see [`extraction_cache_key`]) as safetensors shards of ``shard_size`` items, each
+            written to a temporary file and renamed into place once its items are embedded. A later call with the
+            same key reads the shards back and runs the backbone only for shards that are missing, so an interrupted
+            extraction resumes where it stopped and a finished one costs no backbone forward at all.
+        dataset_fingerprint (`str`, *optional*): identifies the data for the cache key; needed with ``cache_dir``
+            for datasets without a `_fingerprint` (torch datasets). It must change whenever the data does.
+        shard_size (`int`, *optional*, defaults to 256): items per on-disk shard (the resume granularity).
+
+    Returns:
+        [`ExtractedEmbeddings`]: `embeds` (V, M, C) float32 and `labels` (M,), in the order of ``indices``.
+
+    Example (a second run with the same `cache_dir` does no backbone forward):
+
+    ```python
+    >>> import tempfile
+    >>> from xmadapter_hf.extraction import extract_embeddings
+    >>> from xmadapter_hf.testing import tiny_clip, tiny_image_dataset
+    >>> clip, processor = tiny_clip()
+    >>> data = tiny_image_dataset(num_classes=2, shots=2)
+    >>> cache = tempfile.mkdtemp()
+    >>> first = extract_embeddings(clip, processor, data, augment_views=3, cache_dir=cache, show_progress=False)
+    >>> again = extract_embeddings(clip, processor, data, augment_views=3, cache_dir=cache, show_progress=False)
+    >>> first.embeds.shape, bool((first.embeds == again.embeds).all())
+    (torch.Size([3, 4, 32]), True)
+    ```
     """
-    if augment_views < 0:
-        raise ValueError(f"`augment_views` must be >= 0 (0 = no augmentation), got {augment_views}.")
-    if batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive integer, got {batch_size}.")
+    if isinstance(augment_views, bool) or not isinstance(augment_views, int) or augment_views < 0:
+        raise ValueError(f"`augment_views` must be an int >= 0 (0 = no augmentation), got {augment_views!r}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
+    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
+        raise ValueError(f"`shard_size` must be a positive integer, got {shard_size!r}.")
+    if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
+        raise TypeError(f"`cache_dir` must be a path (str or os.PathLike), got {type(cache_dir).__name__}.")
+    if autocast_dtype is not None and not isinstance(autocast_dtype, torch.dtype):
+        raise TypeError(f"`autocast_dtype` must be a torch.dtype or None, got {autocast_dtype!r}.")
     image_processor = getattr(image_processor, "image_processor", image_processor)
     image_column, label_column = resolve_columns(dataset, image_column, label_column)
     indices = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
@@ -118,25 +352,58 @@ def extract_embeddings(
         raise ValueError("The dataset is empty: cannot extract embeddings from no images.")
     size = crop_size(image_processor)
     views = max(augment_views, 1)
-    device = next(backbone.parameters()).device
+    encode = dict(
+        views=views, augment_views=augment_views, seed=seed, size=size, columns=(image_column, label_column),
+        dtype=autocast_dtype,
+    )  # fmt: skip
+
+    def run(items: list[int], progress) -> tuple[torch.Tensor, list[int]]:
+        embeds, labels = [], []
+        for start in range(0, len(items), batch_size):
+            batch = items[start : start + batch_size]
+            batch_embeds, batch_labels = _encode_batch(backbone, image_processor, dataset, batch, **encode)
+            embeds.append(batch_embeds)  # (V, b, C)
+            labels.extend(batch_labels)
+            progress.update(len(batch))
+        return torch.cat(embeds, dim=1), labels  # (V, m, C)
+
+    progress = tqdm(total=len(indices), disable=not show_progress, desc="extract", unit="img")
+    if cache_dir is None:
+        with progress:
+            embeds, labels = run(indices, progress)
+        return ExtractedEmbeddings(embeds, torch.tensor(labels, dtype=torch.long))
+
+    key, description = extraction_cache_key(
+        backbone, image_processor, dataset, indices=indices, augment_views=augment_views, seed=seed,
+        image_column=image_column, label_column=label_column, autocast_dtype=autocast_dtype,
+        dataset_fingerprint=dataset_fingerprint,
+    )  # fmt: skip
+    directory = Path(cache_dir) / key
+    directory.mkdir(parents=True, exist_ok=True)
+    described = directory / "key.json"
+    if not described.is_file():  # for humans (what is this directory?); the shards carry the key themselves
+        text = json.dumps(description, indent=2, sort_keys=True) + "\n"
+        tmp = described.with_name(f".key.json.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, described)
     embeds, labels = [], []
-    batches = range(0, len(indices), batch_size)
-    for start in tqdm(batches, total=math.ceil(len(indices) / batch_size), disable=not show_progress, desc="extract"):
-        batch = indices[start : start + batch_size]
-        images, batch_labels = [], []
-        for i in batch:
-            image, label = read_item(dataset, i, image_column, label_column)
-            images.append(load_image(image))
-            batch_labels.append(_label(label, i))
-        per_view = []
-        for view in range(views):
-            if augment_views == 0:
-                pictures = images
+    with progress:
+        for start in range(0, len(indices), shard_size):
+            items = indices[start : start + shard_size]
+            path = directory / f"shard-{start:09d}-{start + len(items):09d}.safetensors"
+            loaded = _load_shard(path, key, items, views)
+            if loaded is None:
+                shard_embeds, shard_labels = run(items, progress)
+                shard_labels = torch.tensor(shard_labels, dtype=torch.long)
+                tensors = {
+                    "embeds": shard_embeds.contiguous(),  # (V, b, C)
+                    "labels": shard_labels,
+                    "indices": torch.tensor(items, dtype=torch.int64),
+                }
+                _atomic_save(tensors, path, {"format": "pt", "key": key, "cache_format": _CACHE_FORMAT})
             else:
-                pictures = [augment_view(img, size, draw_seed(seed, i, view)) for img, i in zip(images, batch)]
-            pixels = image_processor(images=pictures, return_tensors="pt")["pixel_values"]
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                per_view.append(encode_images(backbone, pixels).float().cpu())
-        embeds.append(torch.stack(per_view))  # (V, b, C)
-        labels.extend(batch_labels)
-    return ExtractedEmbeddings(torch.cat(embeds, dim=1), torch.tensor(labels, dtype=torch.long))
+                shard_embeds, shard_labels = loaded
+                progress.update(len(items))
+            embeds.append(shard_embeds)
+            labels.append(shard_labels)
+    return ExtractedEmbeddings(torch.cat(embeds, dim=1), torch.cat(labels), cache_path=str(directory))

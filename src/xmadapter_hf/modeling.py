@@ -232,12 +232,16 @@ class XMAdapterForImageClassification(PreTrainedModel):
         label_column: str | None = None,
         processor=None,
         show_progress: bool = True,
+        cache_dir: str | os.PathLike | None = None,
+        autocast_dtype: torch.dtype | None = None,
     ) -> XMAdapterForImageClassification:
         """Fills the cache from a labelled few-shot image set (`datasets.Dataset` or a torch `Dataset`).
 
         Keys average the raw embeddings of ``augment_views`` augmented views (RandomResizedCrop scale 0.5-1 +
         horizontal flip; 0 = the plain view), then normalise; labels are stored as integers. Creates (or resizes)
         the method's cache-shaped parameters and sets `config.cache_size`: build optimisers after this call.
+        ``cache_dir`` and ``autocast_dtype`` go to [`~xmadapter_hf.extraction.extract_embeddings`] (an on-disk
+        extraction cache that a rerun reuses without a backbone forward; mixed precision for the backbone).
         """
         processor = processor or self.processor
         if processor is None:
@@ -252,6 +256,8 @@ class XMAdapterForImageClassification(PreTrainedModel):
             image_column=image_column,
             label_column=label_column,
             show_progress=show_progress,
+            cache_dir=cache_dir,
+            autocast_dtype=autocast_dtype,
         )
         self.set_cache(extracted.embeds.mean(dim=0), extracted.labels)
         self.config.augment_views, self.config.seed = augment_views, seed
@@ -271,9 +277,14 @@ class XMAdapterForImageClassification(PreTrainedModel):
         Validates everything before changing any state; then resizes and initialises the method's parameters.
         """
         embeds, labels = self._validate_cache(embeds, labels)
-        keys = Fn.l2_normalize(embeds.float())
         device = self.class_embeds.device
-        self.cache_embeds = keys.to(device=device, dtype=getattr(torch, self.config.cache_dtype))
+        # Normalise chunk by chunk straight into the storage dtype: float32 copies of a whole 1.6M x 512 cache (and
+        # of its normalised version) would add 6 GiB of transients to the 1.6 GiB fp16 cache itself.
+        keys = torch.empty(embeds.shape, dtype=getattr(torch, self.config.cache_dtype), device=device)  # (NK, C)
+        step = self.config.cache_chunk_size
+        for start in range(0, embeds.shape[0], step):
+            keys[start : start + step] = Fn.l2_normalize(embeds[start : start + step].to(device).float())
+        self.cache_embeds = keys
         self.cache_labels = labels.to(device)
         self.config.cache_size = keys.shape[0]
         counts = torch.bincount(labels, minlength=self.config.num_classes)
@@ -281,6 +292,53 @@ class XMAdapterForImageClassification(PreTrainedModel):
         self.method.resize_cache(keys.shape[0])
         self.method.to(device)
         self.method.init_from_cache(self.cache_state())
+
+    @torch.no_grad()
+    def half_cache(self, dtype: torch.dtype | str | None = None) -> XMAdapterForImageClassification:
+        """Stores the whole cache in half precision for inference, learned keys included.
+
+        `config.cache_dtype` already stores the frozen cache ``E`` in fp16/bf16; the learned keys ``F`` of
+        `tip-adapter-f` and `xmadapter` stay float32 parameters for training. This call casts both to ``dtype``
+        (default: `config.cache_dtype` if it is a half type, else `float16`) and records it in `config.cache_dtype`:
+        a 100k-class, 16-shot cache at C = 512 then takes 1.6 GiB per tensor instead of 3.1 GiB. The affinity maths
+        stays float32 and chunked (each chunk of keys is cast up on the fly), so logits move by the rounding of the
+        keys only. The learned keys become frozen: training refuses to run until [`float_cache`] makes them float32
+        parameters again (the rounding stays). `save_pretrained` then writes half-precision keys and
+        `from_pretrained` gives them back in half precision. Called before `set_cache`, the learned keys are created
+        in half precision directly (no float32 copy is ever allocated), which is how an inference-only model of a
+        very large cache is built.
+
+        Example:
+
+        ```python
+        >>> from xmadapter_hf import XMAdapterForImageClassification
+        >>> from xmadapter_hf.testing import tiny_clip, tiny_image_dataset
+        >>> clip, processor = tiny_clip()
+        >>> model = XMAdapterForImageClassification.from_clip(clip, ["cat", "dog"], processor=processor)
+        >>> _ = model.build_cache(tiny_image_dataset(num_classes=2, shots=2), augment_views=1, show_progress=False)
+        >>> model.half_cache().cache_embeds.dtype, model.method.cache_keys.dtype
+        (torch.float16, torch.float16)
+        ```
+        """
+        if dtype is None:
+            dtype = self.config.cache_dtype if self.config.cache_dtype != "float32" else "float16"
+        names = {torch.float16: "float16", torch.bfloat16: "bfloat16", "float16": "float16", "bfloat16": "bfloat16"}
+        if not isinstance(dtype, (str, torch.dtype)) or dtype not in names:
+            raise ValueError(f"`half_cache` stores the cache in float16 or bfloat16; got {dtype!r}.")
+        name = names[dtype]
+        self.cache_embeds = self.cache_embeds.to(getattr(torch, name))
+        self.method.cast_cache(getattr(torch, name))
+        self.config.cache_dtype = name
+        return self
+
+    @torch.no_grad()
+    def float_cache(self) -> XMAdapterForImageClassification:
+        """Undoes [`half_cache`] for the learned keys: float32 trainable parameters again (the rounding stays).
+
+        The frozen cache ``E`` keeps `config.cache_dtype`, which is a storage choice that training accepts.
+        """
+        self.method.cast_cache(torch.float32)
+        return self
 
     def _validate_cache(self, embeds, labels):
         if not isinstance(embeds, torch.Tensor) or not isinstance(labels, torch.Tensor):
@@ -293,8 +351,10 @@ class XMAdapterForImageClassification(PreTrainedModel):
             raise ValueError(
                 f"Cache labels must be integers of shape ({embeds.shape[0]},); got {tuple(labels.shape)}."
             )
-        if not torch.isfinite(embeds).all():
-            bad = (~torch.isfinite(embeds)).any(dim=1).nonzero().flatten().tolist()[:10]
+        # per row, chunk by chunk: a (NK, C) boolean mask of a 100k-class cache would be 0.8 GiB
+        finite = torch.cat([torch.isfinite(part).all(dim=1) for part in embeds.split(self.config.cache_chunk_size)])
+        if not finite.all():
+            bad = (~finite).nonzero().flatten().tolist()[:10]
             raise ValueError(f"Cache embeddings contain NaN or Inf (rows {bad}); check the images or the backbone.")
         labels = labels.long()
         n = self.config.num_classes
@@ -355,6 +415,12 @@ class XMAdapterForImageClassification(PreTrainedModel):
             raise ValueError(
                 f"Method {self.config.method!r} is training-free: it has no trainable parameters. Train "
                 "'tip-adapter-f', 'xmadapter', 'clip-adapter' or 'multimodal-adapter', or evaluate without training."
+            )
+        learned = getattr(self.method, "cache_keys", None)
+        if training and learned is not None and learned.dtype != torch.float32:
+            raise ValueError(
+                f"The learned cache keys are stored in {learned.dtype} for inference (`half_cache()`); call "
+                "`model.float_cache()` before training."
             )
 
     def forward(

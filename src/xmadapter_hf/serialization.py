@@ -260,6 +260,9 @@ def _load_tensors(model, tensors: dict[str, torch.Tensor]) -> None:
                 f"Tensor {key!r} has shape {tuple(value.shape)} in the checkpoint but the adapter expects "
                 f"{tuple(expected[key].shape)} (different backbone projection dim or cache size?)."
             )
+    learned = tensors.get("method.cache_keys")
+    if learned is not None and learned.dtype in (torch.float16, torch.bfloat16):
+        model.half_cache(learned.dtype)  # saved after `half_cache()`: keep the learned keys in half precision
     model.load_state_dict(tensors, strict=False)
 
 

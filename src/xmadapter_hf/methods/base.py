@@ -138,6 +138,9 @@ class AdapterMethod(nn.Module):
     def init_from_cache(self, state: CacheState) -> None:
         """Initialises cache-shaped parameters from the freshly built cache (no-op by default)."""
 
+    def cast_cache(self, dtype: torch.dtype) -> None:
+        """Stores cache-shaped parameters in ``dtype``; half types freeze them (see `half_cache`). No-op by default."""
+
     def parameter_groups(self, learning_rate: float) -> list[dict]:
         """Optimiser parameter groups; one group at ``learning_rate`` unless a method needs more."""
         params = [p for p in self.parameters() if p.requires_grad]

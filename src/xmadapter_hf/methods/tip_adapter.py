@@ -63,12 +63,20 @@ class TipAdapterF(TipAdapter):
 
     def resize_cache(self, num_entries: int) -> None:
         if self.cache_keys.shape[0] != num_entries:
-            device = self.cache_keys.device
-            self.cache_keys = nn.Parameter(torch.zeros(num_entries, self.embed_dim, device=device))
+            # keep the storage dtype: after `half_cache()` an inference-only model never allocates float32 keys
+            old = self.cache_keys
+            keys = torch.zeros(num_entries, self.embed_dim, device=old.device, dtype=old.dtype)  # (NK, C)
+            self.cache_keys = nn.Parameter(keys, requires_grad=old.requires_grad)
 
     def init_from_cache(self, state: CacheState) -> None:
         with torch.no_grad():
-            self.cache_keys.copy_(state.cache_embeds.float())
+            self.cache_keys.copy_(state.cache_embeds)  # casts in place: no float32 copy of the whole cache
+
+    def cast_cache(self, dtype: torch.dtype) -> None:
+        """Float32 keys are trainable; fp16/bf16 keys are an inference-only storage and frozen."""
+        if self.cache_keys.dtype != dtype:
+            keys = self.cache_keys.detach().to(dtype)
+            self.cache_keys = nn.Parameter(keys, requires_grad=dtype == torch.float32)
 
     def keys(self, state: CacheState) -> torch.Tensor:
         return self.cache_keys

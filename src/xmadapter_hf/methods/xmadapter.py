@@ -73,10 +73,16 @@ class XMAdapter(TipAdapterF):
     def compute_text_keys(self, state: CacheState) -> torch.Tensor:
         """``T = normalise(P_t normalise(W[y] + MetaNet(E)))``, (NK, D), always recomputed."""
         self.text_key_computations += 1
-        cache = state.cache_embeds.float()  # (NK, C)
-        class_text = state.class_embeds.float()[state.cache_labels]  # (NK, C)
-        conditioned = Fn.l2_normalize(class_text + self.meta_net(cache))
-        return Fn.l2_normalize(self.text_projection(conditioned))  # (NK, C) -> (NK, D)
+        class_embeds = state.class_embeds.float()  # (N, C)
+        chunk, keys = self.config.cache_chunk_size, []
+        # In chunks of entries: float32 (NK, C) intermediates of a 1.6M-entry cache would take 3 GiB each, while the
+        # keys themselves are (NK, D) with D = C / 4.
+        for start in range(0, state.cache_embeds.shape[0], chunk):
+            cache = state.cache_embeds[start : start + chunk].float()  # (chunk, C)
+            class_text = class_embeds[state.cache_labels[start : start + chunk]]  # (chunk, C)
+            conditioned = Fn.l2_normalize(class_text + self.meta_net(cache))
+            keys.append(Fn.l2_normalize(self.text_projection(conditioned)))  # (chunk, C) -> (chunk, D)
+        return keys[0] if len(keys) == 1 else torch.cat(keys)  # (NK, D)
 
     def text_keys(self, state: CacheState) -> torch.Tensor:
         """The text keys; memoised while autograd is off and no tensor they depend on has changed."""
