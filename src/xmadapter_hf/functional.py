@@ -1,7 +1,9 @@
 """Pure tensor functions for the formulas of METHOD.md.
 
 Every method module is a thin layer over these functions, so the tests can compare each of them with the
-formula on random tensors. All affinity maths runs in float32, whatever dtype the inputs come in.
+formula on random tensors. All affinity maths runs in float32, whatever dtype the inputs come in, and also under
+`torch.autocast` (bf16/fp16 mixed precision), which would otherwise run the cosine matmuls in half precision: an error
+of 0.4% in a cosine of 0.97 becomes an error of about 20% in ``exp(-beta * (1 - cos))`` at beta = 50.
 
 Notation (METHOD.md): ``f`` query embeddings (B, C), ``W`` class text embeddings (N, C), ``F`` cache keys (NK, C),
 cache labels (NK,) as integers, ``s`` the logit scale.
@@ -9,17 +11,28 @@ cache labels (NK,) as integers, ``s`` the logit scale.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
 __all__ = [
     "affinity",
     "cache_logits",
+    "full_precision",
     "fuse_affinities",
     "l2_normalize",
     "template_ensemble",
     "zero_shot_logits",
 ]
+
+
+def full_precision(tensor: torch.Tensor) -> contextlib.AbstractContextManager:
+    """A context that turns `torch.autocast` off on ``tensor``'s device, so that its maths runs in float32."""
+    device_type = tensor.device.type
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def l2_normalize(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -42,8 +55,9 @@ def template_ensemble(text_embeds: torch.Tensor) -> torch.Tensor:
 
 
 def zero_shot_logits(image_embeds: torch.Tensor, class_weights: torch.Tensor, logit_scale: float) -> torch.Tensor:
-    """``s * f W^T`` with ``f`` and ``W`` already normalised. (B, C) @ (C, N) -> (B, N)."""
-    return logit_scale * image_embeds.float() @ class_weights.float().t()
+    """``s * f W^T`` with ``f`` and ``W`` already normalised. (B, C) @ (C, N) -> (B, N), float32 under autocast too."""
+    with full_precision(image_embeds):
+        return logit_scale * image_embeds.float() @ class_weights.float().t()
 
 
 def affinity(queries: torch.Tensor, keys: torch.Tensor, sharpness: float | torch.Tensor) -> torch.Tensor:
@@ -57,8 +71,9 @@ def affinity(queries: torch.Tensor, keys: torch.Tensor, sharpness: float | torch
     Returns:
         `torch.Tensor` of shape `(B, NK)` in float32.
     """
-    cos = queries.float() @ keys.float().t()  # (B, C) @ (C, NK) -> (B, NK)
-    return torch.exp(-sharpness * (1.0 - cos))
+    with full_precision(queries):  # autocast would run this matmul (and so the exponential) in bf16/fp16
+        cos = queries.float() @ keys.float().t()  # (B, C) @ (C, NK) -> (B, NK)
+        return torch.exp(-sharpness * (1.0 - cos))
 
 
 def cache_logits(affinities: torch.Tensor, cache_labels: torch.Tensor, num_classes: int) -> torch.Tensor:
