@@ -1,0 +1,176 @@
+"""What `train_accelerate.py` and `train_trainer.py` share: the command line, the task, the datasets, the reports.
+
+The task is generated (coloured stripes plus noise, `xmadapter_hf.testing.tiny_image_dataset`) so that the examples
+run offline; `--model` defaults to a tiny random CLIP saved to a temporary directory and loaded *by path*, exactly as
+a user loads `openai/clip-vit-base-patch16`. To train on your own data, replace `build_task` by a function returning
+two `datasets.Dataset`s with `image` and `label` columns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch.utils.data import Dataset
+
+from xmadapter_hf import XMAdapterForImageClassification
+from xmadapter_hf.augment import augment_view, draw_seed
+from xmadapter_hf.extraction import crop_size, read_item, resolve_columns
+from xmadapter_hf.images import load_image
+
+__all__ = [
+    "EmbeddingItems",
+    "PixelItems",
+    "add_common_arguments",
+    "autocast_dtype",
+    "build_model",
+    "build_task",
+    "write_report",
+]
+
+# A key of its own for the training-time augmentation draws, so that they never reuse the cache's
+# draw_seed(seed, item, view) numbers.
+_TRAIN_AUGMENT_KEY = 7
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags both training examples accept."""
+    parser.add_argument("--model", help="a CLIP Hub id or local path (default: a tiny random CLIP, offline)")
+    parser.add_argument("--path", choices=("embeddings", "pixels"), default="embeddings",
+                        help="embeddings: extract once (augmented views), train on them; pixels: images -> processor "
+                             "-> backbone at every step, with a fresh augmentation per epoch")  # fmt: skip
+    parser.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no",
+                        help="autocast dtype of the forward (fp16 needs a GPU; bf16 runs on CPU too)")  # fmt: skip
+    parser.add_argument("--method", default="xmadapter", help="a trainable method (default xmadapter)")
+    parser.add_argument("--hard-sample-strength", type=float, help="lambda_hard (0 = off; default: 1 for xmadapter)")
+    parser.add_argument("--sharpness", type=float, help="beta (default: 20 for the tiny CLIP, else the config's)")
+    parser.add_argument("--residual-ratio", type=float, help="alpha (default: 1.0)")
+    parser.add_argument("--learning-rate", type=float, help="default: the method's recipe (1e-3 for XMAdapter)")
+    parser.add_argument("--steps", type=int, default=60, help="optimiser steps")
+    parser.add_argument("--batch-size", type=int, default=8, help="per process and micro-batch")
+    parser.add_argument("--accumulation", type=int, default=1, help="gradient accumulation steps")
+    parser.add_argument("--no-shuffle", action="store_true", help="visit the training items in dataset order")
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--shots", type=int, default=8)
+    parser.add_argument(
+        "--views", type=int, default=4, help="augmented views per few-shot image (cache and fast path)"
+    )
+    parser.add_argument("--test-shots", type=int, default=10, help="test images per class")
+    parser.add_argument("--noise", type=float, default=0.85, help="difficulty of the generated task (0..1)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", help="where the main process saves the adapter (default: a temporary directory)")
+    parser.add_argument("--dump-dir", help="write per-process reports here (JSON, adapter tensors as safetensors)")
+
+
+def autocast_dtype(mixed_precision: str) -> torch.dtype | None:
+    """The torch dtype of a `--mixed-precision` value (None for `no`)."""
+    return {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[mixed_precision]
+
+
+def build_task(args, work: Path):
+    """(backbone path, class names, few-shot train set, test set). Every process builds the same."""
+    if args.model:
+        backbone = args.model
+    else:
+        from xmadapter_hf.testing import save_tiny_clip
+
+        # Each process saves its own copy (same seed, same weights): no process waits on another's file system.
+        backbone = save_tiny_clip(work / "tiny-clip")
+    from xmadapter_hf.testing import tiny_image_dataset
+
+    names = [f"class {i}" for i in range(args.classes)]
+    task = dict(num_classes=args.classes, noise=args.noise, seed=args.seed)
+    train = tiny_image_dataset(shots=args.shots, **task)
+    test = tiny_image_dataset(shots=args.test_shots, start_index=10_000, **task)
+    return backbone, names, train, test
+
+
+def build_model(args, backbone: str, names: list[str]) -> XMAdapterForImageClassification:
+    """The adapter over the backbone, with the flags' hyperparameters (its cache is set afterwards)."""
+    sharpness = args.sharpness if args.sharpness is not None else (None if args.model else 20.0)
+    overrides = {"sharpness": sharpness} if sharpness is not None else {}
+    strength = args.hard_sample_strength
+    if strength is None:
+        strength = 1.0 if args.method == "xmadapter" else 0.0
+    return XMAdapterForImageClassification.from_clip(
+        backbone, names, method=args.method, seed=args.seed, hard_sample_strength=strength,
+        residual_ratio=1.0 if args.residual_ratio is None else args.residual_ratio, **overrides,
+    )  # fmt: skip
+
+
+class EmbeddingItems(Dataset):
+    """The fast path's training items: every (view, image) pair of the extracted embeddings.
+
+    Item ``v * M + i`` is view ``v`` of image ``i``: `image_embeds` (C,), `labels`, and `cache_index` = ``i`` (the
+    image's own cache entry, left out of the hard-sample criterion). An epoch visits each view of each image once.
+    """
+
+    def __init__(self, embeds: torch.Tensor, labels: torch.Tensor):
+        self.embeds, self.labels = embeds, labels  # (V, M, C), (M,)
+        self.num_images = labels.shape[0]
+
+    def __len__(self) -> int:
+        return self.embeds.shape[0] * self.num_images
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        view, image = divmod(index, self.num_images)
+        return {"image_embeds": self.embeds[view, image], "labels": self.labels[image], "cache_index": image}
+
+
+class PixelItems(Dataset):
+    """The pixel path's items: each image through the processor at every step (`pixel_values`, `labels`, ...).
+
+    With ``augment``, every epoch draws a fresh crop and flip from ``draw_seed(seed, key, epoch, index)``, a function
+    of the item and the epoch only, so that any number of processes sees the same pictures. The training loop must
+    call `set_epoch` itself: Accelerate's dataloader forwards it to the dataset with one process, but not with
+    several processes and a shuffling sampler.
+    """
+
+    def __init__(self, dataset, image_processor, seed: int = 0, augment: bool = True, with_cache_index: bool = True):
+        self.dataset, self.seed, self.augment = dataset, seed, augment
+        self.image_processor = getattr(image_processor, "image_processor", image_processor)
+        self.size = crop_size(self.image_processor)
+        self.columns = resolve_columns(dataset, None, None)
+        self.with_cache_index = with_cache_index
+        self.epoch = 0
+        self.epochs_seen: set[int] = set()  # reported, so that a test can see the augmentations change
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        image, label = read_item(self.dataset, index, *self.columns)
+        image = load_image(image)
+        self.epochs_seen.add(self.epoch)
+        if self.augment:
+            image = augment_view(image, self.size, draw_seed(self.seed, _TRAIN_AUGMENT_KEY, self.epoch, index))
+        pixels = self.image_processor(images=[image], return_tensors="pt")["pixel_values"][0]
+        item = {"pixel_values": pixels, "labels": torch.tensor(int(label))}
+        if self.with_cache_index:
+            item["cache_index"] = torch.tensor(index)
+        return item
+
+
+def write_report(dump_dir: str | None, rank: int, info: dict, tensors: dict[str, dict[str, torch.Tensor]]) -> None:
+    """Writes ``rank{rank}.json`` and one ``rank{rank}_{name}.safetensors`` per entry of ``tensors`` (never pickle)."""
+    if not dump_dir:
+        return
+    directory = Path(dump_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, group in tensors.items():
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in group.items()}, directory / f"rank{rank}_{name}.safetensors"
+        )
+    (directory / f"rank{rank}.json").write_text(json.dumps(info, indent=2))
+
+
+def work_directory() -> Path:
+    """A fresh temporary directory for the tiny backbone and the default output."""
+    return Path(tempfile.mkdtemp(prefix="xmadapter-example-"))

@@ -1,0 +1,199 @@
+"""Train an XMAdapter with the Hugging Face `Trainer`, on one process or many (DDP), in fp32 or mixed precision.
+
+One GPU / CPU:        python examples/train_trainer.py
+N GPUs:               accelerate launch --multi_gpu --num_processes N examples/train_trainer.py --mixed-precision bf16
+                      (or torchrun --nproc_per_node N examples/train_trainer.py)
+2 CPU processes:      torchrun --standalone --nproc_per_node 2 examples/train_trainer.py
+
+The `TrainingArguments` that matter under DDP:
+- `use_cpu=True` on a machine without GPU (else each torchrun process trains alone, not distributed);
+- `ddp_find_unused_parameters=False`: every parameter of a built method receives a gradient;
+- `ddp_broadcast_buffers=False`: the cache buffers never change, there is nothing to broadcast at each forward;
+- `remove_unused_columns=False`: the pixel path's dataset yields `pixel_values`/`cache_index` built on the fly;
+- `data_seed`: the shuffled order is drawn from (seed, epoch) alone, the same for any number of processes.
+The model normalises its loss by Trainer's `num_items_in_batch` (counted over the accumulated batch and gathered over
+processes), so N processes with per-device batch b train like one process with batch N * b.
+
+The adapter is saved with the model's own `save_pretrained` on the main process (adapter-only, no pickle);
+`trainer.save_model` / `trainer.push_to_hub` would add Trainer's `training_args.bin`, a pickle
+(see docs/distributed.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+from datasets import Dataset
+from example_utils import (
+    PixelItems,
+    add_common_arguments,
+    autocast_dtype,
+    build_model,
+    build_task,
+    work_directory,
+    write_report,
+)
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from xmadapter_hf.distributed import extract_embeddings_distributed
+from xmadapter_hf.training import build_optimizer
+
+# Everything in the model output but the final logits stays out of `Trainer.predict`'s gathered predictions.
+_NOT_PREDICTIONS = [
+    "zero_shot_logits", "cache_logits", "image_cache_logits", "text_cache_logits", "affinity_ratio", "disagreement",
+    "image_embeds",
+]  # fmt: skip
+
+
+class SetEpoch(TrainerCallback):
+    """Tells the dataset the epoch at the start of each one (fresh augmentations per epoch on the pixel path).
+
+    Accelerate's dataloader forwards `set_epoch` to the dataset with one process, but not when its batch sampler is
+    sharded over several processes and wraps a shuffling sampler: without this callback every epoch of a shuffled
+    multi-process run would reuse epoch 0's augmentations.
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        # state.epoch is the number of epochs done (fractional when resuming in the middle of one)
+        self.dataset.set_epoch(math.floor(state.epoch + 1e-6))
+
+
+def embedding_items(embeds: torch.Tensor, labels: torch.Tensor, with_cache_index: bool = True) -> Dataset:
+    """A `datasets.Dataset` of every (view, image) pair: `image_embeds`, `labels` and `cache_index` (= the image)."""
+    views, images = embeds.shape[:2]
+    columns = {"image_embeds": embeds.reshape(views * images, -1).tolist(), "labels": labels.repeat(views).tolist()}
+    if with_cache_index:
+        columns["cache_index"] = torch.arange(images).repeat(views).tolist()
+    return Dataset.from_dict(columns).with_format("torch")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser)
+    args = parser.parse_args()
+    cpu = not torch.cuda.is_available()
+    if args.mixed_precision == "fp16" and cpu:
+        raise SystemExit("--mixed-precision fp16 needs a GPU; on CPU use bf16.")
+    # Before the process group exists: transformers 5 writes model files on rank 0 only once torch.distributed is
+    # initialised, and here every process saves its own copy of the tiny backbone.
+    work = work_directory()
+    backbone, names, train, test = build_task(args, work)
+    output = Path(args.output) if args.output else work / "adapter"
+    training_args = TrainingArguments(
+        output_dir=str(work / "trainer"),
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.batch_size,
+        gradient_accumulation_steps=args.accumulation,
+        max_steps=args.steps,
+        learning_rate=args.learning_rate or 1e-3,  # unused: the method's own optimiser is passed below
+        max_grad_norm=0.0,  # no clipping, as in the methods' recipes (Tip-Adapter-F's code) and the Accelerate loop
+        use_cpu=cpu,
+        bf16=args.mixed_precision == "bf16",
+        fp16=args.mixed_precision == "fp16",
+        ddp_find_unused_parameters=False,
+        ddp_broadcast_buffers=False,
+        remove_unused_columns=False,
+        train_sampling_strategy="sequential" if args.no_shuffle else "random",
+        seed=args.seed,
+        data_seed=args.seed,
+        save_strategy="no",
+        report_to=[],
+        logging_steps=max(1, args.steps // 5),
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    state = PartialState()  # set up by TrainingArguments (gloo on CPU under torchrun)
+    model = build_model(args, backbone, names).to(training_args.device)
+    dtype = autocast_dtype(args.mixed_precision)
+
+    # The cache (and the fast path's training items): one extraction, sharded over the processes.
+    views = extract_embeddings_distributed(
+        state, model.clip, model.processor, train, augment_views=args.views, seed=args.seed, autocast_dtype=dtype
+    )
+    model.set_cache(views.embeds.mean(0), views.labels)
+    model.config.augment_views = args.views
+    tensors = {}
+    if args.path == "embeddings":
+        test_views = extract_embeddings_distributed(
+            state, model.clip, model.processor, test, augment_views=0, autocast_dtype=dtype
+        )
+        train_items = embedding_items(views.embeds, views.labels)
+        test_items = embedding_items(test_views.embeds, test_views.labels, with_cache_index=False)
+        tensors["embeddings"] = {"train": views.embeds, "train_labels": views.labels, "test": test_views.embeds[0]}
+    else:
+        train_items = PixelItems(train, model.processor, seed=args.seed, augment=args.views > 0)
+        test_items = PixelItems(test, model.processor, augment=False, with_cache_index=False)
+
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_items,
+        optimizers=build_optimizer(model, num_training_steps=args.steps, learning_rate=args.learning_rate),
+        callbacks=[SetEpoch(train_items)] if hasattr(train_items, "set_epoch") else None,
+    )
+    started = time.perf_counter()
+    result = trainer.train()
+    train_seconds = time.perf_counter() - started
+    trained_images = args.steps * args.batch_size * args.accumulation * state.num_processes
+
+    # Trainer.predict gathers the predictions of every process (dropping Accelerate's padding of the last batch).
+    prediction = trainer.predict(test_items, ignore_keys=_NOT_PREDICTIONS)
+    logits = torch.as_tensor(prediction.predictions)
+    labels = torch.as_tensor(prediction.label_ids)
+    accuracy = (logits.argmax(-1) == labels).float().mean().item()
+
+    # Save: the adapter alone, by the main process only, once every process has finished.
+    trainer.accelerator.wait_for_everyone()
+    unwrapped = trainer.accelerator.unwrap_model(trainer.model_wrapped)
+    saved = False
+    if trainer.is_world_process_zero():
+        unwrapped.save_pretrained(output)
+        saved = True
+    trainer.accelerator.wait_for_everyone()
+
+    info = {
+        "distributed_type": trainer.accelerator.distributed_type.value,
+        "num_processes": state.num_processes,
+        "process_index": state.process_index,
+        "mixed_precision": trainer.accelerator.mixed_precision,
+        "path": args.path,
+        "steps": args.steps,
+        "global_batch": args.batch_size * state.num_processes * args.accumulation,
+        "losses": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry],
+        "train_loss": result.training_loss,
+        "accuracy": accuracy,
+        "num_test": int(labels.numel()),
+        "chance": 1 / len(names),
+        "trained_images": trained_images,
+        "train_seconds": train_seconds,
+        "images_per_second": trained_images / train_seconds,
+        "saved_checkpoint": saved,
+        "dataset_epochs": sorted(getattr(train_items, "epochs_seen", [])),
+        "output": str(output),
+    }
+    tensors["adapter"] = unwrapped.adapter_state_dict()
+    tensors["eval"] = {"logits": logits, "labels": labels}
+    write_report(args.dump_dir, state.process_index, info, tensors)
+    if state.is_main_process:
+        precision = "fp32" if args.mixed_precision == "no" else args.mixed_precision
+        print(
+            f"{info['distributed_type']}, {state.num_processes} process(es), {precision}, {args.path} path: "
+            f"test accuracy {accuracy:.3f} over {labels.numel()} images (chance {1 / len(names):.3f})"
+        )
+        print(
+            f"throughput: training {info['images_per_second']:.1f} images/s ({trained_images} images, "
+            f"{train_seconds:.2f} s, Trainer overhead included)"
+        )
+        print(f"adapter saved to {output}")
+
+
+if __name__ == "__main__":
+    main()
