@@ -195,6 +195,18 @@ def test_affinity_maths_stays_float32_under_bf16_autocast(make_model, cache_embe
     assert ((reference - out.logits).abs().max() / reference.abs().max()).item() <= 0.02
 
 
+@pytest.mark.parametrize("method", ["zero-shot", "tip-adapter", "tip-adapter-f", "clip-adapter", "multimodal-adapter"])
+def test_every_method_returns_float32_logits_under_bf16_autocast(make_model, cache_embeds, method):
+    model = make_model(method)
+    with torch.no_grad():
+        reference = model(image_embeds=cache_embeds[0]).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(image_embeds=cache_embeds[0])
+    assert out.logits.dtype == out.zero_shot_logits.dtype == torch.float32
+    assert out.cache_logits is None or out.cache_logits.dtype == torch.float32
+    assert ((reference - out.logits).abs().max() / reference.abs().max()).item() <= 0.02
+
+
 # ----------------------------------------------------------------------------------- extraction sharding, in-process
 class _ThreadedGroup:
     """Stands in for a process group with threads: `gather` concatenates every rank's tensor, in rank order."""

@@ -146,7 +146,8 @@ class MultiModalAdapter(AdapterMethod):
         self, image_embeds: torch.Tensor, class_embeds: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
         image, text = self.adapt(image_embeds, class_embeds, mask)
-        return torch.bmm(text, image.unsqueeze(-1)).squeeze(-1)  # (b, N, C) @ (b, C, 1) -> (b, N)
+        with Fn.full_precision(image):  # the cosines stay float32 under autocast, like the other methods' logits
+            return torch.bmm(text.float(), image.float().unsqueeze(-1)).squeeze(-1)  # (b, N, C) @ (b, C, 1) -> (b, N)
 
     def forward(self, image_embeds, state: CacheState, labels=None, cache_index=None) -> MethodOutput:
         image = image_embeds.float()  # (B, C)
