@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import re
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from datasets import load_dataset
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -58,6 +60,11 @@ class Context:
         Image.fromarray(np.zeros((30, 30, 3), np.uint8)).save(root / "images" / "ok.png")
         (root / "images" / "notes.png").write_text("not an image")
         (root / "images" / "broken.png").write_bytes((root / "images" / "ok.png").read_bytes()[:40])
+        for name in ("cat", "dog"):  # a `datasets` image folder with one corrupt file
+            (root / "folder" / name).mkdir(parents=True)
+            shutil.copy(root / "images" / "ok.png", root / "folder" / name / "ok.png")
+        (root / "folder" / "dog" / "broken.png").write_bytes(b"\x89PNG not really")
+        self.image_folder = load_dataset("imagefolder", data_dir=str(root / "folder"), split="train")
 
     def build(self, method, **kwargs):
         return XMAdapterForImageClassification.from_clip(
@@ -136,6 +143,8 @@ CASES = [
          lambda ctx: ctx.model.build_cache(ctx.folder("ok.png", "notes.png"), augment_views=0, show_progress=False)),
     Case("folder-corrupt-image", "cache", "a truncated image file", ValueError,
          lambda ctx: ctx.model.build_cache(ctx.folder("broken.png"), augment_views=0, show_progress=False)),
+    Case("imagefolder-corrupt-image", "cache", "a corrupt file in a `datasets` image folder", ValueError,
+         lambda ctx: ctx.empty.build_cache(ctx.image_folder, augment_views=0, show_progress=False)),
     Case("folder-decompression-bomb", "cache", "an image above PIL's decompression-bomb limit", ValueError, _bomb),
     # ----------------------------------------------------------------------------------------------- config
     Case("unknown-method", "config", "an unknown method", ValueError, _config(method="lora")),

@@ -99,6 +99,24 @@ def read_item(dataset, index: int, image_column: str | None, label_column: str |
     raise TypeError(f"Dataset items must be (image, label) pairs or dicts; item {index} is {type(item).__name__}.")
 
 
+def _undecoded(dataset, image_column: str | None):
+    """The dataset with its image column read as bytes/paths, decoded by `images.load_image`.
+
+    `datasets` would decode a corrupt or non-image file itself and raise its own error without the file's name; our
+    loader names it, converts every mode to 8-bit RGB and enforces the decompression-bomb limit. Datasets with a
+    format or transform set are left as they are (the transform expects decoded images).
+    """
+    features = getattr(dataset, "features", None)
+    if features is None or image_column not in features or getattr(dataset, "format", {}).get("type") is not None:
+        return dataset
+    from datasets import Image as ImageFeature
+
+    feature = features[image_column]
+    if isinstance(feature, ImageFeature) and feature.decode:
+        return dataset.cast_column(image_column, ImageFeature(decode=False))
+    return dataset
+
+
 def crop_size(image_processor) -> int:
     """The square input size of the image processor (CLIP: its `crop_size`)."""
     for attr, key in (("crop_size", "height"), ("size", "shortest_edge"), ("size", "height")):
@@ -347,6 +365,7 @@ def extract_embeddings(
         raise TypeError(f"`autocast_dtype` must be a torch.dtype or None, got {autocast_dtype!r}.")
     image_processor = getattr(image_processor, "image_processor", image_processor)
     image_column, label_column = resolve_columns(dataset, image_column, label_column)
+    dataset = _undecoded(dataset, image_column)
     indices = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
     if not indices:
         raise ValueError("The dataset is empty: cannot extract embeddings from no images.")

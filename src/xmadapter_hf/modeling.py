@@ -481,7 +481,9 @@ class XMAdapterForImageClassification(PreTrainedModel):
         if state_dict is None:
             state_dict = self.adapter_state_dict()
         tensors = {k: v for k, v in state_dict.items() if not k.startswith("clip.")}
-        if not is_main_process:
+        # As transformers does under a process group: only rank 0 writes, whatever the caller passed.
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if not is_main_process or (distributed and torch.distributed.get_rank() != 0):
             return
         serialization.save_adapter(self, save_directory, tensors)
 
