@@ -1,0 +1,36 @@
+"""The docs' code runs: every python block of docs/training.md, in order, on the tiny random CLIP."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _blocks(path: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", path.read_text(), re.S)
+
+
+def test_training_guide_runs(tmp_path, monkeypatch):
+    blocks = _blocks(ROOT / "docs" / "training.md")
+    assert len(blocks) >= 5
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for block in blocks:
+        # the last block pushes to the real Hub: everything before the push runs
+        code = block.split("model.push_to_hub")[0]
+        exec(compile(code, "docs/training.md", "exec"), namespace)
+    model = namespace["model"]
+    assert model.config.search_result["split"] == "validation"
+    assert (tmp_path / "my-adapter" / "model.safetensors").is_file()
+    assert (tmp_path / "split.json").is_file()
+    assert namespace["report"] is not None
+
+
+@pytest.mark.parametrize("path", ["README.md", "docs/training.md", "docs/methods.md", "docs/design.md"])
+def test_doc_code_blocks_compile(path):
+    for block in _blocks(ROOT / path):
+        compile(block, path, "exec")
