@@ -30,7 +30,10 @@ def test_training_guide_runs(tmp_path, monkeypatch):
     assert namespace["report"] is not None
 
 
-@pytest.mark.parametrize("path", ["README.md", "docs/training.md", "docs/methods.md", "docs/design.md"])
+@pytest.mark.parametrize(
+    "path",
+    ["README.md", "docs/training.md", "docs/methods.md", "docs/design.md", "docs/hub.md", "docs/distributed.md"],
+)
 def test_doc_code_blocks_compile(path):
     for block in _blocks(ROOT / path):
         compile(block, path, "exec")
