@@ -225,3 +225,17 @@ def test_training_free_methods_cannot_train(make_model, cache_embeds):
         model(image_embeds=cache_embeds[0][:2], labels=cache_embeds[1][:2])
     with pytest.raises(ValueError, match="training-free"):
         build_optimizer(model, num_training_steps=1)
+
+
+@pytest.mark.parametrize("method", ["tip-adapter-f", "xmadapter", "clip-adapter"])
+def test_focal_criterion_weights_each_item_by_its_difficulty(make_model, cache_embeds, method):
+    model = make_model(
+        method, hard_sample_criterion="focal", hard_sample_strength=1.5, hard_sample_focal_power=2.0, sharpness=5.0
+    )
+    model.train()
+    raw, labels = cache_embeds[0][:8] + 0.05, cache_embeds[1][:8]
+    out = model(image_embeds=raw, labels=labels, num_items_in_batch=torch.tensor(10))
+    p = torch.softmax(out.logits.detach(), dim=-1)[torch.arange(8), labels]
+    weights = 1 + 1.5 * (1 - p) ** 2
+    expected = (weights * F.cross_entropy(out.logits, labels, reduction="none")).sum() / 10
+    torch.testing.assert_close(out.loss, expected)
