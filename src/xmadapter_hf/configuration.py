@@ -106,8 +106,10 @@ class XMAdapterConfig(PreTrainedConfig):
             Images per chunk in the Multi-Modal Adapter's attention (its memory grows as B * (N + 1)^2).
         cache_size (`int`, *optional*, defaults to 0):
             `NK`, the number of cache entries; fixes the shapes of the cache parameters. Set by `build_cache`.
-        cache_chunk_size (`int`, *optional*, defaults to 65536):
-            Cache entries per chunk when computing affinities, so that memory stays bounded for huge caches.
+        cache_chunk_size (`int`, *optional*, defaults to 8192):
+            Cache entries per chunk when computing affinities, so that memory stays bounded for huge caches. The
+            temporaries are a few (B, chunk) float32 tensors; 8192 keeps them small enough to be reused by the CPU
+            allocator (65536 was twice as slow on a 1.6M-entry cache at B = 256, page-faulting fresh 64 MB buffers).
         cache_dtype (`str`, *optional*, defaults to `"float32"`):
             Storage dtype of the frozen cache tensors (`float32`, `float16`, `bfloat16`); the maths stays float32.
         augment_views (`int`, *optional*, defaults to 10):
@@ -163,7 +165,7 @@ class XMAdapterConfig(PreTrainedConfig):
     mma_mask: str = "additive"
     mma_chunk_size: int = 32
     cache_size: int = 0
-    cache_chunk_size: int = 65536
+    cache_chunk_size: int = 8192
     cache_dtype: str = "float32"
     augment_views: int = 10
     shots: int | None = None
