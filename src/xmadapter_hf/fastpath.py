@@ -25,6 +25,7 @@ from transformers import TrainerCallback
 from .augment import draw_seed
 from .extraction import ExtractedEmbeddings, extract_embeddings
 from .training import build_optimizer, recipe_for
+from .tuning import check_validation_embeddings
 
 __all__ = ["EmbeddingViewsDataset", "FitReport", "ViewEpochCallback", "fit", "steps_batch_size"]
 
@@ -335,12 +336,7 @@ def fit(
             "`validation_dataset` (images, or raw embeddings with `validation_labels`)."
         )
     if isinstance(validation_dataset, torch.Tensor):
-        if validation_labels is None:
-            raise ValueError("Validation embeddings need `validation_labels` (M,) integers.")
-        if validation_dataset.ndim != 2 or validation_dataset.shape[1] != model.embed_dim:
-            raise ValueError(
-                f"Validation embeddings must have shape (M, {model.embed_dim}); got {tuple(validation_dataset.shape)}."
-            )
+        check_validation_embeddings(model, validation_dataset, validation_labels)
     if not isinstance(train_dataset, ExtractedEmbeddings) or not isinstance(validation_dataset, torch.Tensor):
         if model.processor is None:
             raise ValueError("`fit` reads images with the model's processor: build the model with `from_clip`.")

@@ -14,18 +14,21 @@ from . import functional as Fn
 from .extraction import extract_embeddings
 from .search import SearchResult, search_hyperparameters
 
-__all__ = ["search_on_validation", "validation_embeddings"]
+__all__ = ["check_validation_embeddings", "search_on_validation", "validation_embeddings"]
+
+
+def check_validation_embeddings(model, embeds: torch.Tensor, labels) -> None:
+    """Raises unless ``embeds`` are raw validation embeddings (M, C) of the model's dim and ``labels`` are given."""
+    if labels is None:
+        raise ValueError("Pass the validation labels with validation embeddings: (M,) integers.")
+    if embeds.ndim != 2 or embeds.shape[1] != model.embed_dim:
+        raise ValueError(f"Validation embeddings must have shape (M, {model.embed_dim}); got {tuple(embeds.shape)}.")
 
 
 def validation_embeddings(model, validation, labels=None, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw embeddings and labels of a validation split: an image dataset (plain view) or (embeds, labels) tensors."""
     if isinstance(validation, torch.Tensor):
-        if labels is None:
-            raise ValueError("Pass the validation labels with validation embeddings: `labels=` (M,) integers.")
-        if validation.ndim != 2 or validation.shape[1] != model.embed_dim:
-            raise ValueError(
-                f"Validation embeddings must have shape (M, {model.embed_dim}); got {tuple(validation.shape)}."
-            )
+        check_validation_embeddings(model, validation, labels)
         return validation, torch.as_tensor(labels).long()
     if model.processor is None:
         raise ValueError("The model has no processor to read validation images with: pass embeddings and labels.")
