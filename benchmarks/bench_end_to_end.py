@@ -45,35 +45,15 @@ from xmadapter_hf.augment import augment_view, draw_seed
 from xmadapter_hf.extraction import extract_embeddings
 from xmadapter_hf.fastpath import steps_batch_size
 from xmadapter_hf.images import load_image
-from xmadapter_hf.testing import tiny_image_dataset, tiny_tokenizer
+from xmadapter_hf.testing import tiny_image_dataset, vit_b_clip
 from xmadapter_hf.training import build_optimizer
 
 IMAGE_SIZE = 224
 
 
 def vit_b32_clip(seed: int = 0):
-    """A random CLIP of ViT-B/32 size and a processor (PIL image backend + the tiny tokenizer)."""
-    from transformers import CLIPConfig, CLIPModel, CLIPProcessor
-
-    try:
-        from transformers import CLIPImageProcessorPil as CLIPImageProcessor
-    except ImportError:
-        from transformers import CLIPImageProcessor
-    tok = tiny_tokenizer()
-    text = dict(
-        hidden_size=512, num_hidden_layers=12, num_attention_heads=8, intermediate_size=2048, vocab_size=len(tok),
-        max_position_embeddings=77, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )  # fmt: skip
-    vision = dict(
-        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-        image_size=IMAGE_SIZE, patch_size=32,
-    )  # fmt: skip
-    torch.manual_seed(seed)
-    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=512)).eval()
-    size = {"shortest_edge": IMAGE_SIZE}
-    processor = CLIPImageProcessor(size=size, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
-    return model, CLIPProcessor(image_processor=processor, tokenizer=tok)
+    """A random CLIP of ViT-B/32 size and its processor (see `xmadapter_hf.testing.vit_b_clip`)."""
+    return vit_b_clip(patch_size=32, seed=seed)
 
 
 def accuracy(model, embeds: torch.Tensor, labels: torch.Tensor) -> float:

@@ -28,33 +28,14 @@ import time
 import torch
 
 from xmadapter_hf import XMAdapterForImageClassification
-from xmadapter_hf.testing import tiny_image_dataset, tiny_tokenizer
+from xmadapter_hf.testing import tiny_image_dataset, vit_b_clip
 
 TARGET = 0.02
 
 
 def vit_b16_clip(seed: int = 0):
-    """A random CLIP of ViT-B/16 size and a processor (PIL image backend + the tiny tokenizer)."""
-    from transformers import CLIPConfig, CLIPModel, CLIPProcessor
-
-    try:
-        from transformers import CLIPImageProcessorPil as CLIPImageProcessor
-    except ImportError:
-        from transformers import CLIPImageProcessor
-    tok = tiny_tokenizer()
-    text = dict(
-        hidden_size=512, num_hidden_layers=12, num_attention_heads=8, intermediate_size=2048, vocab_size=len(tok),
-        max_position_embeddings=77, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )  # fmt: skip
-    vision = dict(
-        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, image_size=224,
-        patch_size=16,
-    )  # fmt: skip
-    torch.manual_seed(seed)
-    model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=512)).eval()
-    processor = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
-    return model, CLIPProcessor(image_processor=processor, tokenizer=tok)
+    """A random CLIP of ViT-B/16 size and its processor (see `xmadapter_hf.testing.vit_b_clip`)."""
+    return vit_b_clip(patch_size=16, seed=seed)
 
 
 def median_time(call, repeats: int) -> float:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["save_tiny_clip", "tiny_clip", "tiny_clip_config", "tiny_image_dataset", "tiny_tokenizer"]
+__all__ = ["save_tiny_clip", "tiny_clip", "tiny_clip_config", "tiny_image_dataset", "tiny_tokenizer", "vit_b_clip"]
 
 
 def tiny_tokenizer():
@@ -42,8 +42,8 @@ def tiny_clip_config(
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)
 
 
-def tiny_clip(seed: int = 0, projection_dim: int = 32, image_size: int = 30, **config_kwargs):
-    """A tiny random `CLIPModel` (eval mode) and its `CLIPProcessor`; the same seed gives the same weights."""
+def _with_processor(config, image_size: int, seed: int):
+    """A random `CLIPModel` of ``config`` (eval mode, weights from ``seed``) and a `CLIPProcessor` for it."""
     from transformers import CLIPModel, CLIPProcessor
 
     try:  # transformers 5 without torchvision: the PIL backend, named explicitly to avoid a fallback warning
@@ -52,11 +52,36 @@ def tiny_clip(seed: int = 0, projection_dim: int = 32, image_size: int = 30, **c
         from transformers import CLIPImageProcessor
 
     torch.manual_seed(seed)
-    model = CLIPModel(tiny_clip_config(projection_dim=projection_dim, image_size=image_size, **config_kwargs)).eval()
+    model = CLIPModel(config).eval()
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )
     return model, CLIPProcessor(image_processor=image_processor, tokenizer=tiny_tokenizer())
+
+
+def tiny_clip(seed: int = 0, projection_dim: int = 32, image_size: int = 30, **config_kwargs):
+    """A tiny random `CLIPModel` (eval mode) and its `CLIPProcessor`; the same seed gives the same weights."""
+    config = tiny_clip_config(projection_dim=projection_dim, image_size=image_size, **config_kwargs)
+    return _with_processor(config, image_size, seed)
+
+
+def vit_b_clip(patch_size: int = 16, seed: int = 0):
+    """A random CLIP of ViT-B/``patch_size`` size (vision 768 x 12 layers, text 512 x 12, projection 512, 224 px) with
+    the tiny tokenizer: the benchmarks' stand-in for `openai/clip-vit-base-patch16` / `-patch32`, whose weights cannot
+    be downloaded here (same compute, random weights)."""
+    from transformers import CLIPConfig
+
+    tok = tiny_tokenizer()
+    text = dict(
+        hidden_size=512, num_hidden_layers=12, num_attention_heads=8, intermediate_size=2048, vocab_size=len(tok),
+        max_position_embeddings=77, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )  # fmt: skip
+    vision = dict(
+        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, image_size=224,
+        patch_size=patch_size,
+    )  # fmt: skip
+    return _with_processor(CLIPConfig(text_config=text, vision_config=vision, projection_dim=512), 224, seed)
 
 
 def save_tiny_clip(directory, seed: int = 0, **kwargs) -> str:
