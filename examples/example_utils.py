@@ -158,6 +158,55 @@ class PixelItems(Dataset):
         return item
 
 
+def save_on_main_process(accelerator, model, output: Path):
+    """Saves the adapter alone (no backbone tensor) from the main process only, once every process has finished.
+
+    Returns the unwrapped model and whether this process wrote the checkpoint.
+    """
+    accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model)
+    saved = False
+    if accelerator.is_main_process:
+        unwrapped.save_pretrained(output)
+        saved = True
+    accelerator.wait_for_everyone()
+    return unwrapped, saved
+
+
+def run_info(
+    accelerator,
+    args,
+    *,
+    num_processes: int,
+    accumulation: int,
+    names,
+    labels,
+    trained_images: int,
+    train_seconds: float,
+    saved: bool,
+    train_items,
+    output: Path,
+) -> dict:
+    """The report fields both examples share (the tests read them from ``rank{r}.json``)."""
+    return {
+        "distributed_type": accelerator.distributed_type.value,
+        "num_processes": num_processes,
+        "process_index": accelerator.process_index,
+        "mixed_precision": accelerator.mixed_precision,
+        "path": args.path,
+        "steps": args.steps,
+        "global_batch": args.batch_size * num_processes * accumulation,
+        "num_test": int(labels.numel()),
+        "chance": 1 / len(names),
+        "trained_images": trained_images,
+        "train_seconds": train_seconds,
+        "images_per_second": trained_images / train_seconds,
+        "saved_checkpoint": saved,
+        "dataset_epochs": sorted(getattr(train_items, "epochs_seen", [])),
+        "output": str(output),
+    }  # fmt: skip
+
+
 def write_report(dump_dir: str | None, rank: int, info: dict, tensors: dict[str, dict[str, torch.Tensor]]) -> None:
     """Writes ``rank{rank}.json`` and one ``rank{rank}_{name}.safetensors`` per entry of ``tensors`` (never pickle)."""
     if not dump_dir:

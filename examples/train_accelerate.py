@@ -33,6 +33,8 @@ from example_utils import (
     autocast_dtype,
     build_model,
     build_task,
+    run_info,
+    save_on_main_process,
     work_directory,
     write_report,
 )
@@ -171,39 +173,23 @@ def main() -> None:
     test_loss = torch.nn.functional.cross_entropy(logits, labels).item()
 
     # Save: the adapter alone (no backbone tensor), written by the main process only, after everyone finished.
-    accelerator.wait_for_everyone()
     output = Path(args.output) if args.output else work / "adapter"
-    unwrapped = accelerator.unwrap_model(model)
-    saved = False
-    if accelerator.is_main_process:
-        unwrapped.save_pretrained(output)
-        saved = True
-    accelerator.wait_for_everyone()
+    unwrapped, saved = save_on_main_process(accelerator, model, output)
 
     images_per_second = trained_items / train_seconds
-    info = {
-        "distributed_type": accelerator.distributed_type.value,
-        "num_processes": world,
-        "process_index": accelerator.process_index,
-        "mixed_precision": accelerator.mixed_precision,
-        "path": args.path,
-        "steps": args.steps,
-        "global_batch": args.batch_size * world * accumulation,
-        "losses": losses,
-        "accuracy": accuracy,
-        "accuracy_before": accuracy_before,
-        "test_loss": test_loss,
-        "test_loss_before": test_loss_before,
-        "num_test": int(labels.numel()),
-        "chance": 1 / len(names),
-        "trained_images": trained_items,
-        "train_seconds": train_seconds,
-        "images_per_second": images_per_second,
-        "extraction_images_per_second": extracted_images / extraction_seconds,
-        "saved_checkpoint": saved,
-        "dataset_epochs": sorted(getattr(train_items, "epochs_seen", [])),
-        "output": str(output),
-    }
+    info = run_info(
+        accelerator, args, num_processes=world, accumulation=accumulation, names=names, labels=labels,
+        trained_images=trained_items, train_seconds=train_seconds, saved=saved, train_items=train_items,
+        output=output,
+    )  # fmt: skip
+    info.update(
+        losses=losses,
+        accuracy=accuracy,
+        accuracy_before=accuracy_before,
+        test_loss=test_loss,
+        test_loss_before=test_loss_before,
+        extraction_images_per_second=extracted_images / extraction_seconds,
+    )
     tensors["adapter"] = unwrapped.adapter_state_dict()
     tensors["eval"] = {"logits": logits, "labels": labels}
     write_report(args.dump_dir, accelerator.process_index, info, tensors)

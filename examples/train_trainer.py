@@ -35,6 +35,8 @@ from example_utils import (
     autocast_dtype,
     build_model,
     build_task,
+    run_info,
+    save_on_main_process,
     work_directory,
     write_report,
 )
@@ -151,34 +153,18 @@ def main() -> None:
     accuracy = (logits.argmax(-1) == labels).float().mean().item()
 
     # Save: the adapter alone, by the main process only, once every process has finished.
-    trainer.accelerator.wait_for_everyone()
-    unwrapped = trainer.accelerator.unwrap_model(trainer.model_wrapped)
-    saved = False
-    if trainer.is_world_process_zero():
-        unwrapped.save_pretrained(output)
-        saved = True
-    trainer.accelerator.wait_for_everyone()
+    unwrapped, saved = save_on_main_process(trainer.accelerator, trainer.model_wrapped, output)
 
-    info = {
-        "distributed_type": trainer.accelerator.distributed_type.value,
-        "num_processes": state.num_processes,
-        "process_index": state.process_index,
-        "mixed_precision": trainer.accelerator.mixed_precision,
-        "path": args.path,
-        "steps": args.steps,
-        "global_batch": args.batch_size * state.num_processes * args.accumulation,
-        "losses": [entry["loss"] for entry in trainer.state.log_history if "loss" in entry],
-        "train_loss": result.training_loss,
-        "accuracy": accuracy,
-        "num_test": int(labels.numel()),
-        "chance": 1 / len(names),
-        "trained_images": trained_images,
-        "train_seconds": train_seconds,
-        "images_per_second": trained_images / train_seconds,
-        "saved_checkpoint": saved,
-        "dataset_epochs": sorted(getattr(train_items, "epochs_seen", [])),
-        "output": str(output),
-    }
+    info = run_info(
+        trainer.accelerator, args, num_processes=state.num_processes, accumulation=args.accumulation, names=names,
+        labels=labels, trained_images=trained_images, train_seconds=train_seconds, saved=saved,
+        train_items=train_items, output=output,
+    )  # fmt: skip
+    info.update(
+        losses=[entry["loss"] for entry in trainer.state.log_history if "loss" in entry],
+        train_loss=result.training_loss,
+        accuracy=accuracy,
+    )
     tensors["adapter"] = unwrapped.adapter_state_dict()
     tensors["eval"] = {"logits": logits, "labels": labels}
     write_report(args.dump_dir, state.process_index, info, tensors)
