@@ -158,6 +158,24 @@ class PixelItems(Dataset):
         return item
 
 
+def start(description: str):
+    """Parses the common arguments and builds the task; returns (args, cpu, work, backbone, names, train, test).
+
+    Runs before the process group exists: transformers 5 writes model files on rank 0 only once torch.distributed is
+    initialised, and here every process saves its own copy of the tiny backbone.
+    """
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser)
+    args = parser.parse_args()
+    cpu = not torch.cuda.is_available()
+    if args.mixed_precision == "fp16" and cpu:
+        # Accelerate enables no fp16 autocast (and no grad scaler) on CPU: the run would silently be fp32.
+        raise SystemExit("--mixed-precision fp16 needs a GPU; on CPU use bf16.")
+    work = work_directory()
+    backbone, names, train, test = build_task(args, work)
+    return args, cpu, work, backbone, names, train, test
+
+
 def save_on_main_process(accelerator, model, output: Path):
     """Saves the adapter alone (no backbone tensor) from the main process only, once every process has finished.
 

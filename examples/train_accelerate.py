@@ -18,7 +18,6 @@ With `--path embeddings` the embeddings are extracted once, each process a shard
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from pathlib import Path
@@ -29,13 +28,11 @@ from accelerate.utils import GradientAccumulationPlugin, set_seed
 from example_utils import (
     EmbeddingItems,
     PixelItems,
-    add_common_arguments,
     autocast_dtype,
     build_model,
-    build_task,
     run_info,
     save_on_main_process,
-    work_directory,
+    start,
     write_report,
 )
 from torch.utils.data import DataLoader
@@ -76,17 +73,7 @@ def evaluate(accelerator: Accelerator, model, loader) -> tuple[torch.Tensor, tor
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(parser)
-    args = parser.parse_args()
-    cpu = not torch.cuda.is_available()
-    if args.mixed_precision == "fp16" and cpu:
-        # Accelerate enables no fp16 autocast (and no grad scaler) on CPU: the run would silently be fp32.
-        raise SystemExit("--mixed-precision fp16 needs a GPU; on CPU use bf16.")
-    # Before the process group exists: transformers 5 writes model files on rank 0 only once torch.distributed is
-    # initialised, and here every process saves its own copy of the tiny backbone.
-    work = work_directory()
-    backbone, names, train, test = build_task(args, work)
+    args, cpu, work, backbone, names, train, test = start(__doc__)
     accelerator = Accelerator(
         cpu=cpu,
         mixed_precision=args.mixed_precision,

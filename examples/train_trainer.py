@@ -21,7 +21,6 @@ The adapter is saved with the model's own `save_pretrained` on the main process 
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from pathlib import Path
@@ -31,13 +30,11 @@ from accelerate import PartialState
 from datasets import Dataset
 from example_utils import (
     PixelItems,
-    add_common_arguments,
     autocast_dtype,
     build_model,
-    build_task,
     run_info,
     save_on_main_process,
-    work_directory,
+    start,
     write_report,
 )
 from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -78,16 +75,7 @@ def embedding_items(embeds: torch.Tensor, labels: torch.Tensor, with_cache_index
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(parser)
-    args = parser.parse_args()
-    cpu = not torch.cuda.is_available()
-    if args.mixed_precision == "fp16" and cpu:
-        raise SystemExit("--mixed-precision fp16 needs a GPU; on CPU use bf16.")
-    # Before the process group exists: transformers 5 writes model files on rank 0 only once torch.distributed is
-    # initialised, and here every process saves its own copy of the tiny backbone.
-    work = work_directory()
-    backbone, names, train, test = build_task(args, work)
+    args, cpu, work, backbone, names, train, test = start(__doc__)
     output = Path(args.output) if args.output else work / "adapter"
     training_args = TrainingArguments(
         output_dir=str(work / "trainer"),
