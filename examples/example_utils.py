@@ -176,6 +176,27 @@ def start(description: str):
     return args, cpu, work, backbone, names, train, test
 
 
+def build_distributed_cache(state, model, train, test, args, dtype):
+    """One extraction sharded over the processes: the cache, and on the embedding path the test views too.
+
+    Returns (views, test_views or None, tensors to report).
+    """
+    from xmadapter_hf.distributed import extract_embeddings_distributed
+
+    views = extract_embeddings_distributed(
+        state, model.clip, model.processor, train, augment_views=args.views, seed=args.seed, autocast_dtype=dtype
+    )
+    model.set_cache(views.embeds.mean(0), views.labels)
+    model.config.augment_views = args.views
+    if args.path != "embeddings":
+        return views, None, {}
+    test_views = extract_embeddings_distributed(
+        state, model.clip, model.processor, test, augment_views=0, autocast_dtype=dtype
+    )
+    tensors = {"embeddings": {"train": views.embeds, "train_labels": views.labels, "test": test_views.embeds[0]}}
+    return views, test_views, tensors
+
+
 def save_on_main_process(accelerator, model, output: Path):
     """Saves the adapter alone (no backbone tensor) from the main process only, once every process has finished.
 

@@ -29,6 +29,7 @@ from example_utils import (
     EmbeddingItems,
     PixelItems,
     autocast_dtype,
+    build_distributed_cache,
     build_model,
     run_info,
     save_on_main_process,
@@ -37,7 +38,6 @@ from example_utils import (
 )
 from torch.utils.data import DataLoader
 
-from xmadapter_hf.distributed import extract_embeddings_distributed
 from xmadapter_hf.training import build_optimizer
 
 
@@ -94,20 +94,10 @@ def main() -> None:
     # The cache (and, on the fast path, the training items): one extraction, sharded over the processes.
     accelerator.wait_for_everyone()
     started = time.perf_counter()
-    views = extract_embeddings_distributed(
-        accelerator, model.clip, model.processor, train, augment_views=args.views, seed=args.seed,
-        autocast_dtype=dtype,
-    )  # fmt: skip
-    model.set_cache(views.embeds.mean(0), views.labels)
-    model.config.augment_views = args.views
-    tensors = {}
+    views, test_views, tensors = build_distributed_cache(accelerator, model, train, test, args, dtype)
     if args.path == "embeddings":
-        test_views = extract_embeddings_distributed(
-            accelerator, model.clip, model.processor, test, augment_views=0, autocast_dtype=dtype
-        )
         train_items = EmbeddingItems(views.embeds, views.labels)
         test_items = EmbeddingItems(test_views.embeds, test_views.labels)
-        tensors["embeddings"] = {"train": views.embeds, "train_labels": views.labels, "test": test_views.embeds[0]}
     else:
         train_items = PixelItems(train, model.processor, seed=args.seed, augment=args.views > 0)
         test_items = PixelItems(test, model.processor, augment=False, with_cache_index=False)

@@ -31,6 +31,7 @@ from datasets import Dataset
 from example_utils import (
     PixelItems,
     autocast_dtype,
+    build_distributed_cache,
     build_model,
     run_info,
     save_on_main_process,
@@ -39,7 +40,6 @@ from example_utils import (
 )
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from xmadapter_hf.distributed import extract_embeddings_distributed
 from xmadapter_hf.training import build_optimizer
 
 # Everything in the model output but the final logits stays out of `Trainer.predict`'s gathered predictions.
@@ -105,19 +105,10 @@ def main() -> None:
     dtype = autocast_dtype(args.mixed_precision)
 
     # The cache (and the fast path's training items): one extraction, sharded over the processes.
-    views = extract_embeddings_distributed(
-        state, model.clip, model.processor, train, augment_views=args.views, seed=args.seed, autocast_dtype=dtype
-    )
-    model.set_cache(views.embeds.mean(0), views.labels)
-    model.config.augment_views = args.views
-    tensors = {}
+    views, test_views, tensors = build_distributed_cache(state, model, train, test, args, dtype)
     if args.path == "embeddings":
-        test_views = extract_embeddings_distributed(
-            state, model.clip, model.processor, test, augment_views=0, autocast_dtype=dtype
-        )
         train_items = embedding_items(views.embeds, views.labels)
         test_items = embedding_items(test_views.embeds, test_views.labels, with_cache_index=False)
-        tensors["embeddings"] = {"train": views.embeds, "train_labels": views.labels, "test": test_views.embeds[0]}
     else:
         train_items = PixelItems(train, model.processor, seed=args.seed, augment=args.views > 0)
         test_items = PixelItems(test, model.processor, augment=False, with_cache_index=False)
