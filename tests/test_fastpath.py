@@ -10,6 +10,7 @@ from conftest import CLASS_NAMES
 from transformers import Trainer, TrainingArguments
 
 from xmadapter_hf import EmbeddingViewsDataset, ViewEpochCallback, XMAdapterForImageClassification, fit
+from xmadapter_hf.augment import draw_seed
 from xmadapter_hf.extraction import extract_embeddings, extraction_cache_key
 from xmadapter_hf.testing import tiny_clip, tiny_image_dataset
 from xmadapter_hf.training import build_optimizer
@@ -196,7 +197,7 @@ def _views(cache_embeds, num_views=4):
 def _trainer_draws(make_model, views, labels, tmp_path, callback: bool) -> list[dict[int, int]]:
     """Runs a real Trainer for 2 epochs; returns, per epoch, the view each item was seen with."""
     model = make_model("tip-adapter-f", sharpness=5.0)
-    data = EmbeddingViewsDataset(views, labels, seed=7)
+    data = EmbeddingViewsDataset(views, labels, seed=7, view_sampling="view")
     seen = []
     model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["image_embeds"]), with_kwargs=True)
     args = TrainingArguments(
@@ -223,7 +224,7 @@ def _trainer_draws(make_model, views, labels, tmp_path, callback: bool) -> list[
 
 def test_trainer_draws_one_view_per_item_and_epoch_reproducibly(make_model, cache_embeds, tmp_path):
     views, labels = _views(cache_embeds)
-    expected = EmbeddingViewsDataset(views, labels, seed=7)
+    expected = EmbeddingViewsDataset(views, labels, seed=7, view_sampling="view")
     plain = _trainer_draws(make_model, views, labels, tmp_path / "a", callback=False)
     with_callback = _trainer_draws(make_model, views, labels, tmp_path / "b", callback=True)
     for epoch in (0, 1):
@@ -231,7 +232,9 @@ def test_trainer_draws_one_view_per_item_and_epoch_reproducibly(make_model, cach
         assert plain[epoch] == want, f"epoch {epoch}: the Trainer must reach `set_epoch` (accelerate's set_epoch)"
         assert with_callback[epoch] == want
     assert plain[0] != plain[1], "two epochs must draw different views"
-    assert EmbeddingViewsDataset(views, labels, seed=8).views_for_epoch(0).tolist() != [plain[0][i] for i in range(16)]
+    assert EmbeddingViewsDataset(views, labels, seed=8, view_sampling="view").views_for_epoch(0).tolist() != [
+        plain[0][i] for i in range(16)
+    ]
 
 
 def test_embedding_views_dataset_validates_its_inputs(cache_embeds):
@@ -246,6 +249,63 @@ def test_embedding_views_dataset_validates_its_inputs(cache_embeds):
     assert set(data[0]) == {"image_embeds", "labels"}
     with pytest.raises(ValueError, match="epoch"):
         data.set_epoch(-1)
+
+
+def test_gaussian_view_sampling_draws_from_the_views_mean_and_covariance(cache_embeds):
+    """Each draw is mean_i + sum_v g_v (view_v,i - mean_i) / sqrt(V - 1), g ~ N(0, I) from (seed, epoch, index)."""
+    views, labels = _views(cache_embeds, num_views=5)  # (V, M, C)
+    data = EmbeddingViewsDataset(views, labels, seed=3, view_sampling="gaussian")
+    mean = views.mean(dim=0)
+    for epoch, index in [(0, 0), (2, 5), (7, 15)]:
+        data.set_epoch(epoch)
+        g = torch.randn(5, generator=torch.Generator().manual_seed(draw_seed(3, epoch, index)))
+        expected = mean[index] + sum(g[v] * (views[v, index] - mean[index]) for v in range(5)) / 2.0  # sqrt(5 - 1)
+        torch.testing.assert_close(data[index]["image_embeds"], expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(data.embeddings_for_epoch(epoch)[index], data[index]["image_embeds"])
+    assert not torch.equal(data.embeddings_for_epoch(0), data.embeddings_for_epoch(1)), "epochs draw anew"
+    again = EmbeddingViewsDataset(views, labels, seed=3, view_sampling="gaussian")
+    torch.testing.assert_close(again.embeddings_for_epoch(4), data.embeddings_for_epoch(4), rtol=0, atol=0)
+    # over many epochs the draws of one image have its views' mean and (unbiased) covariance
+    item = 2
+    draws = torch.stack([data.embedding_of(item, epoch) for epoch in range(4000)])  # (4000, C)
+    centred = views[:, item] - mean[item]  # (V, C)
+    covariance = centred.T @ centred / 4  # (C, C)
+    scale = covariance.diagonal().mean().sqrt()
+    assert (draws.mean(dim=0) - mean[item]).abs().max() < 0.1 * scale
+    assert (torch.cov(draws.T) - covariance).abs().max() < 0.15 * covariance.abs().max()
+    # one view: the draw is that view; "view" sampling returns cached views unchanged
+    single = EmbeddingViewsDataset(views[:1], labels, view_sampling="gaussian")
+    assert torch.equal(single.embeddings_for_epoch(3), views[0])
+    plain = EmbeddingViewsDataset(views, labels, seed=3, view_sampling="view")
+    assert EmbeddingViewsDataset(views, labels).view_sampling == "gaussian"  # the default, as fit's
+    rows = plain.embeddings_for_epoch(1)
+    assert torch.equal(rows, views[plain.views_for_epoch(1), torch.arange(len(plain))])
+    with pytest.raises(ValueError, match="view_sampling"):
+        EmbeddingViewsDataset(views, labels, view_sampling="mixup")
+
+
+def test_trainer_sees_the_gaussian_draws_of_each_epoch(make_model, cache_embeds, tmp_path):
+    views, labels = _views(cache_embeds)
+    model = make_model("tip-adapter-f", sharpness=5.0)
+    data = EmbeddingViewsDataset(views, labels, seed=7, view_sampling="gaussian")
+    seen = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["image_embeds"]), with_kwargs=True)
+    args = TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, num_train_epochs=2, report_to=[], use_cpu=True,
+        save_strategy="no", seed=0, disable_tqdm=True,
+    )  # fmt: skip
+    trainer = Trainer(
+        model=model, args=args, train_dataset=data, optimizers=build_optimizer(model, num_training_steps=8),
+        callbacks=[ViewEpochCallback(data)],
+    )  # fmt: skip
+    trainer.train()
+    for epoch in (0, 1):
+        got = torch.cat(seen[4 * epoch : 4 * epoch + 4])  # 16 items, batch 4: 4 steps per epoch
+        want = data.embeddings_for_epoch(epoch)
+        # every item exactly once, as its epoch's draw (the rows come in the Trainer's shuffled order)
+        matches = torch.cdist(got, want) < 1e-6  # (16, 16)
+        assert matches.sum(dim=1).eq(1).all() and matches.sum(dim=0).eq(1).all(), f"epoch {epoch}"
+        assert not (torch.cdist(got, views.reshape(-1, views.shape[-1])) < 1e-6).any(), "draws are not cached views"
 
 
 # ------------------------------------------------------------------------------------------------------- fit
@@ -265,7 +325,10 @@ def test_fit_end_to_end_on_the_tiny_clip(tmp_path, monkeypatch):
 
     with pytest.raises(ValueError, match="epochs"):
         fit(build(), train, validation, **{**settings, "epochs": 0})
+    with pytest.raises(ValueError, match="view_sampling"):
+        fit(build(), train, validation, **{**settings, "view_sampling": "mixup"})
     model, report = fit(build(), train, validation, **settings)
+    assert report.view_sampling == "gaussian"
     assert not model.training and model.config.cache_size == 80 and model.config.augment_views == 4
     assert (report.epochs, report.batch_size, report.steps) == (5, 10, 40)  # 80 images: >= 8 steps per epoch
     assert report.num_train == 80 and report.num_validation == 40

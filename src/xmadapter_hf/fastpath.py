@@ -32,6 +32,9 @@ __all__ = ["EmbeddingViewsDataset", "FitReport", "ViewEpochCallback", "fit", "st
 #: Optimiser steps an epoch should have at least (METHOD.md: with NK <= 512 and batch 256 an epoch is one step).
 MIN_STEPS_PER_EPOCH = 8
 
+#: How [`EmbeddingViewsDataset`] draws an item's training embedding from its cached views.
+VIEW_SAMPLINGS = ("view", "gaussian")
+
 
 def _check_int(name: str, value, low: int, allow_none: bool = False) -> None:
     if value is None and allow_none:
@@ -43,11 +46,19 @@ def _check_int(name: str, value, low: int, allow_none: bool = False) -> None:
 
 
 class EmbeddingViewsDataset(Dataset):
-    r"""Cached augmented views of a few-shot set as a torch `Dataset`: one view per item and epoch.
+    r"""Cached augmented views of a few-shot set as a torch `Dataset`: one training embedding per item and epoch.
 
-    Item ``i`` in epoch ``e`` is view ``draw_seed(seed, e, i) % V`` of image ``i`` (ARCHITECTURE decision 6: a function
-    of (seed, epoch, index), so any shuffling, batch size, process count or resumption sees the same views). Each
-    item is ``{"image_embeds": (C,) float32, "labels": () int64, "cache_index": () int64}``, what
+    Item ``i`` in epoch ``e`` is drawn as a function of (seed, epoch, index) (ARCHITECTURE decision 6: any shuffling,
+    batch size, process count or resumption sees the same views), in one of two ways (``view_sampling``):
+
+    - ``"gaussian"`` (the default, as in `fit`): a new point with the mean and covariance of image ``i``'s V views,
+      ``mean_i + sum_v g_v (view_v,i - mean_i) / sqrt(V - 1)`` with ``g ~ N(0, I_V)`` drawn from
+      ``draw_seed(seed, e, i)``. Each epoch then sees a view no earlier epoch saw, as the reference procedure's fresh
+      augmentations are, instead of re-using each of the V views ``epochs / V`` times (docs/benchmarks.md measures the
+      difference). With one view it is that view;
+    - ``"view"``: view ``draw_seed(seed, e, i) % V`` of image ``i``, one of its V cached views as it is.
+
+    Each item is ``{"image_embeds": (C,) float32, "labels": () int64, "cache_index": () int64}``, what
     [`XMAdapterForImageClassification.forward`] takes; the default collator stacks them into a batch.
 
     The epoch must reach the dataset. Trainer calls `set_epoch` on its dataloader each epoch and accelerate's
@@ -65,6 +76,8 @@ class EmbeddingViewsDataset(Dataset):
             in the model's cache (so that XMAdapter's hard-sample criterion leaves the item's own entry out). `True`:
             item ``i`` is cache entry ``i`` (the cache was built from these views, in this order); `False`: no
             `cache_index` key.
+        view_sampling (`str`, *optional*, defaults to `"gaussian"`): `"gaussian"` (a draw with the mean and
+            covariance of the image's views) or `"view"` (one cached view as it is), see above.
 
     Example (the Trainer path on the tiny random CLIP):
 
@@ -93,7 +106,12 @@ class EmbeddingViewsDataset(Dataset):
     """
 
     def __init__(
-        self, embeds: torch.Tensor, labels: torch.Tensor, seed: int = 0, cache_index: bool | torch.Tensor = True
+        self,
+        embeds: torch.Tensor,
+        labels: torch.Tensor,
+        seed: int = 0,
+        cache_index: bool | torch.Tensor = True,
+        view_sampling: str = "gaussian",
     ):
         if not isinstance(embeds, torch.Tensor) or not embeds.is_floating_point() or embeds.ndim != 3:
             raise ValueError(f"`embeds` must be a float tensor of shape (V, M, C); got {_describe(embeds)}.")
@@ -111,8 +129,12 @@ class EmbeddingViewsDataset(Dataset):
             index = cache_index.long()
         else:
             raise TypeError(f"`cache_index` must be a bool or an integer tensor (M,); got {_describe(cache_index)}.")
+        if view_sampling not in VIEW_SAMPLINGS:
+            raise ValueError(f"`view_sampling` must be one of {VIEW_SAMPLINGS}, got {view_sampling!r}.")
         self.embeds, self.labels, self.seed, self.cache_index = embeds, labels.long(), int(seed), index
+        self.view_sampling = view_sampling
         self.epoch = 0
+        self._mean = self._deviations = None  # (M, C) and (V, M, C) / sqrt(V - 1), built on first Gaussian draw
 
     @classmethod
     def from_extracted(cls, extracted: ExtractedEmbeddings, seed: int = 0, **kwargs) -> EmbeddingViewsDataset:
@@ -140,11 +162,30 @@ class EmbeddingViewsDataset(Dataset):
         """The view of every item in ``epoch``, `(M,)` int64 (what `__getitem__` draws, vectorised for loops)."""
         return torch.tensor([self.view_of(i, epoch) for i in range(len(self))], dtype=torch.long)
 
+    def embedding_of(self, index: int, epoch: int | None = None) -> torch.Tensor:
+        """The raw embedding `(C,)` item ``index`` is trained on in ``epoch`` (default: the current epoch)."""
+        if self.view_sampling == "view" or self.num_views == 1:
+            return self.embeds[self.view_of(index, epoch), index]
+        epoch = self.epoch if epoch is None else epoch
+        if self._mean is None:
+            views = self.embeds.float()  # the draw is made in fp32 whatever the storage
+            self._mean = views.mean(dim=0)  # (M, C)
+            self._deviations = (views - self._mean) / math.sqrt(self.num_views - 1)  # (V, M, C)
+        generator = torch.Generator().manual_seed(draw_seed(self.seed, epoch, int(index)))
+        weights = torch.randn(self.num_views, generator=generator)  # (V,)
+        return (self._mean[index] + weights @ self._deviations[:, index]).to(self.embeds.dtype)  # (C,)
+
+    def embeddings_for_epoch(self, epoch: int | None = None) -> torch.Tensor:
+        """Every item's training embedding in ``epoch``, `(M, C)`: what `__getitem__` gives, stacked (for loops)."""
+        if self.view_sampling == "view" or self.num_views == 1:
+            return self.embeds[self.views_for_epoch(epoch), torch.arange(len(self))]
+        return torch.stack([self.embedding_of(i, epoch) for i in range(len(self))])
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} items")
         index = index % len(self)
-        item = {"image_embeds": self.embeds[self.view_of(index), index], "labels": self.labels[index]}  # (C,), ()
+        item = {"image_embeds": self.embedding_of(index), "labels": self.labels[index]}  # (C,), ()
         if self.cache_index is not None:
             item["cache_index"] = self.cache_index[index]
         return item
@@ -177,6 +218,7 @@ class FitReport:
         num_train (`int`): few-shot images (= cache entries).
         num_validation (`int`): validation images.
         augment_views (`int`): views extracted per training image.
+        view_sampling (`str`): how training embeddings were drawn from the views (`"gaussian"` or `"view"`).
         epochs (`int`), batch_size (`int`), steps (`int`): the training schedule (0 epochs for training-free methods).
         zero_shot_accuracy (`float`): zero-shot CLIP.
         training_free_accuracy (`float`): after the first search, before training (Tip-Adapter for cache methods).
@@ -190,6 +232,7 @@ class FitReport:
     num_train: int
     num_validation: int
     augment_views: int
+    view_sampling: str = "gaussian"
     epochs: int = 0
     batch_size: int = 0
     steps: int = 0
@@ -260,6 +303,7 @@ def fit(
     extraction_batch_size: int = 32,
     cache_dir=None,
     autocast_dtype: torch.dtype | None = None,
+    view_sampling: str = "gaussian",
     show_progress: bool = True,
 ):
     r"""Adapts ``model`` to a few-shot task in one call, on cached embeddings (no Trainer needed).
@@ -270,7 +314,8 @@ def fit(
     3. runs the training-free validation search (alpha, beta, and XMAdapter's text sharpness), so that training
        starts from the searched values (METHOD.md, "Training practice");
     4. for trainable methods, trains with the method's recipe ([`~xmadapter_hf.training.build_optimizer`]), drawing
-       one cached view per image and epoch ([`EmbeddingViewsDataset`]), with `cache_index` passed, a batch size
+       one embedding per image and epoch drawn from its cached views ([`EmbeddingViewsDataset`]; by default a
+       Gaussian draw with the mean and covariance of the image's views), with `cache_index` passed, a batch size
        giving >= 8 steps per epoch unless ``batch_size`` is set, and shuffles drawn from (seed, epoch);
     5. searches again on the validation split. The chosen values end up in `model.config` (`search_result`).
 
@@ -294,6 +339,9 @@ def fit(
         extraction_batch_size (`int`, *optional*, defaults to 32): images per backbone forward.
         cache_dir (`str` or `os.PathLike`, *optional*): on-disk extraction cache (see `extract_embeddings`).
         autocast_dtype (`torch.dtype`, *optional*): mixed precision for the backbone forward.
+        view_sampling (`str`, *optional*, defaults to `"gaussian"`): how an image's training embedding is drawn
+            from its views each epoch: `"gaussian"` (a new point with the mean and covariance of its views) or
+            `"view"` (one of the cached views as it is); see [`EmbeddingViewsDataset`].
         show_progress (`bool`, *optional*, defaults to `True`): progress bars.
 
     Returns:
@@ -325,6 +373,8 @@ def fit(
     _check_int("augment_views", augment_views, 0)
     _check_int("seed", seed, -(2**62))
     _check_int("extraction_batch_size", extraction_batch_size, 1)
+    if view_sampling not in VIEW_SAMPLINGS:
+        raise ValueError(f"`view_sampling` must be one of {VIEW_SAMPLINGS}, got {view_sampling!r}.")
     if learning_rate is not None and (isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float))):
         raise TypeError(f"`learning_rate` must be a number or None, got {type(learning_rate).__name__}.")
     if learning_rate is not None and not (math.isfinite(learning_rate) and learning_rate > 0):
@@ -373,6 +423,7 @@ def fit(
         num_train=views.embeds.shape[1],
         num_validation=0 if val_embeds is None else val_embeds.shape[0],
         augment_views=augment_views,
+        view_sampling=view_sampling,
         extraction_seconds=extraction_seconds,
     )
     model.eval()
@@ -389,7 +440,7 @@ def fit(
     # ---- 4. train on one cached view per image and epoch
     if method.trainable:
         started = time.perf_counter()
-        data = EmbeddingViewsDataset(views.embeds, views.labels, seed=seed)
+        data = EmbeddingViewsDataset(views.embeds, views.labels, seed=seed, view_sampling=view_sampling)
         count = len(data)
         epochs = epochs or recipe.epochs
         batch = batch_size or steps_batch_size(count, recipe.batch_size)
@@ -400,8 +451,7 @@ def fit(
         model.train()
         last_losses: list[float] = []
         for epoch in tqdm(range(epochs), disable=not show_progress, desc="train", unit="epoch"):
-            chosen = data.views_for_epoch(epoch)  # (M,)
-            embeds = views.embeds[chosen, torch.arange(count)]  # (V, M, C) -> (M, C)
+            embeds = data.embeddings_for_epoch(epoch)  # (M, C): one draw per image
             # the shuffle is a function of (seed, epoch) too: a 2-key draw never equals a (seed, epoch, index) draw
             order = torch.randperm(count, generator=torch.Generator().manual_seed(draw_seed(seed, epoch)))
             last_losses = []
