@@ -194,10 +194,9 @@ def _views(cache_embeds, num_views=4):
     return torch.stack([raw + 0.05 * torch.randn(raw.shape, generator=gen) for _ in range(num_views)]), labels
 
 
-def _trainer_draws(make_model, views, labels, tmp_path, callback: bool) -> list[dict[int, int]]:
-    """Runs a real Trainer for 2 epochs; returns, per epoch, the view each item was seen with."""
+def _trainer_batches(make_model, data, tmp_path, callback: bool) -> list[torch.Tensor]:
+    """Runs a real Trainer for 2 epochs (batch 4) on ``data``; returns the `image_embeds` of every step."""
     model = make_model("tip-adapter-f", sharpness=5.0)
-    data = EmbeddingViewsDataset(views, labels, seed=7, view_sampling="view")
     seen = []
     model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["image_embeds"]), with_kwargs=True)
     args = TrainingArguments(
@@ -209,6 +208,13 @@ def _trainer_draws(make_model, views, labels, tmp_path, callback: bool) -> list[
         callbacks=[ViewEpochCallback(data)] if callback else None,
     )  # fmt: skip
     trainer.train()
+    return seen
+
+
+def _trainer_draws(make_model, views, labels, tmp_path, callback: bool) -> list[dict[int, int]]:
+    """Runs a real Trainer for 2 epochs; returns, per epoch, the view each item was seen with."""
+    data = EmbeddingViewsDataset(views, labels, seed=7, view_sampling="view")
+    seen = _trainer_batches(make_model, data, tmp_path, callback)
     flat = views.reshape(-1, views.shape[-1])  # (V * M, C): row v * M + i is view v of item i
     draws = [{}, {}]
     for step, batch in enumerate(seen):
@@ -286,19 +292,8 @@ def test_gaussian_view_sampling_draws_from_the_views_mean_and_covariance(cache_e
 
 def test_trainer_sees_the_gaussian_draws_of_each_epoch(make_model, cache_embeds, tmp_path):
     views, labels = _views(cache_embeds)
-    model = make_model("tip-adapter-f", sharpness=5.0)
     data = EmbeddingViewsDataset(views, labels, seed=7, view_sampling="gaussian")
-    seen = []
-    model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["image_embeds"]), with_kwargs=True)
-    args = TrainingArguments(
-        output_dir=str(tmp_path), per_device_train_batch_size=4, num_train_epochs=2, report_to=[], use_cpu=True,
-        save_strategy="no", seed=0, disable_tqdm=True,
-    )  # fmt: skip
-    trainer = Trainer(
-        model=model, args=args, train_dataset=data, optimizers=build_optimizer(model, num_training_steps=8),
-        callbacks=[ViewEpochCallback(data)],
-    )  # fmt: skip
-    trainer.train()
+    seen = _trainer_batches(make_model, data, tmp_path, callback=True)
     for epoch in (0, 1):
         got = torch.cat(seen[4 * epoch : 4 * epoch + 4])  # 16 items, batch 4: 4 steps per epoch
         want = data.embeddings_for_epoch(epoch)

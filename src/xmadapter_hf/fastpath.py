@@ -45,6 +45,11 @@ def _check_int(name: str, value, low: int, allow_none: bool = False) -> None:
         raise ValueError(f"`{name}` must be >= {low}, got {value}.")
 
 
+def _check_view_sampling(value) -> None:
+    if value not in VIEW_SAMPLINGS:
+        raise ValueError(f"`view_sampling` must be one of {VIEW_SAMPLINGS}, got {value!r}.")
+
+
 class EmbeddingViewsDataset(Dataset):
     r"""Cached augmented views of a few-shot set as a torch `Dataset`: one training embedding per item and epoch.
 
@@ -129,8 +134,7 @@ class EmbeddingViewsDataset(Dataset):
             index = cache_index.long()
         else:
             raise TypeError(f"`cache_index` must be a bool or an integer tensor (M,); got {_describe(cache_index)}.")
-        if view_sampling not in VIEW_SAMPLINGS:
-            raise ValueError(f"`view_sampling` must be one of {VIEW_SAMPLINGS}, got {view_sampling!r}.")
+        _check_view_sampling(view_sampling)
         self.embeds, self.labels, self.seed, self.cache_index = embeds, labels.long(), int(seed), index
         self.view_sampling = view_sampling
         self.epoch = 0
@@ -162,9 +166,13 @@ class EmbeddingViewsDataset(Dataset):
         """The view of every item in ``epoch``, `(M,)` int64 (what `__getitem__` draws, vectorised for loops)."""
         return torch.tensor([self.view_of(i, epoch) for i in range(len(self))], dtype=torch.long)
 
+    @property
+    def _uses_views_as_they_are(self) -> bool:
+        return self.view_sampling == "view" or self.num_views == 1  # one view: the Gaussian draw is that view
+
     def embedding_of(self, index: int, epoch: int | None = None) -> torch.Tensor:
         """The raw embedding `(C,)` item ``index`` is trained on in ``epoch`` (default: the current epoch)."""
-        if self.view_sampling == "view" or self.num_views == 1:
+        if self._uses_views_as_they_are:
             return self.embeds[self.view_of(index, epoch), index]
         epoch = self.epoch if epoch is None else epoch
         if self._mean is None:
@@ -177,7 +185,7 @@ class EmbeddingViewsDataset(Dataset):
 
     def embeddings_for_epoch(self, epoch: int | None = None) -> torch.Tensor:
         """Every item's training embedding in ``epoch``, `(M, C)`: what `__getitem__` gives, stacked (for loops)."""
-        if self.view_sampling == "view" or self.num_views == 1:
+        if self._uses_views_as_they_are:
             return self.embeds[self.views_for_epoch(epoch), torch.arange(len(self))]
         return torch.stack([self.embedding_of(i, epoch) for i in range(len(self))])
 
@@ -373,8 +381,7 @@ def fit(
     _check_int("augment_views", augment_views, 0)
     _check_int("seed", seed, -(2**62))
     _check_int("extraction_batch_size", extraction_batch_size, 1)
-    if view_sampling not in VIEW_SAMPLINGS:
-        raise ValueError(f"`view_sampling` must be one of {VIEW_SAMPLINGS}, got {view_sampling!r}.")
+    _check_view_sampling(view_sampling)
     if learning_rate is not None and (isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float))):
         raise TypeError(f"`learning_rate` must be a number or None, got {type(learning_rate).__name__}.")
     if learning_rate is not None and not (math.isfinite(learning_rate) and learning_rate > 0):
