@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import datasets
@@ -425,3 +426,14 @@ def test_published_numbers():
     assert comparable(meta, backbone="RN50", protocol="meta-adapter")
     assert not comparable(meta, backbone="RN50", protocol="few-shot")
     assert not comparable(published_result("tip-adapter", "dtd", 16), backbone="ViT-B/16", protocol="few-shot")
+
+
+def test_docs_list_every_layout_and_their_code_compiles():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "reproduce.md").read_text()
+    for name in list_benchmark_datasets():
+        layout = dataset_layout(name)
+        assert f"`{name}`" in text and f"`{layout['folder']}/`" in text, name
+        for entry in layout["required"]:  # e.g. "images/train/" is named in the docs as `images/train/`
+            assert f"`{entry}" in text or f"`{Path(entry).name}" in text, (name, entry)
+    for block in re.findall(r"```python\n(.*?)```", text, re.S):
+        compile(block, "docs/reproduce.md", "exec")
