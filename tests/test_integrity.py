@@ -41,9 +41,18 @@ def test_backbone_of_another_architecture_is_refused(saved):
         _load(path, clip, processor)
 
 
+def _other_text_tower():
+    """A backbone of the same architecture and vision tower as the fixtures' (seed 0), with another text tower."""
+    clip, processor = tiny_clip(seed=1)
+    reference, _ = tiny_clip(seed=0)
+    clip.vision_model.load_state_dict(reference.vision_model.state_dict())
+    clip.visual_projection.load_state_dict(reference.visual_projection.state_dict())
+    return clip, processor
+
+
 def test_backbone_with_another_text_encoder_is_refused_unless_rebuilt(saved, test_pixels):
     model, path = saved
-    clip, processor = tiny_clip(seed=1)  # same architecture, other weights
+    clip, processor = _other_text_tower()  # same architecture and vision tower, other text weights
     with pytest.raises(ValueError, match=r"probe cosine .* < 0.99"):
         _load(path, clip, processor)
     rebuilt = _load(path, clip, processor, rebuild_text_embeddings=True)
