@@ -25,10 +25,8 @@ import time
 
 import torch
 
-from xmadapter_hf import XMAdapterForImageClassification
+from xmadapter_hf import METHODS, XMAdapterForImageClassification
 from xmadapter_hf.testing import tiny_clip
-
-METHODS = ["zero-shot", "tip-adapter", "tip-adapter-f", "clip-adapter", "multimodal-adapter", "xmadapter"]
 
 
 def timed(call) -> float:
@@ -50,7 +48,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--backend", default="inductor")
-    parser.add_argument("--methods", nargs="+", default=METHODS)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads (1: stable on a shared machine)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

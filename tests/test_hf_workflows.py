@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from test_trainer import _args, _embedding_dataset
 from transformers import AutoModelForImageClassification, CLIPModel, Trainer
 
+import xmadapter_hf
 from xmadapter_hf import XMAdapterConfig, XMAdapterForImageClassification, register_method
 from xmadapter_hf import functional as Fn
 from xmadapter_hf.backbone import architecture_hash
@@ -30,7 +31,7 @@ from xmadapter_hf.methods.base import adapter_linear, as_input_of
 from xmadapter_hf.testing import save_tiny_clip, tiny_image_dataset
 from xmadapter_hf.training import build_optimizer
 
-METHODS = ["zero-shot", "tip-adapter", "tip-adapter-f", "clip-adapter", "multimodal-adapter", "xmadapter"]
+METHODS = list(xmadapter_hf.METHODS)  # the library's own methods (this file registers one more)
 TRAINABLE = ["tip-adapter-f", "clip-adapter", "multimodal-adapter", "xmadapter"]
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -365,6 +366,17 @@ def test_in_place_updates_reach_the_next_eval_forward(make_model, cache_embeds, 
             fresh = model(image_embeds=queries).logits.detach()  # under autograd nothing is memoised
         torch.testing.assert_close(after, fresh, atol=1e-6, rtol=1e-6, msg=f"{name} via {how}")
         assert not torch.equal(before, after), f"{name} via {how}: the update must change the logits"
+
+
+def test_text_key_memo_under_inference_mode(make_model, cache_embeds):
+    """Tensors made under `torch.inference_mode` have no version counter: the memo still works with them."""
+    model = make_model("xmadapter").eval()
+    with torch.inference_mode():
+        model.set_cache(*cache_embeds)  # inference-mode buffers and parameters
+        first = model(image_embeds=cache_embeds[0][:3]).logits
+        count = model.method.text_key_computations
+        assert torch.equal(model(image_embeds=cache_embeds[0][:3]).logits, first)
+    assert model.method.text_key_computations == count
 
 
 # --------------------------------------------------------------------------------------------- 8. torch.compile

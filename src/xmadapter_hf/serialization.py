@@ -403,24 +403,33 @@ def _check_backbone_identity(model) -> None:
             "`check_backbone=False`."
         )
     tokenizer = getattr(model.processor, "tokenizer", None)
-    if tokenizer is not None and torch.any(model.probe_text_embed != 0):
-        probe = Fn.l2_normalize(bb.encode_texts(model.clip, tokenizer, [bb.PROBE_TEXT]))[0]
-        cosine = float(probe @ model.probe_text_embed.float().to(probe.device))
-        if cosine < PROBE_TOLERANCE:
-            raise ValueError(
-                "The backbone's text encoder does not match the one this adapter was built with (probe cosine "
-                f"{cosine:.4f} < {PROBE_TOLERANCE}): its class text embeddings would be wrong. Load the backbone "
-                "named in the config at its revision, pass `rebuild_text_embeddings=True` to re-encode the class "
-                "prompts with this backbone, or `check_backbone=False`."
-            )
-    if torch.any(model.probe_image_embed != 0):
-        probe = bb.encode_probe_image(model.clip)
-        cosine = float(probe @ model.probe_image_embed.float().to(probe.device))
-        if cosine < PROBE_TOLERANCE:
-            raise ValueError(
-                "The backbone's vision encoder does not match the one this adapter was built with (probe image "
-                f"cosine {cosine:.4f} < {PROBE_TOLERANCE}): the cache keys came from the other vision tower, so "
-                "predictions would be near chance. Load the backbone named in the config at its revision; or load "
-                "with `check_backbone=False` and call `build_cache` again with this backbone; or pass "
-                "`check_backbone=False` to use it as it is."
-            )
+    if tokenizer is not None:
+        _check_probe(
+            model.probe_text_embed,
+            lambda: Fn.l2_normalize(bb.encode_texts(model.clip, tokenizer, [bb.PROBE_TEXT]))[0],
+            "text encoder",
+            "its class text embeddings would be wrong. Load the backbone named in the config at its revision, pass "
+            "`rebuild_text_embeddings=True` to re-encode the class prompts with this backbone, or "
+            "`check_backbone=False`.",
+        )
+    _check_probe(
+        model.probe_image_embed,
+        lambda: bb.encode_probe_image(model.clip),
+        "vision encoder",
+        "the cache keys came from the other vision tower, so predictions would be near chance. Load the backbone "
+        "named in the config at its revision; or load with `check_backbone=False` and call `build_cache` again with "
+        "this backbone; or pass `check_backbone=False` to use it as it is.",
+    )
+
+
+def _check_probe(stored: torch.Tensor, encode: Callable[[], torch.Tensor], tower: str, consequence: str) -> None:
+    """Compares a stored probe embedding (none stored: all zeros) with the backbone's, by cosine."""
+    if not torch.any(stored != 0):
+        return
+    probe = encode()
+    cosine = float(probe @ stored.float().to(probe.device))
+    if cosine < PROBE_TOLERANCE:
+        raise ValueError(
+            f"The backbone's {tower} does not match the one this adapter was built with (probe cosine {cosine:.4f} "
+            f"< {PROBE_TOLERANCE}): {consequence}"
+        )

@@ -198,15 +198,15 @@ class _TextKeysMemo:
 
     @staticmethod
     def _describe(tensor: torch.Tensor) -> tuple:
-        return weakref.ref(tensor), tensor._version, tensor.dtype, tensor.device, tuple(tensor.shape)
+        # tensors made under `torch.inference_mode` have no version counter (and cannot change outside it)
+        version = None if tensor.is_inference() else tensor._version
+        return weakref.ref(tensor), version, tensor.dtype, tensor.device, tuple(tensor.shape)
 
     def matches(self, method: XMAdapter, state: CacheState) -> bool:
         tensors = self._inputs(method, state)
         if len(tensors) != len(self.described):
             return False
-        for (ref, version, dtype, device, shape), tensor in zip(self.described, tensors):
-            if ref() is not tensor or version != tensor._version:
-                return False
-            if (dtype, device, shape) != (tensor.dtype, tensor.device, tuple(tensor.shape)):
+        for described, tensor in zip(self.described, tensors):
+            if described[0]() is not tensor or described[1:] != self._describe(tensor)[1:]:
                 return False
         return all(torch.equal(t, copy) for t, copy in zip(tensors[1:], self.values))
