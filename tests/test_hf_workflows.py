@@ -163,18 +163,19 @@ def test_bf16_model_runs_on_bf16_inputs_and_keeps_top1(clip_and_processor, cache
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_from_pretrained_in_bf16_with_loading_info(saved_backbone, cache_embeds, many_images, tmp_path, method):
-    model = XMAdapterForImageClassification.from_clip(saved_backbone, CLASS_NAMES, method=method, sharpness=5.0)
-    model.set_cache(*cache_embeds)
+def test_from_pretrained_in_bf16_with_loading_info(
+    clip_and_processor, saved_backbone, cache_embeds, many_images, tmp_path, method
+):
+    model = _own_model(clip_and_processor, cache_embeds, method, sharpness=5.0, base_model_name_or_path=saved_backbone)
     _perturb(model)
     model.save_pretrained(tmp_path)
     pixels, embeds = many_images
     with torch.no_grad():
-        reference = model(image_embeds=embeds).logits
+        reference, reference_pixels = model(image_embeds=embeds).logits, model(pixel_values=pixels).logits
     config = XMAdapterConfig.from_pretrained(tmp_path)
     before = copy.deepcopy(config.__dict__)
-    loaded, info = XMAdapterForImageClassification.from_pretrained(
-        tmp_path, config=config, dtype=torch.bfloat16, output_loading_info=True
+    loaded, info = XMAdapterForImageClassification.from_pretrained(  # the backbone by name, in bf16
+        tmp_path, config=config, processor=model.processor, dtype=torch.bfloat16, output_loading_info=True
     )
     assert config.__dict__ == before, "a config passed to from_pretrained is never changed"
     assert info == {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
@@ -183,9 +184,10 @@ def test_from_pretrained_in_bf16_with_loading_info(saved_backbone, cache_embeds,
     with torch.no_grad():
         on_embeds = loaded(image_embeds=embeds.to(torch.bfloat16)).logits
         on_pixels = loaded(pixel_values=pixels.to(torch.bfloat16)).logits
-    assert on_embeds.dtype == on_pixels.dtype == torch.float32 and on_pixels.shape == reference.shape
-    clear, kept = _margin_agreement(reference, on_embeds)
-    assert clear >= 200 and kept == clear
+    assert on_embeds.dtype == on_pixels.dtype == torch.float32
+    for fp32, bf16 in ((reference, on_embeds), (reference_pixels, on_pixels)):
+        clear, kept = _margin_agreement(fp32, bf16)
+        assert clear >= 200 and kept == clear, f"{clear - kept} of {clear} clear items changed their top-1"
 
 
 @pytest.mark.parametrize("method", METHODS)
