@@ -92,11 +92,22 @@ def _transformers_log():
         logger.removeHandler(handler)
 
 
-def _margin_agreement(reference: torch.Tensor, other: torch.Tensor, margin: float = 1e-2) -> tuple[int, int]:
-    """(items whose fp32 top-2 margin exceeds ``margin``, how many of them keep their top-1)."""
-    top2 = reference.topk(2, dim=-1).values
-    clear = (top2[:, 0] - top2[:, 1]) > margin
-    return int(clear.sum()), int((reference.argmax(-1) == other.argmax(-1))[clear].sum())
+@torch.no_grad()
+def _logits(model, images, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's logits on the images' embeddings and on their pixels, both inputs given in ``dtype``."""
+    pixels, embeds = images
+    return model(image_embeds=embeds.to(dtype)).logits, model(pixel_values=pixels.to(dtype)).logits
+
+
+def _assert_bf16_keeps_top1(model, images, references, margin: float = 1e-2) -> None:
+    """On bf16 inputs the logits are float32, and every item whose fp32 top-2 margin exceeds ``margin`` keeps its
+    fp32 top-1 (on embeddings and on pixels)."""
+    for fp32, bf16 in zip(references, _logits(model, images, torch.bfloat16)):
+        assert bf16.dtype == torch.float32
+        top2 = fp32.topk(2, dim=-1).values
+        clear = (top2[:, 0] - top2[:, 1]) > margin
+        changed = int((fp32.argmax(-1) != bf16.argmax(-1))[clear].sum())
+        assert clear.sum() >= 200 and changed == 0, f"{changed} of {int(clear.sum())} clear items changed their top-1"
 
 
 @pytest.fixture(scope="module")
@@ -149,17 +160,10 @@ def test_the_trainer_example_has_no_list_of_fields_to_drop():
 def test_bf16_model_runs_on_bf16_inputs_and_keeps_top1(clip_and_processor, cache_embeds, many_images, method):
     model = _own_model(clip_and_processor, cache_embeds, method, sharpness=5.0)
     _perturb(model)
-    pixels, embeds = many_images
-    with torch.no_grad():
-        reference, reference_pixels = model(image_embeds=embeds).logits, model(pixel_values=pixels).logits
-        model.to(torch.bfloat16)
-        assert all(p.dtype == torch.bfloat16 for p in model.parameters())
-        on_embeds = model(image_embeds=embeds.to(torch.bfloat16)).logits
-        on_pixels = model(pixel_values=pixels.to(torch.bfloat16)).logits
-    assert on_embeds.dtype == on_pixels.dtype == torch.float32
-    for fp32, bf16 in ((reference, on_embeds), (reference_pixels, on_pixels)):
-        clear, kept = _margin_agreement(fp32, bf16)
-        assert clear >= 200 and kept == clear, f"{clear - kept} of {clear} clear items changed their top-1"
+    references = _logits(model, many_images)
+    model.to(torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    _assert_bf16_keeps_top1(model, many_images, references)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -169,9 +173,7 @@ def test_from_pretrained_in_bf16_with_loading_info(
     model = _own_model(clip_and_processor, cache_embeds, method, sharpness=5.0, base_model_name_or_path=saved_backbone)
     _perturb(model)
     model.save_pretrained(tmp_path)
-    pixels, embeds = many_images
-    with torch.no_grad():
-        reference, reference_pixels = model(image_embeds=embeds).logits, model(pixel_values=pixels).logits
+    references = _logits(model, many_images)
     config = XMAdapterConfig.from_pretrained(tmp_path)
     before = copy.deepcopy(config.__dict__)
     loaded, info = XMAdapterForImageClassification.from_pretrained(  # the backbone by name, in bf16
@@ -181,13 +183,7 @@ def test_from_pretrained_in_bf16_with_loading_info(
     assert info == {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
     assert loaded.clip.dtype == torch.bfloat16 and loaded.class_embeds.dtype == torch.bfloat16
     assert all(p.dtype == torch.bfloat16 for p in loaded.method.parameters())
-    with torch.no_grad():
-        on_embeds = loaded(image_embeds=embeds.to(torch.bfloat16)).logits
-        on_pixels = loaded(pixel_values=pixels.to(torch.bfloat16)).logits
-    assert on_embeds.dtype == on_pixels.dtype == torch.float32
-    for fp32, bf16 in ((reference, on_embeds), (reference_pixels, on_pixels)):
-        clear, kept = _margin_agreement(fp32, bf16)
-        assert clear >= 200 and kept == clear, f"{clear - kept} of {clear} clear items changed their top-1"
+    _assert_bf16_keeps_top1(loaded, many_images, references)
 
 
 @pytest.mark.parametrize("method", METHODS)
