@@ -42,12 +42,6 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from xmadapter_hf.training import build_optimizer
 
-# Everything in the model output but the final logits stays out of `Trainer.predict`'s gathered predictions.
-_NOT_PREDICTIONS = [
-    "zero_shot_logits", "cache_logits", "image_cache_logits", "text_cache_logits", "affinity_ratio", "disagreement",
-    "image_embeds",
-]  # fmt: skip
-
 
 class SetEpoch(TrainerCallback):
     """Tells the dataset the epoch at the start of each one (fresh augmentations per epoch on the pixel path).
@@ -125,8 +119,9 @@ def main() -> None:
     train_seconds = time.perf_counter() - started
     trained_images = args.steps * args.batch_size * args.accumulation * state.num_processes
 
-    # Trainer.predict gathers the predictions of every process (dropping Accelerate's padding of the last batch).
-    prediction = trainer.predict(test_items, ignore_keys=_NOT_PREDICTIONS)
+    # Trainer.predict gathers the predictions of every process (dropping Accelerate's padding of the last batch); the
+    # config's `keys_to_ignore_at_inference` makes them the logits alone.
+    prediction = trainer.predict(test_items)
     logits = torch.as_tensor(prediction.predictions)
     labels = torch.as_tensor(prediction.label_ids)
     accuracy = (logits.argmax(-1) == labels).float().mean().item()

@@ -6,8 +6,10 @@ checks that it lists every case with its current message.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
+import json
 import re
 import shutil
 import sys
@@ -19,14 +21,16 @@ import pytest
 import torch
 from datasets import load_dataset
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import CLASS_NAMES  # noqa: E402
 
-from xmadapter_hf import XMAdapterConfig, XMAdapterForImageClassification  # noqa: E402
+from xmadapter_hf import METHODS, XMAdapterConfig, XMAdapterForImageClassification  # noqa: E402
 from xmadapter_hf.extraction import extract_embeddings  # noqa: E402
+from xmadapter_hf.methods import base as method_base  # noqa: E402
 from xmadapter_hf.splits import sample_few_shot  # noqa: E402
-from xmadapter_hf.testing import tiny_clip, tiny_image_dataset  # noqa: E402
+from xmadapter_hf.testing import save_tiny_clip, tiny_clip, tiny_image_dataset  # noqa: E402
 from xmadapter_hf.training import build_optimizer  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
@@ -65,6 +69,29 @@ class Context:
             shutil.copy(root / "images" / "ok.png", root / "folder" / name / "ok.png")
         (root / "folder" / "dog" / "broken.png").write_bytes(b"\x89PNG not really")
         self.image_folder = load_dataset("imagefolder", data_dir=str(root / "folder"), split="train")
+        # models whose classes the image-file cases cover, so that the label checks (which come first) pass
+        self.single = XMAdapterForImageClassification.from_clip(self.clip, ["thing"], processor=self.processor)
+        self.pets = XMAdapterForImageClassification.from_clip(self.clip, ["cat", "dog"], processor=self.processor)
+        for name in ("cat", "dog", "fox"):  # an image folder whose class "dog" is empty: its ClassLabel lacks "dog"
+            (root / "gaps" / name).mkdir(parents=True)
+            if name != "dog":
+                shutil.copy(root / "images" / "ok.png", root / "gaps" / name / "ok.png")
+        self.gaps = load_dataset("imagefolder", data_dir=str(root / "gaps"), split="train")
+        self.animals = XMAdapterForImageClassification.from_clip(
+            self.clip, ["cat", "dog", "fox"], processor=self.processor
+        )
+        _edited_copy(root / "checkpoint", root / "claims-huge-cache", cache_size=10**10)
+        # a backbone checkpoint with a weight missing (transformers would initialise it at random)
+        save_tiny_clip(root / "incomplete-clip")
+        weights = load_file(root / "incomplete-clip" / "model.safetensors")
+        del weights["visual_projection.weight"]
+        save_file(weights, root / "incomplete-clip" / "model.safetensors", metadata={"format": "pt"})
+        _edited_copy(
+            root / "checkpoint", root / "on-incomplete-clip", base_model_name_or_path=str(root / "incomplete-clip")
+        )
+        self.other_vision, _ = tiny_clip(seed=1)  # the same text tower, another vision tower
+        self.other_vision.text_model.load_state_dict(self.clip.text_model.state_dict())
+        self.other_vision.text_projection.load_state_dict(self.clip.text_projection.state_dict())
 
     def build(self, method, **kwargs):
         return XMAdapterForImageClassification.from_clip(
@@ -72,8 +99,20 @@ class Context:
         )
 
     def folder(self, *names, label=0):
-        """A torch dataset of (path, label) pairs, as an image-folder loader yields them."""
+        """A torch dataset of (path, label) pairs, as an image-folder loader yields them (for `self.single`)."""
         return [(str(self.root / "images" / name), label) for name in names]
+
+
+def _edited_copy(source: Path, target: Path, **changes) -> None:
+    """A copy of a checkpoint directory whose config.json has ``changes``."""
+    shutil.copytree(source, target)
+    config = json.loads((target / "config.json").read_text())
+    (target / "config.json").write_text(json.dumps({**config, **changes}))
+
+
+def _load(path, kwargs):
+    """from_pretrained of a directory under the context's root, with ``kwargs(ctx)``."""
+    return lambda ctx: XMAdapterForImageClassification.from_pretrained(ctx.root / path, **kwargs(ctx))
 
 
 def _config(**kwargs):
@@ -88,7 +127,7 @@ def _bomb(ctx):
     old = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = 100
     try:
-        ctx.model.build_cache(ctx.folder("ok.png"), augment_views=0, show_progress=False)
+        ctx.single.build_cache(ctx.folder("ok.png"), augment_views=0, show_progress=False)
     finally:
         Image.MAX_IMAGE_PIXELS = old
 
@@ -140,12 +179,20 @@ CASES = [
     Case("cache-negative-views", "cache", "a negative number of augmented views", ValueError,
          lambda ctx: ctx.model.build_cache(ctx.dataset, augment_views=-1, show_progress=False)),
     Case("folder-non-image-file", "cache", "a text file among the images", ValueError,
-         lambda ctx: ctx.model.build_cache(ctx.folder("ok.png", "notes.png"), augment_views=0, show_progress=False)),
+         lambda ctx: ctx.single.build_cache(ctx.folder("ok.png", "notes.png"), augment_views=0, show_progress=False)),
     Case("folder-corrupt-image", "cache", "a truncated image file", ValueError,
-         lambda ctx: ctx.model.build_cache(ctx.folder("broken.png"), augment_views=0, show_progress=False)),
+         lambda ctx: ctx.single.build_cache(ctx.folder("broken.png"), augment_views=0, show_progress=False)),
     Case("imagefolder-corrupt-image", "cache", "a corrupt file in a `datasets` image folder", ValueError,
-         lambda ctx: ctx.empty.build_cache(ctx.image_folder, augment_views=0, show_progress=False)),
+         lambda ctx: ctx.pets.build_cache(ctx.image_folder, augment_views=0, show_progress=False)),
     Case("folder-decompression-bomb", "cache", "an image above PIL's decompression-bomb limit", ValueError, _bomb),
+    Case("cache-from-a-path", "cache", "a folder path where a dataset is expected", TypeError,
+         lambda ctx: ctx.empty.build_cache(str(ctx.root / "folder"), show_progress=False)),
+    Case("imagefolder-empty-class", "cache", "an image folder with an empty class folder (ClassLabel names differ)",
+         ValueError, lambda ctx: ctx.animals.build_cache(ctx.gaps, augment_views=0, show_progress=False)),
+    Case("dataset-label-out-of-range", "cache", "a dataset label outside the classes (before any backbone work)",
+         ValueError, lambda ctx: ctx.empty.build_cache(tiny_image_dataset(num_classes=5, shots=1))),
+    Case("dataset-class-without-images", "cache", "a dataset without images of a class (before any backbone work)",
+         ValueError, lambda ctx: ctx.empty.build_cache(tiny_image_dataset(num_classes=3, shots=1))),
     # ----------------------------------------------------------------------------------------------- config
     Case("unknown-method", "config", "an unknown method", ValueError, _config(method="lora")),
     Case("zero-sharpness", "config", "zero sharpness", ValueError, _config(sharpness=0.0)),
@@ -177,6 +224,10 @@ CASES = [
          lambda ctx: build_optimizer(ctx.empty, num_training_steps=10)),
     Case("search-without-cache-method", "construction", "a validation search for zero-shot", ValueError,
          lambda ctx: ctx.build("zero-shot").search_hyperparameters(ctx.raw, ctx.labels)),
+    Case("search-before-build-cache", "construction", "a validation search before `build_cache`", ValueError,
+         lambda ctx: ctx.empty.search_hyperparameters(ctx.raw, ctx.labels)),
+    Case("config-without-backbone", "construction", "`cls(config)` with a 0.1.0 config (no recorded architecture)",
+         ValueError, lambda ctx: XMAdapterForImageClassification(XMAdapterConfig(class_names=CLASS_NAMES))),
     # ---------------------------------------------------------------------------------------- saving, loading
     Case("save-onto-a-file", "files", "save_pretrained onto an existing file", OSError,
          lambda ctx: ctx.model.save_pretrained(ctx.root / "existing.json")),
@@ -186,6 +237,14 @@ CASES = [
     Case("load-unexpected-argument", "files", "an unknown keyword argument to from_pretrained", TypeError,
          lambda ctx: XMAdapterForImageClassification.from_pretrained(ctx.root / "checkpoint", clip_model=ctx.clip,
                                                                      colour="red")),
+    Case("load-config-claims-huge-cache", "files", "a config.json whose cache_size disagrees with the weights",
+         ValueError, _load("claims-huge-cache", lambda ctx: dict(clip_model=ctx.clip, processor=ctx.processor))),
+    Case("load-other-vision-tower", "files", "a backbone with the same text tower but another vision tower",
+         ValueError, _load("checkpoint", lambda ctx: dict(clip_model=ctx.other_vision, processor=ctx.processor))),
+    Case("load-incomplete-backbone", "files", "a backbone checkpoint with a weight missing", ValueError,
+         _load("on-incomplete-clip", lambda ctx: {})),
+    Case("load-integer-dtype", "files", "an integer `dtype` for from_pretrained", TypeError,
+         _load("checkpoint", lambda ctx: dict(clip_model=ctx.clip, dtype=torch.int8))),
     Case("split-too-few-images", "files", "fewer than K images in a class for a few-shot split", ValueError,
          lambda ctx: sample_few_shot(ctx.dataset, shots=5)),
     Case("split-save-onto-existing", "files", "saving a split file over an existing file", OSError,
@@ -209,7 +268,7 @@ def _snapshot(ctx) -> tuple:
         if p.is_file()
     }
     states = []
-    for model in (ctx.model, ctx.empty):
+    for model in (ctx.model, ctx.empty, ctx.single, ctx.pets, ctx.animals):
         states.append(({k: v.clone() for k, v in model.state_dict().items()}, model.config.to_json_string()))
     return files, states
 
@@ -238,7 +297,27 @@ def test_bad_input_gets_a_clear_error_and_changes_nothing(context, case):
         assert state.keys() == state0.keys() and all(torch.equal(state[k], state0[k]) for k in state)
 
 
+@contextlib.contextmanager
+def _library_methods_only():
+    """The registry as a fresh import has it: messages that list the methods do not depend on which test modules
+    registered methods of their own (pytest imports them all before running any test)."""
+    registry = method_base._REGISTRY
+    saved = dict(registry)
+    for name in set(saved) - set(METHODS):
+        del registry[name]
+    try:
+        yield
+    finally:
+        registry.clear()
+        registry.update(saved)
+
+
 def render(context) -> str:
+    with _library_methods_only():
+        return _render(context)
+
+
+def _render(context) -> str:
     lines = [
         "# Errors",
         "",

@@ -41,9 +41,18 @@ def test_backbone_of_another_architecture_is_refused(saved):
         _load(path, clip, processor)
 
 
+def _other_text_tower():
+    """A backbone of the same architecture and vision tower as the fixtures' (seed 0), with another text tower."""
+    clip, processor = tiny_clip(seed=1)
+    reference, _ = tiny_clip(seed=0)
+    clip.vision_model.load_state_dict(reference.vision_model.state_dict())
+    clip.visual_projection.load_state_dict(reference.visual_projection.state_dict())
+    return clip, processor
+
+
 def test_backbone_with_another_text_encoder_is_refused_unless_rebuilt(saved, test_pixels):
     model, path = saved
-    clip, processor = tiny_clip(seed=1)  # same architecture, other weights
+    clip, processor = _other_text_tower()  # same architecture and vision tower, other text weights
     with pytest.raises(ValueError, match=r"probe cosine .* < 0.99"):
         _load(path, clip, processor)
     rebuilt = _load(path, clip, processor, rebuild_text_embeddings=True)
@@ -103,3 +112,22 @@ def test_directory_without_a_checkpoint_and_a_file_path(tmp_path):
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(OSError, match="is a file"):
         _load(tmp_path / "file.txt")
+
+
+def test_backbone_with_another_vision_tower_is_refused_until_the_cache_is_rebuilt(saved, cache_embeds, tmp_path):
+    _, path = saved
+    clip, processor = tiny_clip(seed=1)  # the same text tower as the fixtures' backbone, another vision tower
+    reference, _ = tiny_clip(seed=0)
+    clip.text_model.load_state_dict(reference.text_model.state_dict())
+    clip.text_projection.load_state_dict(reference.text_projection.state_dict())
+    with pytest.raises(ValueError, match=r"vision encoder does not match .* `build_cache` again"):
+        _load(path, clip, processor)
+    with pytest.raises(ValueError, match="vision encoder"):  # re-encoding the class prompts does not help
+        _load(path, clip, processor, rebuild_text_embeddings=True)
+    model = _load(path, clip, processor, check_backbone=False)
+    with torch.no_grad():  # the way out: a cache of this backbone's embeddings (here: any, of the right shape)
+        model.set_cache(cache_embeds[0] + 0.1, cache_embeds[1])
+    model.save_pretrained(tmp_path / "rebuilt")
+    assert _load(tmp_path / "rebuilt", clip, processor) is not None
+    with pytest.raises(ValueError, match="vision encoder"):  # and now the old backbone is the other one
+        _load(tmp_path / "rebuilt")

@@ -15,15 +15,21 @@ import torch
 __all__ = [
     "PROBE_TEXT",
     "architecture_hash",
+    "backbone_config",
+    "backbone_from_config",
     "check_backbone",
     "encode_images",
+    "encode_probe_image",
     "encode_texts",
     "freeze",
+    "probe_pixels",
     "projection_dim",
 ]
 
 #: A fixed string whose text embedding is stored at build time and compared on load (backbone integrity).
 PROBE_TEXT = "a photo of a xmadapter probe."
+# Backbone config entries that say how a checkpoint was loaded or written, not what the architecture is.
+_NOT_ARCHITECTURE = ("_name_or_path", "dtype", "torch_dtype", "transformers_version", "architectures")
 
 # Architecture fields of the text/vision sub-configs that identify a backbone; dtype, paths and versions change on
 # ordinary loads and are left out on purpose.
@@ -100,3 +106,59 @@ def architecture_hash(model) -> str:
             described[sub] = {k: getattr(sub_config, k, None) for k in _ARCH_FIELDS if hasattr(sub_config, k)}
     described["projection_dim"] = getattr(config, "projection_dim", None)
     return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def probe_pixels(model) -> torch.Tensor:
+    """A fixed probe image, (1, channels, S, S) at the backbone's input size: smooth waves of about unit amplitude.
+
+    Its embedding is stored at build time and compared on load (vision-tower integrity, as `PROBE_TEXT` for the text
+    tower). It is made of pixel values directly, in the normalised range a processor produces, so that the check
+    needs no image processor and no random draw.
+    """
+    vision = getattr(model.config, "vision_config", None)
+    size = getattr(vision, "image_size", None)
+    if not isinstance(size, int):
+        raise TypeError(f"Cannot read the input image size of the backbone config {type(model.config).__name__}.")
+    channels = getattr(vision, "num_channels", 3)
+    grid = torch.linspace(-1.0, 1.0, size)
+    ys, xs = torch.meshgrid(grid, grid, indexing="ij")  # (S, S) each
+    waves = [torch.sin(torch.pi * (c + 1) * xs + c) * torch.cos(torch.pi * (c + 2) * ys) for c in range(channels)]
+    return torch.stack(waves)[None]  # (1, channels, S, S)
+
+
+def encode_probe_image(model) -> torch.Tensor:
+    """The normalised float32 embedding (C,) of [`probe_pixels`]."""
+    embed = encode_images(model, probe_pixels(model)).float()[0]  # (C,)
+    return embed / embed.norm().clamp(min=1e-12)
+
+
+def backbone_config(model) -> dict:
+    """The backbone's architecture as a JSON-ready dict (its config's non-default entries and `model_type`).
+
+    Recorded in the adapter config, so that `XMAdapterForImageClassification(config)` can build a backbone of the
+    same architecture (randomly initialised, as `from_config` does for every model); loading paths and dtypes are
+    left out.
+    """
+    described = model.config.to_diff_dict()
+    described["model_type"] = model.config.model_type
+    for entry in (described, *(v for v in described.values() if isinstance(v, dict))):
+        for key in _NOT_ARCHITECTURE:
+            entry.pop(key, None)
+    return described
+
+
+def backbone_from_config(described: dict):
+    """A randomly initialised backbone (eval mode, frozen) of the architecture that [`backbone_config`] described.
+
+    The `model_type` picks the class through transformers' `AutoModel` (`clip` -> `CLIPModel`), so another dual
+    encoder recorded the same way builds its own class.
+    """
+    from transformers import AutoConfig, AutoModel
+
+    if not isinstance(described, dict) or not isinstance(described.get("model_type"), str):
+        raise ValueError(f"`backbone_config` must be a dict with a `model_type`; got {described!r:.200}.")
+    fields = {k: v for k, v in described.items() if k != "model_type"}
+    model = AutoModel.from_config(AutoConfig.for_model(described["model_type"], **fields))
+    check_backbone(model)
+    freeze(model)
+    return model

@@ -13,13 +13,27 @@ from . import __version__
 
 __all__ = ["METHODS", "XMAdapterConfig"]
 
-#: Every method name the registry knows; `config.method` must be one of them.
+#: The methods this library ships; `config.method` may also name any method registered with `register_method`.
 METHODS = ("zero-shot", "tip-adapter", "tip-adapter-f", "clip-adapter", "multimodal-adapter", "xmadapter")
+#: Every output field but the final logits: `Trainer.evaluate`/`predict` then gather the logits alone as
+#: `predictions` (what the image-classification guide's `compute_metrics` expects); calling the model still returns
+#: them all.
+OUTPUTS_IGNORED_AT_INFERENCE = [
+    "zero_shot_logits", "cache_logits", "image_cache_logits", "text_cache_logits", "affinity_ratio", "disagreement",
+    "image_embeds",
+]  # fmt: skip
 _MMA_MASKS = ("additive", "cross-modal")
 _HARD_SAMPLE_CRITERIA = ("disagreement", "focal")
 _CACHE_DTYPES = ("float32", "float16", "bfloat16")
 #: Sharpness above this makes exp(-beta * (1 - cos)) underflow to 0 in float32 for dissimilar entries.
 MAX_SHARPNESS = 100.0
+
+
+def _method_class(name: str):
+    """The registered method class named ``name``; `ValueError` listing the registered names otherwise."""
+    from .methods.base import get_method_class  # the registry imports this module: look it up at call time
+
+    return get_method_class(name)
 
 
 def _check_type(name: str, value: Any, types: tuple[type, ...], allow_none: bool = False) -> None:
@@ -53,7 +67,8 @@ class XMAdapterConfig(PreTrainedConfig):
 
     Args:
         method (`str`, *optional*, defaults to `"xmadapter"`):
-            One of `zero-shot`, `tip-adapter`, `tip-adapter-f`, `clip-adapter`, `multimodal-adapter`, `xmadapter`.
+            One of `zero-shot`, `tip-adapter`, `tip-adapter-f`, `clip-adapter`, `multimodal-adapter`, `xmadapter`, or
+            a method registered with [`~xmadapter_hf.register_method`] (validated through the registry).
         class_names (`list[str]`, *optional*, defaults to `[]`):
             The class names, in label order. Must be non-empty and unique to build a model.
         prompt_templates (`list[str]`, *optional*, defaults to `["a photo of a {}."]`):
@@ -112,6 +127,9 @@ class XMAdapterConfig(PreTrainedConfig):
             allocator (65536 was twice as slow on a 1.6M-entry cache at B = 256, page-faulting fresh 64 MB buffers).
         cache_dtype (`str`, *optional*, defaults to `"float32"`):
             Storage dtype of the frozen cache tensors (`float32`, `float16`, `bfloat16`); the maths stays float32.
+            It decides what `save_pretrained` writes for the cache (`cache_embeds`, and the learned keys after
+            `half_cache()`; every other floating tensor is written in float32). In memory, a `dtype` given to
+            `from_pretrained` (or `model.to(dtype)`) wins: the whole model is cast to it, the cache included.
         augment_views (`int`, *optional*, defaults to 10):
             Augmented views per image averaged into the cache keys (recorded by `build_cache`); 0 = the plain view.
         shots (`int`, *optional*):
@@ -129,8 +147,14 @@ class XMAdapterConfig(PreTrainedConfig):
             The backbone's revision (a commit sha pins it).
         projection_dim (`int`, *optional*):
             `C`, the backbone's projection dim; checked on load.
+        backbone_config (`dict`, *optional*):
+            The backbone's architecture: its config's non-default entries with its `model_type` (for CLIP, the
+            `CLIPConfig`). `XMAdapterForImageClassification(config)` and `AutoModelForImageClassification.from_config`
+            build a randomly initialised backbone from it; `from_pretrained` always loads the real one. Recorded by
+            `from_clip`; `None` in configs written by version 0.1.0.
         backbone_fingerprint (`dict`, *optional*):
-            What identifies the backbone (architecture hash, probe text embedding); checked on load.
+            What identifies the backbone (architecture hash); checked on load together with the stored probe
+            embeddings of a fixed text and a fixed image.
         xmadapter_version (`str`, *optional*):
             The library version that wrote this config (stamped on save).
         save_id (`str`, *optional*):
@@ -140,6 +164,7 @@ class XMAdapterConfig(PreTrainedConfig):
 
     model_type = "xmadapter"
     has_no_defaults_at_init = True
+    keys_to_ignore_at_inference = OUTPUTS_IGNORED_AT_INFERENCE
 
     method: str = "xmadapter"
     class_names: list[str] = field(default_factory=list)
@@ -175,6 +200,7 @@ class XMAdapterConfig(PreTrainedConfig):
     base_model_name_or_path: str | None = None
     base_model_revision: str | None = None
     projection_dim: int | None = None
+    backbone_config: dict | None = None
     backbone_fingerprint: dict | None = None
     xmadapter_version: str | None = None
     save_id: str | None = None
@@ -185,8 +211,8 @@ class XMAdapterConfig(PreTrainedConfig):
         num_labels = kwargs.pop("num_labels", None)
         self._derive_labels(num_labels)
         if self.hard_sample_strength is None:
-            uses_text = self.method == "xmadapter" and self.use_text_cache
-            self.hard_sample_strength = 1.0 if uses_text and self.hard_sample_criterion == "disagreement" else 0.0
+            measures = _method_class(self.method).measures_disagreement(self)
+            self.hard_sample_strength = 1.0 if measures and self.hard_sample_criterion == "disagreement" else 0.0
         self._validate_combinations()
         if self.xmadapter_version is None:
             self.xmadapter_version = __version__
@@ -195,8 +221,7 @@ class XMAdapterConfig(PreTrainedConfig):
     # ----------------------------------------------------------------------------------------------- validation
     def _validate_fields(self) -> None:
         _check_type("method", self.method, (str,))
-        if self.method not in METHODS:
-            raise ValueError(f"`method` must be one of {', '.join(METHODS)}; got {self.method!r}.")
+        _method_class(self.method)  # raises for a name the registry does not know
         _check_type("class_names", self.class_names, (list, tuple))
         for name in self.class_names:
             if not isinstance(name, str) or not name.strip():
@@ -258,7 +283,7 @@ class XMAdapterConfig(PreTrainedConfig):
                 raise ValueError(f"`{name}` must be one of {', '.join(allowed)}; got {getattr(self, name)!r}.")
         for name in ("base_model_name_or_path", "base_model_revision", "xmadapter_version", "save_id"):
             _check_type(name, getattr(self, name), (str,), allow_none=True)
-        for name in ("search_result", "evaluation", "backbone_fingerprint"):
+        for name in ("search_result", "evaluation", "backbone_config", "backbone_fingerprint"):
             _check_type(name, getattr(self, name), (dict,), allow_none=True)
 
     def _derive_labels(self, num_labels: int | None) -> None:
@@ -288,12 +313,13 @@ class XMAdapterConfig(PreTrainedConfig):
     def _validate_combinations(self) -> None:
         if self.hard_sample_strength == 0:
             return
-        if self.method in ("zero-shot", "tip-adapter"):
+        method = _method_class(self.method)
+        if not method.trainable:
             raise ValueError(
                 f"`hard_sample_strength` must be 0 for the training-free method {self.method!r}; "
                 f"got {self.hard_sample_strength!r}."
             )
-        if self.hard_sample_criterion == "disagreement" and not (self.method == "xmadapter" and self.use_text_cache):
+        if self.hard_sample_criterion == "disagreement" and not method.measures_disagreement(self):
             raise ValueError(
                 "`hard_sample_strength` > 0 with `hard_sample_criterion='disagreement'` needs XMAdapter's text "
                 "cache (d compares the image- and text-cache predictions): set `use_text_cache=True`, "

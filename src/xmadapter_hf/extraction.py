@@ -32,10 +32,13 @@ __all__ = [
     "DEFAULT_SHARD_SIZE",
     "ExtractedEmbeddings",
     "backbone_weights_fingerprint",
+    "check_dataset",
+    "class_label_names",
     "crop_size",
     "extract_embeddings",
     "extraction_cache_key",
     "read_item",
+    "read_labels",
     "resolve_columns",
 ]
 
@@ -49,6 +52,7 @@ DEFAULT_SHARD_SIZE = 256
 # Bump when the shard layout or the augmentation recipe changes: old caches then miss instead of being misread.
 _CACHE_FORMAT = "xmadapter-extraction-v1"
 _AUGMENTATION = "random-resized-crop(scale=0.5-1, ratio=3/4-4/3, bicubic)+hflip(p=0.5)"
+_EMPTY = "The dataset is empty: cannot extract embeddings from no images."
 # Values sampled per parameter tensor for the weights fingerprint.
 _FINGERPRINT_SAMPLES = 1024
 
@@ -66,6 +70,45 @@ class ExtractedEmbeddings:
     embeds: torch.Tensor
     labels: torch.Tensor
     cache_path: str | None = None
+
+
+def check_dataset(dataset) -> None:
+    """Raises `TypeError` for a path where a dataset is expected (a common slip: a folder of images), `ValueError`
+    for an empty dataset."""
+    if isinstance(dataset, (str, bytes, os.PathLike)):
+        raise TypeError(
+            f"Expected a dataset of labelled images, got the path {str(dataset)!r}. Load an image folder (one "
+            'sub-folder per class) with `datasets.load_dataset("imagefolder", data_dir=path, split="train")` and pass '
+            "that dataset."
+        )
+    if len(dataset) == 0:
+        raise ValueError(_EMPTY)
+
+
+def class_label_names(dataset, label_column: str | None = None) -> list[str] | None:
+    """The names of a `datasets.ClassLabel` label column (in label order), or `None` if the labels have no names."""
+    features = getattr(dataset, "features", None)
+    if features is None or isinstance(dataset, (str, bytes, os.PathLike)):
+        return None
+    column = label_column or next((c for c in _LABEL_COLUMNS if c in features), None)
+    names = getattr(features.get(column), "names", None) if column is not None else None
+    return list(names) if names is not None else None
+
+
+def read_labels(dataset, image_column: str | None = None, label_column: str | None = None) -> torch.Tensor:
+    """Every item's label, `(M,)` int64, without decoding an image where the dataset allows it.
+
+    A `datasets.Dataset` without a transform gives its label column directly; other datasets are read item by item
+    (a torch dataset may load its image in `__getitem__`, but no image goes through a backbone here).
+    """
+    check_dataset(dataset)
+    image_column, label_column = resolve_columns(dataset, image_column, label_column)
+    plain = getattr(dataset, "format", {}).get("type") is None
+    if label_column is not None and plain and hasattr(dataset, "with_format"):
+        values = dataset[label_column]
+    else:
+        values = [read_item(dataset, i, image_column, label_column)[1] for i in range(len(dataset))]
+    return torch.tensor([_label(value, i) for i, value in enumerate(values)], dtype=torch.long)
 
 
 def resolve_columns(dataset, image_column: str | None, label_column: str | None) -> tuple[str | None, str | None]:
@@ -363,12 +406,13 @@ def extract_embeddings(
         raise TypeError(f"`cache_dir` must be a path (str or os.PathLike), got {type(cache_dir).__name__}.")
     if autocast_dtype is not None and not isinstance(autocast_dtype, torch.dtype):
         raise TypeError(f"`autocast_dtype` must be a torch.dtype or None, got {autocast_dtype!r}.")
+    check_dataset(dataset)
     image_processor = getattr(image_processor, "image_processor", image_processor)
     image_column, label_column = resolve_columns(dataset, image_column, label_column)
     dataset = _undecoded(dataset, image_column)
     indices = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
     if not indices:
-        raise ValueError("The dataset is empty: cannot extract embeddings from no images.")
+        raise ValueError(_EMPTY)
     size = crop_size(image_processor)
     views = max(augment_views, 1)
     encode = dict(

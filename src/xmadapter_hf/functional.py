@@ -54,8 +54,12 @@ def template_ensemble(text_embeds: torch.Tensor) -> torch.Tensor:
     return l2_normalize(l2_normalize(text_embeds).mean(dim=1))  # (N, T, C) -> (N, C)
 
 
-def zero_shot_logits(image_embeds: torch.Tensor, class_weights: torch.Tensor, logit_scale: float) -> torch.Tensor:
-    """``s * f W^T`` with ``f`` and ``W`` already normalised. (B, C) @ (C, N) -> (B, N), float32 under autocast too."""
+def zero_shot_logits(
+    image_embeds: torch.Tensor, class_weights: torch.Tensor, logit_scale: float | torch.Tensor
+) -> torch.Tensor:
+    """``s * f W^T`` with ``f`` and ``W`` already normalised. (B, C) @ (C, N) -> (B, N), float32 under autocast too.
+
+    ``s`` may be a 0-dim tensor (the backbone's, read without a host synchronisation)."""
     with full_precision(image_embeds):
         return logit_scale * image_embeds.float() @ class_weights.float().t()
 

@@ -14,7 +14,7 @@ from . import backbone as bb
 from . import functional as Fn
 from . import serialization
 from .configuration import XMAdapterConfig
-from .extraction import extract_embeddings
+from .extraction import class_label_names, extract_embeddings, read_labels
 from .losses import hard_sample_weights, weighted_cross_entropy
 from .methods import AdapterMethod, CacheState, get_method_class
 from .prompts import DEFAULT_TEMPLATES, class_text_embeddings
@@ -84,11 +84,12 @@ class XMAdapterForImageClassification(PreTrainedModel):
     _no_split_modules = []
 
     def __init__(self, config: XMAdapterConfig, clip_model=None, processor=None):
+        # Validate before building anything; if anything still fails, the caller's config is left as it was (the
+        # parent constructor sets attributes on it).
+        if not config.class_names:
+            raise ValueError("`config.class_names` is empty: an adapter needs at least one class.")
         if clip_model is None:
-            raise TypeError(
-                "XMAdapterForImageClassification needs its backbone: build it with `from_clip(...)`, load it with "
-                "`from_pretrained(...)`, or pass `clip_model=`."
-            )
+            clip_model = _backbone_of(config)
         bb.check_backbone(clip_model)
         dim = bb.projection_dim(clip_model)
         if config.projection_dim is not None and config.projection_dim != dim:
@@ -96,17 +97,20 @@ class XMAdapterForImageClassification(PreTrainedModel):
                 f"The adapter was built for a backbone of projection dim {config.projection_dim}, but the given "
                 f"backbone has projection dim {dim}."
             )
-        config.projection_dim = dim
-        if not config.class_names:
-            raise ValueError("`config.class_names` is empty: an adapter needs at least one class.")
+        before = dict(config.__dict__)
+        try:
+            self._build(config, clip_model, processor, dim)
+        except BaseException:
+            config.__dict__.clear()
+            config.__dict__.update(before)
+            raise
+
+    def _build(self, config: XMAdapterConfig, clip_model, processor, dim: int) -> None:
         super().__init__(config)
         self.clip = clip_model
         self.processor = processor
-        n, entries, cache_dtype = config.num_classes, config.cache_size, getattr(torch, config.cache_dtype)
-        self.register_buffer("class_embeds", torch.zeros(n, dim))  # W, (N, C)
-        self.register_buffer("cache_embeds", torch.zeros(entries, dim, dtype=cache_dtype))  # E, (NK, C)
-        self.register_buffer("cache_labels", torch.zeros(entries, dtype=torch.long))  # (NK,)
-        self.register_buffer("probe_text_embed", torch.zeros(dim))  # backbone integrity check
+        for name, (shape, dtype) in _own_buffers(config, dim).items():
+            self.register_buffer(name, torch.zeros(shape, dtype=dtype))
         # The adapter's initial weights are a function of `config.seed` alone, not of the global RNG state
         # (ARCHITECTURE decision 6): two builds with the same seed are bit-identical.
         with torch.random.fork_rng(devices=[]):
@@ -114,6 +118,25 @@ class XMAdapterForImageClassification(PreTrainedModel):
             self.method: AdapterMethod = get_method_class(config.method)(config, dim)
             self.post_init()
         bb.freeze(self.clip)
+        # Trainer loads its checkpoints (adapter only) with `strict=False` and stays quiet about missing keys only
+        # when they are exactly `_keys_to_ignore_on_save`: every backbone key of this instance.
+        self._keys_to_ignore_on_save = {key for key in self.state_dict() if key.startswith("clip.")}
+        config.projection_dim = dim
+        if config.backbone_config is None:
+            config.backbone_config = bb.backbone_config(clip_model)
+
+    @classmethod
+    def expected_adapter_shapes(cls, config: XMAdapterConfig, dim: int) -> dict[str, tuple[int, ...]]:
+        """The shape of every adapter tensor that `config` describes for a backbone of projection dim ``dim``.
+
+        Computed on the meta device: nothing is allocated, however large the sizes a config claims (a checkpoint's
+        config is untrusted input; `from_pretrained` compares these shapes with the safetensors header first).
+        """
+        shapes = {name: shape for name, (shape, _) in _own_buffers(config, dim).items()}
+        with torch.device("meta"):
+            method = get_method_class(config.method)(config, dim)
+        shapes.update({f"method.{k}": tuple(v.shape) for k, v in method.state_dict().items()})
+        return shapes
 
     # ------------------------------------------------------------------------------------------ initialisation
     def _init_weights(self, module):
@@ -139,20 +162,27 @@ class XMAdapterForImageClassification(PreTrainedModel):
     @property
     def logit_scale(self) -> float:
         """`s`: `config.logit_scale`, or the backbone's `logit_scale.exp()`."""
+        return float(self._logit_scale())
+
+    def _logit_scale(self) -> float | torch.Tensor:
+        # a 0-dim tensor when read from the backbone: forward never synchronises with the device to read it
         if self.config.logit_scale is not None:
             return float(self.config.logit_scale)
-        return float(self.clip.logit_scale.detach().float().exp())
+        return self.clip.logit_scale.detach().float().exp()
 
     @property
     def embed_dim(self) -> int:
         return self.class_embeds.shape[1]
 
     def cache_state(self) -> CacheState:
-        return CacheState(self.class_embeds, self.cache_embeds, self.cache_labels, self.logit_scale)
+        return CacheState(self.class_embeds, self.cache_embeds, self.cache_labels, self._logit_scale())
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
-        """Every tensor that `save_pretrained` writes: the adapter's parameters and buffers, no backbone tensor."""
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("clip.")}
+        """Every tensor that `save_pretrained` writes: the adapter's parameters and buffers, no backbone tensor, and
+        the [`vision_fingerprint`] (taken from the backbone in use where the model holds none)."""
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith("clip.")}
+        state["probe_image_embed"] = self.vision_fingerprint()
+        return state
 
     # ------------------------------------------------------------------------------------------- construction
     @classmethod
@@ -242,10 +272,19 @@ class XMAdapterForImageClassification(PreTrainedModel):
         the method's cache-shaped parameters and sets `config.cache_size`: build optimisers after this call.
         ``cache_dir`` and ``autocast_dtype`` go to [`~xmadapter_hf.extraction.extract_embeddings`] (an on-disk
         extraction cache that a rerun reuses without a backbone forward; mixed precision for the backbone).
+
+        Before any image goes through the backbone, the labels are read and checked: a `ClassLabel` column must
+        name the model's `class_names` in the same order (build the model with
+        ``from_clip(clip, dataset.features["label"].names, ...)``), every label must be a class id and every class
+        must have an image.
         """
         processor = processor or self.processor
         if processor is None:
             raise ValueError("`build_cache` needs an image processor: pass `processor=` or build with `from_clip`.")
+        label_names = class_label_names(dataset, label_column)
+        if label_names is not None and label_names != self.config.class_names:
+            raise ValueError(_class_names_differ(label_names, self.config.class_names))
+        self._check_labels(read_labels(dataset, image_column, label_column))
         extracted = extract_embeddings(
             self.clip,
             processor,
@@ -286,6 +325,7 @@ class XMAdapterForImageClassification(PreTrainedModel):
             keys[start : start + step] = Fn.l2_normalize(embeds[start : start + step].to(device).float())
         self.cache_embeds = keys
         self.cache_labels = labels.to(device)
+        self.probe_image_embed.zero_()  # the keys come from the backbone in use: `vision_fingerprint` takes its own
         self.config.cache_size = keys.shape[0]
         counts = torch.bincount(labels, minlength=self.config.num_classes)
         self.config.shots = int(counts.max()) if bool((counts == counts[0]).all()) else None
@@ -332,6 +372,16 @@ class XMAdapterForImageClassification(PreTrainedModel):
         return self
 
     @torch.no_grad()
+    def cast_adapter(self, dtype: torch.dtype) -> XMAdapterForImageClassification:
+        """Casts the adapter's floating tensors (the method's weights and the model's buffers) to ``dtype``, leaving
+        the backbone as it is (`from_pretrained(dtype=...)` with a `clip_model=` the caller owns)."""
+        self.method.to(dtype)
+        for name, buffer in list(self.named_buffers(recurse=False)):
+            if buffer.is_floating_point():
+                setattr(self, name, buffer.to(dtype))
+        return self
+
+    @torch.no_grad()
     def float_cache(self) -> XMAdapterForImageClassification:
         """Undoes [`half_cache`] for the learned keys: float32 trainable parameters again (the rounding stays).
 
@@ -357,6 +407,11 @@ class XMAdapterForImageClassification(PreTrainedModel):
             bad = (~finite).nonzero().flatten().tolist()[:10]
             raise ValueError(f"Cache embeddings contain NaN or Inf (rows {bad}); check the images or the backbone.")
         labels = labels.long()
+        self._check_labels(labels)
+        return embeds, labels
+
+    def _check_labels(self, labels: torch.Tensor) -> None:
+        """Every label is a class id and every class has at least one cache image."""
         n = self.config.num_classes
         if labels.min() < 0 or labels.max() >= n:
             raise ValueError(
@@ -368,7 +423,6 @@ class XMAdapterForImageClassification(PreTrainedModel):
             raise ValueError(
                 f"Every class needs at least one cache image; none for {missing[:10]} ({len(missing)} classes)."
             )
-        return embeds, labels
 
     # ------------------------------------------------------------------------------------------------ forward
     def embed_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -417,7 +471,8 @@ class XMAdapterForImageClassification(PreTrainedModel):
                 "'tip-adapter-f', 'xmadapter', 'clip-adapter' or 'multimodal-adapter', or evaluate without training."
             )
         learned = getattr(self.method, "cache_keys", None)
-        if training and learned is not None and learned.dtype != torch.float32:
+        # `half_cache()` freezes the learned keys; `model.to(torch.bfloat16)` keeps them trainable in bf16
+        if training and learned is not None and not learned.requires_grad:
             raise ValueError(
                 f"The learned cache keys are stored in {learned.dtype} for inference (`half_cache()`); call "
                 "`model.float_cache()` before training."
@@ -444,7 +499,7 @@ class XMAdapterForImageClassification(PreTrainedModel):
         """
         self._check_inputs(pixel_values, image_embeds, labels, cache_index)
         raw = self.embed_images(pixel_values) if pixel_values is not None else image_embeds
-        image = Fn.l2_normalize(raw.float())
+        image = Fn.l2_normalize(raw.float())  # (B, C) float32 whatever the model's dtype: the logits are float32
         out = self.method(image, self.cache_state(), labels=labels, cache_index=cache_index)
         loss = None
         if labels is not None:
@@ -479,13 +534,28 @@ class XMAdapterForImageClassification(PreTrainedModel):
                 "Use `model.push_to_hub(repo_id)` to push; `save_pretrained(push_to_hub=True)` is not supported."
             )
         if state_dict is None:
-            state_dict = self.adapter_state_dict()
+            state_dict = self.state_dict()
         tensors = {k: v for k, v in state_dict.items() if not k.startswith("clip.")}
         # As transformers does under a process group: only rank 0 writes, whatever the caller passed.
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         if not is_main_process or (distributed and torch.distributed.get_rank() != 0):
             return
+        tensors["probe_image_embed"] = self.vision_fingerprint()
         serialization.save_adapter(self, save_directory, tensors)
+
+    @torch.no_grad()
+    def vision_fingerprint(self) -> torch.Tensor:
+        """The normalised embedding (C,) of a fixed probe image: what `save_pretrained` writes as `probe_image_embed`
+        and `from_pretrained` compares with the backbone it loads, as it does for the probe text.
+
+        A loaded model keeps the fingerprint it was saved with, until `set_cache` clears it (the cache keys then come
+        from the backbone in use). Where none is held, it is taken from the backbone in use when asked for (by
+        `save_pretrained` and `adapter_state_dict`), without storing it: building a model and its cache costs no
+        extra backbone forward, and saving changes nothing in memory (on every process alike).
+        """
+        if torch.any(self.probe_image_embed != 0):
+            return self.probe_image_embed
+        return bb.encode_probe_image(self.clip).to(self.probe_image_embed)
 
     def push_to_hub(self, repo_id: str, **kwargs) -> str:
         """Uploads exactly `config.json`, `model.safetensors` (adapter only), `preprocessor_config.json` and our model
@@ -511,10 +581,19 @@ class XMAdapterForImageClassification(PreTrainedModel):
         the backbone from `config.base_model_name_or_path` at `config.base_model_revision` (or ``clip_model=``).
 
         Hub keyword arguments (`revision`, `cache_dir`, `token`, `local_files_only`, `force_download`) apply to the
-        adapter; `dtype` and `device_map` go to the backbone. Missing or unexpected adapter tensors are refused.
-        The backbone is checked against the one the adapter was built on (architecture hash, and the text embedding
-        of a probe string compared by cosine); `rebuild_text_embeddings=True` re-encodes the class prompts with the
-        given backbone instead of refusing a different text encoder, `check_backbone=False` skips the checks.
+        adapter; `device_map` goes to the backbone. `dtype` (a torch dtype, its name, or `"auto"`) goes to the
+        backbone and casts the adapter too, as `model.to(dtype)` would (a `clip_model=` you pass is left as it is);
+        it wins over `config.cache_dtype` in memory, while `save_pretrained` still writes the cache in
+        `config.cache_dtype` and every other tensor in float32. A passed ``config`` is copied, never changed.
+
+        Integrity: the config's sizes are compared with the tensor shapes in the safetensors header before any
+        adapter tensor is allocated; missing or unexpected adapter tensors are refused (a checkpoint of version
+        0.1.0 lacks the vision fingerprint: it loads with a warning); a backbone checkpoint with weights missing is
+        refused (they would be random). The backbone is checked against the one the adapter was built on
+        (architecture hash; the embeddings of a probe text and a probe image, compared by cosine);
+        `rebuild_text_embeddings=True` re-encodes the class prompts with the given backbone instead of refusing a
+        different text encoder, `check_backbone=False` skips the checks. `output_loading_info=True` returns
+        ``(model, info)`` with transformers' keys (`missing_keys`, ... ; backbone keys prefixed `clip.`).
         """
         if model_args:
             raise TypeError(f"from_pretrained takes no positional arguments beyond the path; got {len(model_args)}.")
@@ -522,6 +601,45 @@ class XMAdapterForImageClassification(PreTrainedModel):
             cls, pretrained_model_name_or_path, config=config, clip_model=clip_model, processor=processor,
             dtype=dtype, device_map=device_map, **kwargs,
         )  # fmt: skip
+
+
+def _own_buffers(config: XMAdapterConfig, dim: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """The model's own buffers (name -> (shape, dtype)); the method's tensors come on top."""
+    n, entries = config.num_classes, config.cache_size
+    return {
+        "class_embeds": ((n, dim), torch.float32),  # W, (N, C)
+        "cache_embeds": ((entries, dim), getattr(torch, config.cache_dtype)),  # E, (NK, C)
+        "cache_labels": ((entries,), torch.long),  # (NK,)
+        "probe_text_embed": ((dim,), torch.float32),  # backbone integrity: the text tower
+        "probe_image_embed": ((dim,), torch.float32),  # backbone integrity: the vision tower
+    }
+
+
+def _backbone_of(config: XMAdapterConfig):
+    """A randomly initialised backbone of the architecture `config.backbone_config` records (for `cls(config)`)."""
+    if config.backbone_config is None:
+        raise ValueError(
+            "This config records no backbone architecture (`backbone_config`; configs written by xmadapter-hf 0.1.0 "
+            "have none), so `XMAdapterForImageClassification(config)` cannot build one. Load the adapter with "
+            "`XMAdapterForImageClassification.from_pretrained(path)`, build one with `from_clip(...)`, or pass "
+            "`clip_model=`."
+        )
+    return bb.backbone_from_config(config.backbone_config)
+
+
+def _class_names_differ(label_names: list[str], class_names: list[str]) -> str:
+    first = next((i for i, (a, b) in enumerate(zip(label_names, class_names)) if a != b), None)
+    first = min(len(label_names), len(class_names)) if first is None else first
+    return (
+        f"The dataset's ClassLabel names differ from the model's `class_names` from position {first} on, so its "
+        f"labels would be read as the wrong classes.\n  dataset ({len(label_names)}): {_some(label_names)}\n"
+        f"  model   ({len(class_names)}): {_some(class_names)}\nBuild the model with the dataset's names, "
+        '`from_clip(clip, dataset.features["label"].names, ...)`, or cast the label column to the model\'s order.'
+    )
+
+
+def _some(names: list[str], limit: int = 20) -> str:
+    return repr(names) if len(names) <= limit else repr(names[:limit])[:-1] + f", ... ({len(names) - limit} more)]"
 
 
 def _describe(value) -> str:

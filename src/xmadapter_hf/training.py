@@ -37,12 +37,19 @@ RECIPES: dict[str, TrainingRecipe] = {
 
 
 def recipe_for(method: str) -> TrainingRecipe:
-    """The training recipe of ``method``; training-free methods raise `ValueError`."""
-    if method not in RECIPES:
+    """The training recipe of ``method``; training-free methods raise `ValueError`.
+
+    A trainable method registered with `register_method` and absent from `RECIPES` gets the default recipe (AdamW,
+    lr 1e-3, eps 1e-4, weight decay 0.01, cosine).
+    """
+    from .methods import get_method_class, registered_methods
+
+    if not get_method_class(method).trainable:
+        trainable = [name for name in registered_methods() if get_method_class(name).trainable]
         raise ValueError(
-            f"Method {method!r} is training-free (no trainable parameters); trainable methods: {', '.join(RECIPES)}."
+            f"Method {method!r} is training-free (no trainable parameters); trainable methods: {', '.join(trainable)}."
         )
-    return RECIPES[method]
+    return RECIPES.get(method, TrainingRecipe())
 
 
 def build_optimizer(

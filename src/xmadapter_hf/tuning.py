@@ -12,6 +12,7 @@ import torch
 
 from . import functional as Fn
 from .extraction import extract_embeddings
+from .methods import XMAdapter
 from .search import SearchResult, search_hyperparameters
 
 __all__ = ["check_validation_embeddings", "search_on_validation", "validation_embeddings"]
@@ -65,6 +66,11 @@ def search_on_validation(
         raise ValueError(
             f"Method {model.config.method!r} has no cache: there is no residual ratio or sharpness to search."
         )
+    if model.config.cache_size == 0:
+        raise ValueError(
+            "The model has no cache yet: call `model.build_cache(few_shot_dataset)` before `search_hyperparameters` "
+            "(the search scores the cache on the validation split)."
+        )
     if dataset_name is not None:
         from .dataset_defaults import dataset_defaults
 
@@ -82,7 +88,7 @@ def search_on_validation(
         keys = Fn.l2_normalize(keys)
     zero_shot = Fn.zero_shot_logits(f, state.class_embeds, state.logit_scale)
     text = {}
-    if getattr(model.config, "use_text_cache", False) and model.config.method == "xmadapter":
+    if isinstance(method, XMAdapter) and model.config.use_text_cache:  # search the text cache's sharpness too
         query = method.query_text_embeds(f)
         text = dict(
             text_cos=query @ method.text_keys(state).t(),
@@ -92,7 +98,7 @@ def search_on_validation(
             text_search_step=text_search_step,
         )
     result = search_hyperparameters(
-        zero_shot, f @ keys.t(), state.cache_labels, labels.to(device), state.num_classes, state.logit_scale,
+        zero_shot, f @ keys.t(), state.cache_labels, labels.to(device), state.num_classes, model.logit_scale,
         search_scale=search_scale, search_step=search_step, **text,
     )  # fmt: skip
     config = model.config

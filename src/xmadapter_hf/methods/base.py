@@ -16,6 +16,7 @@ __all__ = [
     "CacheState",
     "MethodOutput",
     "adapter_linear",
+    "as_input_of",
     "chunked_cache_logits",
     "get_method_class",
     "register_method",
@@ -39,8 +40,12 @@ def register_method(name: str):
 
 
 def get_method_class(name: str) -> type[AdapterMethod]:
+    """The class registered under ``name``; `ValueError` naming the registered methods otherwise."""
     if name not in _REGISTRY:
-        raise ValueError(f"Unknown method {name!r}; registered methods: {', '.join(sorted(_REGISTRY))}.")
+        raise ValueError(
+            f"`method` must be a registered method ({', '.join(sorted(_REGISTRY))}); got {name!r}. A method of your "
+            "own must be registered with `xmadapter_hf.register_method` (its module imported) before the config."
+        )
     return _REGISTRY[name]
 
 
@@ -56,6 +61,13 @@ def adapter_linear(in_features: int, out_features: int, bias: bool = True, zero_
     return layer
 
 
+def as_input_of(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the dtype of ``module``'s weights: a layer runs in the dtype it is given (bf16 after
+    `model.to(torch.bfloat16)`), while the affinity maths around it stays float32."""
+    weight = next(module.parameters(), None)
+    return x if weight is None else x.to(weight.dtype)
+
+
 @dataclass
 class CacheState:
     """The frozen tensors a method reads (all owned by the model as buffers).
@@ -65,13 +77,14 @@ class CacheState:
         cache_embeds (`torch.Tensor` of shape `(NK, C)`): the initial normalised cache embeddings `E` (Tip-Adapter's
             keys; XMAdapter's text keys are built from them). Possibly stored in half precision.
         cache_labels (`torch.LongTensor` of shape `(NK,)`): the class of each cache entry.
-        logit_scale (`float`): `s`.
+        logit_scale (`float` or 0-dim `torch.Tensor`): `s` (a tensor when read from the backbone, so that forward
+            never synchronises with the device to read it).
     """
 
     class_embeds: torch.Tensor
     cache_embeds: torch.Tensor
     cache_labels: torch.Tensor
-    logit_scale: float
+    logit_scale: float | torch.Tensor
 
     @property
     def num_classes(self) -> int:
@@ -133,6 +146,12 @@ class AdapterMethod(nn.Module):
         super().__init__()
         self.config = config
         self.embed_dim = embed_dim
+
+    @classmethod
+    def measures_disagreement(cls, config: XMAdapterConfig) -> bool:
+        """Whether the method returns the cross-modal disagreement ``d`` under ``config`` (the `disagreement`
+        hard-sample criterion needs it). `False` unless a method says otherwise."""
+        return False
 
     def resize_cache(self, num_entries: int) -> None:
         """(Re)creates cache-shaped parameters for ``num_entries`` entries (no-op by default)."""

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .. import functional as Fn
-from .base import AdapterMethod, CacheState, MethodOutput, adapter_linear, register_method
+from .base import AdapterMethod, CacheState, MethodOutput, adapter_linear, as_input_of, register_method
 
 __all__ = ["ClipAdapter"]
 
@@ -45,7 +45,8 @@ class ClipAdapter(AdapterMethod):
         """``normalise(r * MLP(f) + (1 - r) * f)``, (B, C) -> (B, C)."""
         ratio = self.config.clip_adapter_ratio
         image = image_embeds.float()  # (B, C)
-        return Fn.l2_normalize(ratio * self.adapter(image) + (1.0 - ratio) * image)  # (B, C)
+        adapted = self.adapter(as_input_of(self.adapter, image)).float()  # the MLP in its weights' dtype
+        return Fn.l2_normalize(ratio * adapted + (1.0 - ratio) * image)  # (B, C)
 
     def forward(self, image_embeds, state: CacheState, labels=None, cache_index=None) -> MethodOutput:
         zs = Fn.zero_shot_logits(image_embeds, state.class_embeds, state.logit_scale)  # (B, N)

@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .. import functional as Fn
-from .base import AdapterMethod, CacheState, MethodOutput, register_method
+from .base import AdapterMethod, CacheState, MethodOutput, as_input_of, register_method
 
 __all__ = ["MMA_NUM_HEADS", "MultiModalAdapter", "mma_attention_mask", "mma_dims"]
 
@@ -131,12 +131,15 @@ class MultiModalAdapter(AdapterMethod):
         """
         b, n = image_embeds.shape[0], class_embeds.shape[0]
         lam = self.config.mma_blend
+        # The layers run in their weights' dtype (bf16 after `model.to(torch.bfloat16)`); the blend stays float32.
         # The text tokens are the same for every image until the attention mixes them in: project them once.
-        text = self.downsampler(class_embeds)  # (N, C) -> (N, A)
-        image = self.downsampler(image_embeds)  # (b, C) -> (b, A)
+        text = self.downsampler(as_input_of(self.downsampler, class_embeds))  # (N, C) -> (N, A)
+        image = self.downsampler(as_input_of(self.downsampler, image_embeds))  # (b, C) -> (b, A)
         hidden = torch.cat([text.unsqueeze(0).expand(b, -1, -1), image.unsqueeze(1)], dim=1)  # (b, N+1, A)
+        hidden = as_input_of(self.attention, hidden)
+        mask = mask.to(hidden.dtype) if mask.is_floating_point() else mask  # an additive mask matches the scores
         hidden, _ = self.attention(hidden, hidden, hidden, attn_mask=mask, need_weights=False)  # (b, N+1, A)
-        delta = Fn.l2_normalize(self.upsampler(hidden))  # (b, N+1, C)
+        delta = Fn.l2_normalize(self.upsampler(as_input_of(self.upsampler, hidden)))  # (b, N+1, C), float32
         # Blend with the inputs by broadcasting, so the (b, N, C) copies of W are never materialised.
         adapted_text = Fn.l2_normalize(lam * delta[:, :n] + (1.0 - lam) * class_embeds)  # (b, N, C)
         adapted_image = Fn.l2_normalize(lam * delta[:, n] + (1.0 - lam) * image_embeds)  # (b, C)

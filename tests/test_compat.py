@@ -1,0 +1,71 @@
+"""Adapters saved by version 0.1.0 keep loading with the same logits, bit for bit (issue 12, "Done when" 4 and 9).
+
+The fixtures under `tests/fixtures/v0.1.0/` were written by `tests/fixtures/make_v010_fixtures.py` with version 0.1.0,
+before any change of issue 12: one adapter per method on a tiny saved CLIP, and the logits 0.1.0 gave on fixed inputs.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForImageClassification
+
+from xmadapter_hf import XMAdapterConfig, XMAdapterForImageClassification
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures" / "v0.1.0"
+ADAPTERS = [
+    "zero-shot",
+    "tip-adapter",
+    "tip-adapter-f",
+    "clip-adapter",
+    "multimodal-adapter",
+    "xmadapter",
+    "xmadapter-half",
+]
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return load_file(FIXTURES / "reference.safetensors")
+
+
+@pytest.mark.parametrize("name", ADAPTERS)
+def test_a_010_adapter_loads_with_the_same_logits_and_a_warning(reference, name, monkeypatch, caplog):
+    monkeypatch.chdir(ROOT)  # the configs name their backbone by its path from the repository root
+    with caplog.at_level(logging.WARNING, logger="xmadapter_hf"):
+        model = XMAdapterForImageClassification.from_pretrained(FIXTURES / name)
+    warned = [r.getMessage() for r in caplog.records if "probe_image_embed" in r.getMessage()]
+    assert warned and "0.1.0" in warned[0], "a missing integrity field must be reported"
+    assert model.config.method == name.removesuffix("-half")
+    with torch.no_grad():
+        on_embeds = model(image_embeds=reference["image_embeds"]).logits
+        on_pixels = model(pixel_values=reference["pixel_values"]).logits
+    assert torch.equal(on_embeds, reference[f"{name}.embeds"]) and torch.equal(on_pixels, reference[f"{name}.pixels"])
+    if name == "xmadapter-half":
+        assert model.method.cache_keys.dtype == torch.float16 and not model.method.cache_keys.requires_grad
+
+
+def test_a_010_config_cannot_build_a_backbone_but_a_resaved_one_can(reference, monkeypatch, caplog, tmp_path):
+    config = XMAdapterConfig.from_pretrained(FIXTURES / "xmadapter")
+    assert config.backbone_config is None
+    with pytest.raises(ValueError, match="from_pretrained"):
+        XMAdapterForImageClassification(config)
+    with pytest.raises(ValueError, match="from_pretrained"):
+        AutoModelForImageClassification.from_config(config)
+    monkeypatch.chdir(ROOT)
+    model, info = XMAdapterForImageClassification.from_pretrained(FIXTURES / "xmadapter", output_loading_info=True)
+    assert info["missing_keys"] == ["probe_image_embed"] and not info["unexpected_keys"]
+    model.save_pretrained(tmp_path)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="xmadapter_hf"):
+        again = XMAdapterForImageClassification.from_pretrained(tmp_path)
+    assert not caplog.records, "a checkpoint saved by this version has every integrity field"
+    with torch.no_grad():
+        logits = again(image_embeds=reference["image_embeds"]).logits
+    assert torch.equal(logits, reference["xmadapter.embeds"])
+    assert XMAdapterConfig.from_pretrained(tmp_path).backbone_config["model_type"] == "clip"
