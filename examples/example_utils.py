@@ -18,9 +18,9 @@ from safetensors.torch import save_file
 from torch.utils.data import Dataset
 
 from xmadapter_hf import XMAdapterForImageClassification
-from xmadapter_hf.augment import augment_view, draw_seed
-from xmadapter_hf.extraction import crop_size, read_item, resolve_columns
-from xmadapter_hf.images import load_image
+from xmadapter_hf.data.augment import augment_view, draw_seed
+from xmadapter_hf.data.extraction import crop_size, read_item, resolve_columns
+from xmadapter_hf.data.images import load_image
 
 __all__ = [
     "EmbeddingItems",
@@ -181,7 +181,7 @@ def build_distributed_cache(state, model, train, test, args, dtype):
 
     Returns (views, test_views or None, tensors to report).
     """
-    from xmadapter_hf.distributed import extract_embeddings_distributed
+    from xmadapter_hf.data.distributed import extract_embeddings_distributed
 
     views = extract_embeddings_distributed(
         state, model.clip, model.processor, train, augment_views=args.views, seed=args.seed, autocast_dtype=dtype

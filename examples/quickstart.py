@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from xmadapter_hf import XMAdapterForImageClassification
-from xmadapter_hf.extraction import extract_embeddings
+from xmadapter_hf.data.extraction import extract_embeddings
 from xmadapter_hf.testing import save_tiny_clip, tiny_image_dataset
 from xmadapter_hf.training import build_optimizer
 

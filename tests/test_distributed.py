@@ -21,8 +21,8 @@ import torch
 from safetensors.torch import load_file
 
 from xmadapter_hf import functional as Fn
-from xmadapter_hf.distributed import extract_embeddings_distributed, shard_bounds
-from xmadapter_hf.extraction import extract_embeddings
+from xmadapter_hf.data.distributed import extract_embeddings_distributed, shard_bounds
+from xmadapter_hf.data.extraction import extract_embeddings
 from xmadapter_hf.testing import tiny_image_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -239,7 +239,7 @@ def test_extraction_shards_are_reassembled_in_order(clip_and_processor, monkeypa
         clip, processor, dataset, augment_views=2, seed=1, indices=order, show_progress=False
     )
     group = _ThreadedGroup(world)
-    monkeypatch.setattr("xmadapter_hf.distributed.gather", group.gather)
+    monkeypatch.setattr("xmadapter_hf.data.distributed.gather", group.gather)
     results, errors = {}, []
 
     def work(rank: int) -> None:

@@ -10,8 +10,8 @@ from conftest import CLASS_NAMES
 from transformers import Trainer, TrainingArguments
 
 from xmadapter_hf import EmbeddingViewsDataset, ViewEpochCallback, XMAdapterForImageClassification, fit
-from xmadapter_hf.augment import draw_seed
-from xmadapter_hf.extraction import extract_embeddings, extraction_cache_key
+from xmadapter_hf.data.augment import draw_seed
+from xmadapter_hf.data.extraction import extract_embeddings, extraction_cache_key
 from xmadapter_hf.testing import tiny_clip, tiny_image_dataset
 from xmadapter_hf.training import build_optimizer
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xmadapter_hf.images import load_image, to_rgb
+from xmadapter_hf.data.images import load_image, to_rgb
 
 RNG = np.random.default_rng(0)
 

@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import xmadapter_hf
-from xmadapter_hf import XMAdapterForImageClassification, serialization
+from xmadapter_hf import XMAdapterForImageClassification
+from xmadapter_hf import checkpoint as serialization
 from xmadapter_hf import functional as Fn
-from xmadapter_hf.extraction import extract_embeddings
+from xmadapter_hf.data.extraction import extract_embeddings
 from xmadapter_hf.testing import tiny_clip, tiny_image_dataset
 from xmadapter_hf.training import build_optimizer
 

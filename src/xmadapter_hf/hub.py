@@ -15,7 +15,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from .serialization import CONFIG_NAME, PROCESSOR_NAME, WEIGHTS_NAME
+from .checkpoint import CONFIG_NAME, PROCESSOR_NAME, WEIGHTS_NAME
 
 __all__ = ["PushAdapterCallback", "build_model_card", "push_adapter_to_hub"]
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .. import functional as Fn
-from ..configuration import XMAdapterConfig
+from ..configuration_xmadapter import XMAdapterConfig
 
 __all__ = [
     "AdapterMethod",

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from accelerate.utils import gather
 
-from .backbone import projection_dim
+from ..backbone import projection_dim
 from .extraction import ExtractedEmbeddings, extract_embeddings
 
 __all__ = ["extract_embeddings_distributed", "shard_bounds"]
@@ -49,7 +49,7 @@ def extract_embeddings_distributed(
     Args:
         accelerator (`accelerate.Accelerator` or `accelerate.PartialState`): the distributed context (its
             `num_processes`, `process_index` and `device`). With one process this is plain `extract_embeddings`.
-        backbone, image_processor, dataset: as for [`~xmadapter_hf.extraction.extract_embeddings`].
+        backbone, image_processor, dataset: as for [`~xmadapter_hf.data.extraction.extract_embeddings`].
         augment_views (`int`, *optional*, defaults to 10): augmented views per item (0 = the plain view).
         indices (`Sequence[int]`, *optional*): the items to embed, in the order wanted (default: all of them).
         show_progress (`bool`, *optional*): progress bar; by default on the main process only.
@@ -57,7 +57,7 @@ def extract_embeddings_distributed(
             `label_column`, `autocast_dtype`); every process must pass the same values.
 
     Returns:
-        [`~xmadapter_hf.extraction.ExtractedEmbeddings`]: embeddings `(V, M, C)` and labels `(M,)` in the order of
+        [`~xmadapter_hf.data.extraction.ExtractedEmbeddings`]: embeddings `(V, M, C)` and labels `(M,)` in the order of
         ``indices``, identical on every process (and, up to float rounding of differently sized backbone batches,
         to a one-process run).
     """

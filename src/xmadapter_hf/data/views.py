@@ -22,10 +22,10 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
+from ..training.trainer import build_optimizer, recipe_for
+from ..training.tuning import check_validation_embeddings
 from .augment import draw_seed
 from .extraction import ExtractedEmbeddings, extract_embeddings
-from .training import build_optimizer, recipe_for
-from .tuning import check_validation_embeddings
 
 __all__ = ["EmbeddingViewsDataset", "FitReport", "ViewEpochCallback", "fit", "steps_batch_size"]
 
@@ -90,7 +90,7 @@ class EmbeddingViewsDataset(Dataset):
     >>> import tempfile
     >>> from transformers import Trainer, TrainingArguments
     >>> from xmadapter_hf import EmbeddingViewsDataset, ViewEpochCallback, XMAdapterForImageClassification
-    >>> from xmadapter_hf.extraction import extract_embeddings
+    >>> from xmadapter_hf.data.extraction import extract_embeddings
     >>> from xmadapter_hf.testing import tiny_clip, tiny_image_dataset
     >>> from xmadapter_hf.training import build_optimizer
     >>> clip, processor = tiny_clip()
@@ -142,7 +142,7 @@ class EmbeddingViewsDataset(Dataset):
 
     @classmethod
     def from_extracted(cls, extracted: ExtractedEmbeddings, seed: int = 0, **kwargs) -> EmbeddingViewsDataset:
-        """The dataset of an [`~xmadapter_hf.extraction.ExtractedEmbeddings`]."""
+        """The dataset of an [`~xmadapter_hf.data.extraction.ExtractedEmbeddings`]."""
         return cls(extracted.embeds, extracted.labels, seed=seed, **kwargs)
 
     @property
@@ -264,7 +264,7 @@ def steps_batch_size(num_items: int, recipe_batch_size: int = 256, min_steps: in
     Example:
 
     ```python
-    >>> from xmadapter_hf.fastpath import steps_batch_size
+    >>> from xmadapter_hf.data.views import steps_batch_size
     >>> steps_batch_size(160), steps_batch_size(16_000)
     (20, 256)
     ```
@@ -330,7 +330,7 @@ def fit(
     Args:
         model ([`XMAdapterForImageClassification`]): built with `from_clip` (its processor reads the images).
         train_dataset: the few-shot images (a `datasets.Dataset` with image and label columns, or a torch dataset of
-            (image, label)), or an [`~xmadapter_hf.extraction.ExtractedEmbeddings`] whose views are already
+            (image, label)), or an [`~xmadapter_hf.data.extraction.ExtractedEmbeddings`] whose views are already
             extracted.
         validation_dataset: validation images, or raw validation embeddings `(M, C)` with ``validation_labels``.
             Never the test split: the search chooses on it.
@@ -372,7 +372,7 @@ def fit(
     ```
     """
     # ---- validate everything before extracting or changing anything
-    from .modeling import XMAdapterForImageClassification
+    from ..modeling_xmadapter import XMAdapterForImageClassification
 
     if not isinstance(model, XMAdapterForImageClassification):
         raise TypeError(f"`model` must be an XMAdapterForImageClassification, got {type(model).__name__}.")

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 
 import torch
 
-from . import functional as Fn
-from .extraction import extract_embeddings
-from .methods import XMAdapter
+from .. import functional as Fn
+from ..data.extraction import extract_embeddings
+from ..methods import XMAdapter
 from .search import SearchResult, search_hyperparameters
 
 __all__ = ["check_validation_embeddings", "search_on_validation", "validation_embeddings"]
@@ -72,7 +72,7 @@ def search_on_validation(
             "(the search scores the cache on the validation split)."
         )
     if dataset_name is not None:
-        from .dataset_defaults import dataset_defaults
+        from ..data.defaults import dataset_defaults
 
         defaults = dataset_defaults(dataset_name)
         search_scale = search_scale or tuple(defaults["search_scale"])

@@ -11,13 +11,13 @@ from transformers import initialization as init
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from . import backbone as bb
+from . import checkpoint as serialization
 from . import functional as Fn
-from . import serialization
-from .configuration import XMAdapterConfig
-from .extraction import class_label_names, extract_embeddings, read_labels
-from .losses import hard_sample_weights, weighted_cross_entropy
+from .configuration_xmadapter import XMAdapterConfig
+from .data.extraction import class_label_names, extract_embeddings, read_labels
 from .methods import AdapterMethod, CacheState, get_method_class
 from .prompts import DEFAULT_TEMPLATES, class_text_embeddings
+from .training.losses import hard_sample_weights, weighted_cross_entropy
 
 __all__ = ["XMAdapterForImageClassification", "XMAdapterImageClassifierOutput"]
 
@@ -270,7 +270,7 @@ class XMAdapterForImageClassification(PreTrainedModel):
         Keys average the raw embeddings of ``augment_views`` augmented views (RandomResizedCrop scale 0.5-1 +
         horizontal flip; 0 = the plain view), then normalise; labels are stored as integers. Creates (or resizes)
         the method's cache-shaped parameters and sets `config.cache_size`: build optimisers after this call.
-        ``cache_dir`` and ``autocast_dtype`` go to [`~xmadapter_hf.extraction.extract_embeddings`] (an on-disk
+        ``cache_dir`` and ``autocast_dtype`` go to [`~xmadapter_hf.data.extraction.extract_embeddings`] (an on-disk
         extraction cache that a rerun reuses without a backbone forward; mixed precision for the backbone).
 
         Before any image goes through the backbone, the labels are read and checked: a `ClassLabel` column must
@@ -304,8 +304,8 @@ class XMAdapterForImageClassification(PreTrainedModel):
 
     def search_hyperparameters(self, validation, labels=None, **kwargs):
         """Chooses `sharpness`, `residual_ratio` (and `text_sharpness`) on a validation split; see
-        [`xmadapter_hf.tuning.search_on_validation`]. The choice and the split size are written into the config."""
-        from .tuning import search_on_validation
+        [`xmadapter_hf.training.tuning.search_on_validation`]. The choice and the split size are written into the config."""
+        from .training.tuning import search_on_validation
 
         return search_on_validation(self, validation, labels, **kwargs)
 

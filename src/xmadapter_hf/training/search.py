@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .functional import cache_logits, fuse_affinities
+from ..functional import cache_logits, fuse_affinities
 
 __all__ = [
     "SearchResult",
@@ -91,7 +91,7 @@ def sharpness_grid(search_scale: float, search_step: int, start: float = 0.1) ->
     Example:
 
     ```python
-    >>> from xmadapter_hf.search import sharpness_grid
+    >>> from xmadapter_hf.training.search import sharpness_grid
     >>> sharpness_grid(7.0, 3)
     [0.1, 2.4000000000000004, 4.7]
     ```
@@ -123,7 +123,7 @@ def residual_ratio_grid(
     Example:
 
     ```python
-    >>> from xmadapter_hf.search import residual_ratio_grid
+    >>> from xmadapter_hf.training.search import residual_ratio_grid
     >>> residual_ratio_grid(3.0, 2, logit_scale=50.0)
     [0.05, 0.775]
     ```
@@ -428,7 +428,7 @@ def search_hyperparameters(
 
     ```python
     >>> import torch
-    >>> from xmadapter_hf.search import search_hyperparameters
+    >>> from xmadapter_hf.training.search import search_hyperparameters
     >>> image_cos = torch.tensor([[0.9, 0.1], [0.2, 0.8]])  # each image is closest to its own class's entry
     >>> result = search_hyperparameters(
     ...     torch.zeros(2, 2), image_cos, torch.tensor([0, 1]), torch.tensor([0, 1]), 2, 100.0, search_step=(4, 3)

@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from . import __version__
 from . import backbone as bb
 from . import functional as Fn
-from .configuration import XMAdapterConfig
+from .configuration_xmadapter import XMAdapterConfig
 
 __all__ = [
     "CONFIG_NAME",

@@ -42,7 +42,7 @@ def recipe_for(method: str) -> TrainingRecipe:
     A trainable method registered with `register_method` and absent from `RECIPES` gets the default recipe (AdamW,
     lr 1e-3, eps 1e-4, weight decay 0.01, cosine).
     """
-    from .methods import get_method_class, registered_methods
+    from ..methods import get_method_class, registered_methods
 
     if not get_method_class(method).trainable:
         trainable = [name for name in registered_methods() if get_method_class(name).trainable]

@@ -24,8 +24,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from ..backbone import architecture_hash, encode_images
 from .augment import augment_view, draw_seed
-from .backbone import architecture_hash, encode_images
 from .images import load_image
 
 __all__ = [
@@ -385,7 +385,7 @@ def extract_embeddings(
 
     ```python
     >>> import tempfile
-    >>> from xmadapter_hf.extraction import extract_embeddings
+    >>> from xmadapter_hf.data.extraction import extract_embeddings
     >>> from xmadapter_hf.testing import tiny_clip, tiny_image_dataset
     >>> clip, processor = tiny_clip()
     >>> data = tiny_image_dataset(num_classes=2, shots=2)
