@@ -3,6 +3,8 @@ epoch-dependent view draws under a real Trainer, and `fit` end to end."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -257,6 +259,23 @@ def test_embedding_views_dataset_validates_its_inputs(cache_embeds):
         data.set_epoch(-1)
 
 
+def _reference_normals(seed: int, epoch: int, index: int, count: int) -> torch.Tensor:
+    """The draw of `data/views.py`, restated with Python integers: splitmix64 of the item's index keyed by
+    draw_seed(seed, epoch), then of each slot, and Box-Muller on the two 32-bit halves of each word."""
+    mask = 2**64 - 1
+
+    def mix(x: int) -> int:
+        x = (x + 0x9E3779B97F4A7C15) & mask
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & mask
+        return x ^ (x >> 31)
+
+    base = mix(index ^ draw_seed(seed, epoch))
+    words = [mix((base + slot) & mask) for slot in range(count)]
+    uniforms = [(((w >> 32) + 0.5) / 2**32, ((w & 0xFFFFFFFF) + 0.5) / 2**32) for w in words]
+    return torch.tensor([math.sqrt(-2 * math.log(u)) * math.cos(2 * math.pi * v) for u, v in uniforms])
+
+
 def test_gaussian_view_sampling_draws_from_the_views_mean_and_covariance(cache_embeds):
     """Each draw is mean_i + sum_v g_v (view_v,i - mean_i) / sqrt(V - 1), g ~ N(0, I) from (seed, epoch, index)."""
     views, labels = _views(cache_embeds, num_views=5)  # (V, M, C)
@@ -264,7 +283,7 @@ def test_gaussian_view_sampling_draws_from_the_views_mean_and_covariance(cache_e
     mean = views.mean(dim=0)
     for epoch, index in [(0, 0), (2, 5), (7, 15)]:
         data.set_epoch(epoch)
-        g = torch.randn(5, generator=torch.Generator().manual_seed(draw_seed(3, epoch, index)))
+        g = _reference_normals(3, epoch, index, 5)
         expected = mean[index] + sum(g[v] * (views[v, index] - mean[index]) for v in range(5)) / 2.0  # sqrt(5 - 1)
         torch.testing.assert_close(data[index]["image_embeds"], expected, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(data.embeddings_for_epoch(epoch)[index], data[index]["image_embeds"])
