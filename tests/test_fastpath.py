@@ -261,7 +261,8 @@ def test_embedding_views_dataset_validates_its_inputs(cache_embeds):
 
 def _reference_normals(seed: int, epoch: int, index: int, count: int) -> torch.Tensor:
     """The draw of `data/views.py`, restated with Python integers: splitmix64 of the item's index keyed by
-    draw_seed(seed, epoch), then of each slot, and Box-Muller on the two 32-bit halves of each word."""
+    draw_seed(seed, epoch), then of each word's slot, and Box-Muller on the two 32-bit halves of each word (two
+    normal numbers a word: r cos t, r sin t)."""
     mask = 2**64 - 1
 
     def mix(x: int) -> int:
@@ -271,9 +272,13 @@ def _reference_normals(seed: int, epoch: int, index: int, count: int) -> torch.T
         return x ^ (x >> 31)
 
     base = mix(index ^ draw_seed(seed, epoch))
-    words = [mix((base + slot) & mask) for slot in range(count)]
-    uniforms = [(((w >> 32) + 0.5) / 2**32, ((w & 0xFFFFFFFF) + 0.5) / 2**32) for w in words]
-    return torch.tensor([math.sqrt(-2 * math.log(u)) * math.cos(2 * math.pi * v) for u, v in uniforms])
+    normals = []
+    for slot in range((count + 1) // 2):
+        word = mix((base + slot) & mask)
+        radius = math.sqrt(-2 * math.log(((word >> 32) + 0.5) / 2**32))
+        angle = 2 * math.pi * ((word & 0xFFFFFFFF) + 0.5) / 2**32
+        normals += [radius * math.cos(angle), radius * math.sin(angle)]
+    return torch.tensor(normals[:count])
 
 
 def test_gaussian_view_sampling_draws_from_the_views_mean_and_covariance(cache_embeds):

@@ -153,8 +153,10 @@ class XMAdapterConfig(PreTrainedConfig):
             `k` of the `focal` criterion.
         cache_size (`int`, *optional*, defaults to 0):
             `NK`, the number of cache entries; fixes the shapes of cache-shaped tensors. Set by `build_cache`.
-        cache_chunk_size (`int`, *optional*, defaults to 8192):
-            Cache entries per chunk of the affinity maths, so that memory stays bounded for huge caches.
+        cache_chunk_size (`int`, *optional*, defaults to 2048):
+            Cache entries per chunk of the affinity maths: memory stays bounded for huge caches, and a chunk's
+            (B, chunk) affinities are reduced while they are in the CPU's cache (at B = 1024, NK = 160k the head
+            cost 1.0x its matmul with 2048, 1.4x with 8192; docs/benchmarks.md). Configs of 0.1.0 record 8192.
         cache_dtype (`str`, *optional*, defaults to `"float32"`):
             Storage dtype of the frozen cache (`float32`, `float16`, `bfloat16`); the maths stays float32. It decides
             what `save_pretrained` writes for the cache (`cache_embeds`, and the learned keys after `half_cache()`);
@@ -204,7 +206,7 @@ class XMAdapterConfig(PreTrainedConfig):
     )
     hard_sample_focal_power: int | float = validated_field(_positive("hard_sample_focal_power"), default=2.0)
     cache_size: int = validated_field(at_least("cache_size", 0), default=0)
-    cache_chunk_size: int = validated_field(at_least("cache_chunk_size", 1), default=8192)
+    cache_chunk_size: int = validated_field(at_least("cache_chunk_size", 1), default=2048)
     cache_dtype: str = validated_field(one_of("cache_dtype", CACHE_DTYPES), default="float32")
     augment_views: int = validated_field(at_least("augment_views", 0), default=10)
     shots: int | None = validated_field(at_least("shots", 1), default=None)

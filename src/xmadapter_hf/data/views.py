@@ -67,11 +67,15 @@ def counter_uniforms(key: int, indices: torch.Tensor, count: int) -> np.ndarray:
 
 
 def counter_normals(key: int, indices: torch.Tensor, count: int) -> torch.Tensor:
-    """``count`` standard normal numbers per index, `(M, count)` float32, by Box-Muller from [`counter_uniforms`]."""
-    words = counter_uniforms(key, indices, count)
-    high = ((words >> np.uint64(32)).astype(np.float64) + 0.5) / 2.0**32  # (0, 1)
-    low = ((words & np.uint64(0xFFFFFFFF)).astype(np.float64) + 0.5) / 2.0**32
-    return torch.from_numpy(np.sqrt(-2.0 * np.log(high)) * np.cos(2.0 * np.pi * low)).float()
+    """``count`` standard normal numbers per index, `(M, count)` float32: Box-Muller on the two 32-bit halves of each
+    of [`counter_uniforms`]' words (``r cos(t)``, ``r sin(t)``: two numbers a word), in float32."""
+    words = counter_uniforms(key, indices, (count + 1) // 2)  # (M, W)
+    scale = np.float32(2.0**-32)
+    high = ((words >> np.uint64(32)).astype(np.float32) + np.float32(0.5)) * scale  # (0, 1]
+    low = ((words & np.uint64(0xFFFFFFFF)).astype(np.float32) + np.float32(0.5)) * scale
+    radius, angle = np.sqrt(np.float32(-2.0) * np.log(high)), np.float32(2.0 * np.pi) * low
+    pairs = np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=-1)  # (M, W, 2)
+    return torch.from_numpy(pairs.reshape(len(words), -1)[:, :count].copy())
 
 
 class EmbeddingViewsDataset(Dataset):
@@ -232,9 +236,11 @@ def gaussian_draws(views: torch.Tensor, indices: torch.Tensor, normals: torch.Te
     count = views.shape[0]
     coefficients = 1.0 / count + (normals - normals.mean(dim=1, keepdim=True)) / math.sqrt(count - 1)  # (M, V)
     out = torch.empty(len(indices), views.shape[2], dtype=torch.float32)
+    first = int(indices[0]) if len(indices) else 0
+    in_order = bool(torch.equal(indices, torch.arange(first, first + len(indices))))  # a slice: no gather copy
     for start in range(0, len(indices), _DRAW_BLOCK):
-        rows, block = indices[start : start + _DRAW_BLOCK], out[start : start + _DRAW_BLOCK]
-        weights = coefficients[start : start + _DRAW_BLOCK]  # (b, V)
+        block, weights = out[start : start + _DRAW_BLOCK], coefficients[start : start + _DRAW_BLOCK]  # (b, C), (b, V)
+        rows = slice(first + start, first + start + len(block)) if in_order else indices[start : start + len(block)]
         torch.mul(views[0, rows].float(), weights[:, :1], out=block)
         for view in range(1, count):
             block.addcmul_(views[view, rows].float(), weights[:, view : view + 1])

@@ -9,8 +9,8 @@ the cache labels, so ``A L`` sums, for each class, the affinities of its cache e
   leave-one-out of `cache_index`.
 
 Memory and speed: the cosines are computed over chunks of `chunk_size` cache entries, each chunk one (B, C) x (C, n)
-matmul whose (B, n) output is turned into affinities in place (``1 - cos``, ``* -beta``, ``exp``; the same float
-operations, in the same order, as the formula, so logits do not depend on the chunking) and reduced to its classes
+matmul whose (B, n) output is turned into affinities in place (``cos - 1``, ``* beta``, ``exp``: bit for bit the
+formula's floats, so logits do not depend on the chunking) and reduced to its classes
 while it is still in the CPU's cache. The result costs about one (B, C) x (C, NK) matmul (docs/benchmarks.md); memory
 is O(B chunk + B N). The loop runs over cache entries only, whose count is fixed by the parameters' shapes: no Python
 branch depends on tensor values, so `torch.compile(fullgraph=True)` and `torch.onnx.export` trace it.
@@ -24,7 +24,13 @@ import torch
 
 from .. import functional as Fn
 
-__all__ = ["affinity", "affinity_", "cache_logits", "class_sums", "remove_own_entries"]
+__all__ = ["affinity", "affinity_", "cache_logits", "class_sums", "cosine_affinity_", "remove_own_entries"]
+
+
+def cosine_affinity_(cosines: torch.Tensor, sharpness: float) -> torch.Tensor:
+    """``exp(-beta * (1 - cos))`` in place, in three passes: ``beta * (cos - 1)`` is the same float as
+    ``-beta * (1 - cos)`` (each factor is the other's exact negation), so the result is bit for bit the formula's."""
+    return cosines.sub_(1.0).mul_(sharpness).exp_()
 
 
 def affinity_(distance: torch.Tensor, sharpness: float, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -39,7 +45,7 @@ def affinity(queries: torch.Tensor, keys: torch.Tensor, sharpness: float) -> tor
     """Tip-Adapter's affinity ``exp(-beta * (1 - q K^T))``, float32: `(B, C)`, `(NK, C)` -> `(B, NK)`."""
     with Fn.full_precision(queries):  # autocast would run this matmul (and so the exponential) in bf16/fp16
         cosines = queries.float() @ keys.float().t()  # (B, C) @ (C, NK) -> (B, NK)
-        return affinity_(cosines.neg_().add_(1.0), sharpness)
+        return cosine_affinity_(cosines, sharpness)
 
 
 def class_sums(
@@ -98,7 +104,7 @@ def cache_logits(
             k = keys[start : start + chunk_size].float()  # (n, C), cast up chunk by chunk
             if normalize_keys:
                 k = Fn.l2_normalize(k)
-            scores = affinity_((q @ k.t()).neg_().add_(1.0), sharpness)  # (B, C) @ (C, n) -> (B, n), in place
+            scores = cosine_affinity_(q @ k.t(), sharpness)  # (B, C) @ (C, n) -> (B, n), then in place
             if shots is None:
                 out = class_sums(scores, labels[start : start + chunk_size], num_classes, None, out)
             else:

@@ -145,18 +145,22 @@ class XMAdapter(TipAdapterF):
     def text_keys(self, state: CacheState) -> torch.Tensor:
         """The text keys `(NK, D)`: computed in the forward under autograd, remembered without it.
 
-        The remembered keys are reused while a fingerprint of their inputs is unchanged: the text-side weights value
-        for value, and, per cache entry, its label, ``W[y] . v`` and ``E . v`` for a fixed vector ``v`` (so a change
-        to ``W`` or ``E`` is seen unless it is orthogonal to ``v``). Writes through `.data` (an EMA update), in-place
-        ops, `load_state_dict` and new tensors are all seen, because values are compared, not version counters. The
-        check costs about C (2C/r + D) + N C + 2 NK C multiply-adds against NK C (2C/r + D) to rebuild the keys. The
-        decision is a tensor: eagerly it is one host synchronisation on an accelerator; inside `torch.compile` it is
-        a `torch.cond`, so a compiled forward rebuilds the keys only when they changed and never breaks the graph.
+        The remembered keys are reused while a fingerprint of their inputs is unchanged: the text-side weights and the
+        cache labels value for value, and, per cache entry, ``W[y] . v`` and ``E . v`` for a fixed vector ``v`` to
+        within float rounding (1e-5 relative: eager and compiled code round these sums differently), so a change to
+        ``W`` or ``E`` is seen unless it is orthogonal to ``v`` or below rounding. Writes through `.data` (an EMA
+        update), in-place ops, `load_state_dict` and new tensors are all seen, because values are compared, not
+        version counters. The check costs about C (2C/r + D) + N C + 2 NK C multiply-adds against NK C (2C/r + D) to
+        rebuild the keys. The decision is a tensor: eagerly it is one host synchronisation on an accelerator; inside
+        `torch.compile` it is a `torch.cond`, so a compiled forward rebuilds the keys only when they changed and never
+        breaks the graph. Under `torch.export` (ONNX) the keys are computed in the graph, from constants.
         """
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or torch.compiler.is_exporting():
             return self.compute_text_keys(state)
-        inputs = self._fingerprint(state)  # (P + 3 NK,)
-        changed = (inputs != self.memo_inputs).any()  # NaN (a fresh memo) differs from everything
+        inputs = self._fingerprint(state)  # (P + 3 NK,): the exact part, then the projections
+        exact, memo = self._fingerprint_size(state.cache_labels.shape[0], exact_only=True), self.memo_inputs
+        moved = (inputs[exact:] - memo[exact:]).abs() > 1e-5 * (1.0 + memo[exact:].abs())
+        changed = (inputs[:exact] != memo[:exact]).any() | moved.any()  # NaN (a fresh memo) differs from everything
         if torch.compiler.is_compiling():
             keys = torch.cond(
                 changed,
@@ -179,8 +183,9 @@ class XMAdapter(TipAdapterF):
     def _text_side_weights(self) -> list[torch.Tensor]:
         return [*self.meta_net.parameters(), *self.text_projection.parameters()]
 
-    def _fingerprint_size(self, num_entries: int) -> int:
-        return sum(p.numel() for p in self._text_side_weights()) + 3 * num_entries
+    def _fingerprint_size(self, num_entries: int, exact_only: bool = False) -> int:
+        """P weights and NK labels compared exactly, then 2 NK projections compared to within rounding."""
+        return sum(p.numel() for p in self._text_side_weights()) + (1 if exact_only else 3) * num_entries
 
     def _fingerprint(self, state: CacheState) -> torch.Tensor:
         """What the text keys are built from, condensed: `(P + 3 NK,)` float32 (see `text_keys`)."""
@@ -189,7 +194,7 @@ class XMAdapter(TipAdapterF):
         classes = (state.class_embeds.float() @ direction)[state.cache_labels]  # (NK,)
         chunk = self.config.cache_chunk_size
         entries = [part.float() @ direction for part in state.cache_embeds.split(chunk)]  # (NK,) chunk by chunk
-        return torch.cat([*weights, classes, *entries, state.cache_labels.float()])
+        return torch.cat([*weights, state.cache_labels.float(), classes, *entries])
 
     def _probe_direction(self, device) -> torch.Tensor:
         """A fixed direction ``v`` (C,) with no special structure (cosines of multiples of the golden angle)."""
