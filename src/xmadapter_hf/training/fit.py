@@ -84,8 +84,9 @@ def fit(
     batch_size: int | None = None,
     augment_views: int = 10,
     seed: int = 0,
+    search_grid: str | None = None,
     search_scale: tuple[float, float] | None = None,
-    search_step: tuple[int, int] = (200, 20),
+    search_step: tuple[int, int] | None = None,
     dataset_name: str | None = None,
     learning_rate: float | None = None,
     validation_labels: torch.Tensor | None = None,
@@ -108,9 +109,11 @@ def fit(
         batch_size (`int`, *optional*): defaults to the recipe's, capped for >= 8 steps per epoch.
         augment_views (`int`, *optional*, defaults to 10): views per training image (0 = the plain image).
         seed (`int`, *optional*, defaults to 0): seed of the augmentations, view draws, shuffles and training.
-        search_scale (`(float, float)`, *optional*): [sharpness max, residual-ratio max] of the search; defaults to
-            the dataset's (``dataset_name``) or (7, 3). A random tiny CLIP needs about (50, 50).
-        search_step (`(int, int)`, *optional*, defaults to `(200, 20)`): the search grid sizes.
+        search_grid (`str`, *optional*): `"auto"` (the default unless a scale or step is given: backbone-adaptive,
+            see `search_on_validation`) or `"tip-adapter"` (Tip-Adapter's exact linear grid).
+        search_scale (`(float, float)`, *optional*): [sharpness max, residual-ratio max] of the `"tip-adapter"` grid;
+            defaults to the dataset's (``dataset_name``) or (7, 3).
+        search_step (`(int, int)`, *optional*): the `"tip-adapter"` grid sizes; defaults to the dataset's or (200, 20).
         dataset_name (`str`, *optional*): one of Tip-Adapter's datasets, for its search defaults.
         learning_rate (`float`, *optional*): overrides the recipe's.
         validation_labels (`torch.Tensor`, *optional*): with validation embeddings.
@@ -192,7 +195,9 @@ def fit(
         num_validation=0 if val_embeds is None else val_embeds.shape[0], augment_views=augment_views,
         view_sampling=view_sampling, extraction_seconds=time.perf_counter() - started,
     )  # fmt: skip
-    search = dict(search_scale=search_scale, search_step=search_step, dataset_name=dataset_name)
+    search = dict(
+        search_grid=search_grid, search_scale=search_scale, search_step=search_step, dataset_name=dataset_name
+    )
     overrides = dict(training_arguments or {})
     if epochs is not None:
         overrides["num_train_epochs"] = epochs
