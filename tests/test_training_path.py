@@ -60,7 +60,10 @@ def test_the_trainer_path_trains_the_weights_fit_trains(clip_and_processor, task
     if model.method.uses_cache:
         model.search_hyperparameters(val_embeds, val_labels, **SEARCH)
     args = recipe_arguments(model, str(tmp_path), num_train_epochs=2, use_cpu=True, disable_tqdm=True)
-    trainer = XMAdapterTrainer(model, args, train_dataset=EmbeddingViewsDataset(views.embeds, views.labels, seed=3))
+    trainer = XMAdapterTrainer(
+        model, args, train_dataset=EmbeddingViewsDataset(views.embeds, views.labels, seed=3),
+        validation=(val_embeds, val_labels),  # the recipe's early stopping (the Multi-Modal Adapter's), as fit's
+    )  # fmt: skip
     trainer.train()
     assert trainer.state.global_step == report.steps
     expected, got = _weights(fitted), _weights(model)

@@ -127,7 +127,19 @@ class MultiModalAdapter(AdapterMethod):
 
     trainable = True
     config_fields = MultiModalAdapterFields
-    recipe = TrainingRecipe(optimizer="adam", learning_rate=5e-3, eps=1e-8, weight_decay=1e-4, epochs=200)
+    # dqmis/clip-mma (notebooks/extension.ipynb, fomo/pipelines/train.py): Adam(lr 5e-3, weight decay 1e-4), the
+    # scheduler call commented out (a constant rate), 200 epochs, batch 256, early stopping on validation accuracy with
+    # patience 20 and the best checkpoint restored, CLIP's plain preprocessing (no augmentation).
+    recipe = TrainingRecipe(
+        optimizer="adam",
+        learning_rate=5e-3,
+        eps=1e-8,
+        weight_decay=1e-4,
+        epochs=200,
+        lr_scheduler_type="constant",
+        early_stopping_patience=20,
+        augment=False,
+    )
 
     def __init__(self, config, embed_dim: int):
         super().__init__(config, embed_dim)

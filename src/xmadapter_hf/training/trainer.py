@@ -19,14 +19,14 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.optimization import get_scheduler
 
 from ..data.views import EpochShuffleSampler, ViewEpochCallback
 from ..methods import TrainingRecipe, get_method_class, registered_methods
 
-__all__ = ["XMAdapterTrainer", "build_optimizer", "create_optimizer", "recipe_arguments", "recipe_of",
-           "recipe_values", "steps_batch_size"]  # fmt: skip
+__all__ = ["ValidationEarlyStopping", "XMAdapterTrainer", "build_optimizer", "create_optimizer", "recipe_arguments",
+           "recipe_of", "recipe_values", "steps_batch_size"]  # fmt: skip
 
 _COUPLED_DECAY = "decoupled_weight_decay=False"
 
@@ -69,8 +69,8 @@ def recipe_values(model, *, num_items: int | None = None, **overrides) -> dict:
         adam_epsilon=recipe.eps,
         adam_beta1=recipe.betas[0],
         adam_beta2=recipe.betas[1],
-        optim="adamw_torch",
-        optim_args=_COUPLED_DECAY if recipe.optimizer == "adam" else None,
+        optim="sgd" if recipe.optimizer == "sgd" else "adamw_torch",
+        optim_args={"adam": _COUPLED_DECAY, "sgd": f"momentum={recipe.momentum}"}.get(recipe.optimizer),
         lr_scheduler_type=recipe.lr_scheduler_type,
         warmup_steps=recipe.warmup_steps,
         max_grad_norm=recipe.max_grad_norm,
@@ -156,6 +156,54 @@ def build_optimizer(
     return optimizer, scheduler
 
 
+class ValidationEarlyStopping(TrainerCallback):
+    """Early stopping on validation accuracy with the best epoch's weights restored (the Multi-Modal Adapter authors'
+    procedure; any method can use it through its recipe's `early_stopping_patience` or directly).
+
+    After every epoch the model's validation accuracy (raw embeddings `(M, C)` and labels) is measured; an epoch that
+    beats the best so far (strictly) is remembered with a copy of the method's tensors; after ``patience`` epochs
+    without improvement training stops; at the end of training the best epoch's tensors are put back. The config (the
+    searched values) is not touched.
+    """
+
+    def __init__(self, model, embeds: torch.Tensor, labels: torch.Tensor, patience: int, batch_size: int = 1024):
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ValueError(f"`patience` must be a positive integer, got {patience!r}.")
+        self.model, self.embeds, self.labels = model, embeds, torch.as_tensor(labels).long()
+        self.patience, self.batch_size = patience, batch_size
+        self.best_accuracy, self.best_epoch, self.best_state, self.stale = -1.0, None, None, 0
+        self.history: list[float] = []
+
+    @torch.no_grad()
+    def accuracy(self) -> float:
+        model, training = self.model, self.model.training
+        model.eval()
+        device, hits = model.class_embeds.device, 0
+        for start in range(0, self.embeds.shape[0], self.batch_size):
+            logits = model(image_embeds=self.embeds[start : start + self.batch_size].to(device)).logits
+            hits += int((logits.argmax(-1) == self.labels[start : start + self.batch_size].to(device)).sum())
+        model.train(training)
+        return hits / self.embeds.shape[0]
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        accuracy = self.accuracy()
+        self.history.append(accuracy)
+        if accuracy > self.best_accuracy:
+            self.best_accuracy, self.best_epoch, self.stale = accuracy, len(self.history), 0
+            self.best_state = {k: v.detach().clone() for k, v in self.model.method.state_dict().items()}
+        else:
+            self.stale += 1
+            if self.stale >= self.patience:
+                control.should_training_stop = True
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.best_state is not None:
+            self.model.method.load_state_dict(self.best_state)
+            if hasattr(self.model.method, "reset_memo"):
+                self.model.method.reset_memo()
+
+
 class XMAdapterTrainer(Trainer):
     """`transformers.Trainer` that trains an [`XMAdapterForImageClassification`] as its method's recipe says.
 
@@ -163,7 +211,9 @@ class XMAdapterTrainer(Trainer):
     is built from the arguments over the method's parameter groups (`optim`, `learning_rate`, `weight_decay`,
     `adam_*`), the schedule from `lr_scheduler_type` and the warm-up, clipping from `max_grad_norm`; the training order
     is drawn from (`data_seed` or `seed`, epoch) ([`EpochShuffleSampler`]) when `train_sampling_strategy` is
-    `"random"`; a training dataset with `set_epoch` gets a [`ViewEpochCallback`].
+    `"random"`; a training dataset with `set_epoch` gets a [`ViewEpochCallback`]. With ``validation=(embeds, labels)``
+    (raw validation embeddings) and a patience (``early_stopping_patience``, else the recipe's), it stops early on
+    validation accuracy and restores the best epoch ([`ValidationEarlyStopping`]).
 
     Example:
 
@@ -173,10 +223,30 @@ class XMAdapterTrainer(Trainer):
     ```
     """
 
-    def __init__(self, model=None, args: TrainingArguments | None = None, *more, **kwargs):
+    def __init__(
+        self,
+        model=None,
+        args: TrainingArguments | None = None,
+        *more,
+        validation: tuple[torch.Tensor, torch.Tensor] | None = None,
+        early_stopping_patience: int | None = None,
+        **kwargs,
+    ):
         if args is None and model is not None:
             args = recipe_arguments(model)
         super().__init__(model, args, *more, **kwargs)
+        # Early stopping on validation: the explicit patience, else the recipe's; it needs `validation=`
+        patience = early_stopping_patience
+        if patience is None and model is not None and model.method.trainable:
+            patience = recipe_of(model).early_stopping_patience
+        self.early_stopping = None
+        if validation is not None and patience:
+            self.early_stopping = ValidationEarlyStopping(model, validation[0], validation[1], patience)
+            self.add_callback(self.early_stopping)
+        elif early_stopping_patience:
+            raise ValueError(
+                "`early_stopping_patience` needs `validation=(embeddings, labels)` to measure accuracy on."
+            )
         dataset = self.train_dataset
         present = any(isinstance(c, ViewEpochCallback) for c in self.callback_handler.callbacks)
         if dataset is not None and hasattr(dataset, "set_epoch") and not present:
