@@ -2,8 +2,8 @@
 
 Both graphs come from torch's own exporter (`torch.onnx.export` over a `torch.export` program, with a dynamic batch
 axis); nothing is written by hand. Inference-time constants (the class text embeddings ``W``, the cache, XMAdapter's
-text keys ``T``, the Multi-Modal Adapter's attention mask) are computed once in eval mode and stored in the graph as
-initializers; preprocessing stays outside the graph. See docs/export.md for the inputs, outputs, metadata and an
+text keys ``T``) are computed once in eval mode and stored in the graph as initializers; preprocessing stays outside
+the graph. See docs/export.md for the inputs, outputs, metadata and an
 onnxruntime example.
 
 Requires the `export` extra: ``pip install "xmadapter-hf[export]"`` (onnx, onnxscript, onnxruntime).
@@ -67,9 +67,6 @@ class _ExportHead(nn.Module):
         if self.text_cache:
             # eval-mode, no-grad: the method's memoised keys (computed here if not yet); a constant of the graph
             self.register_buffer("text_keys", self.method.text_keys(state).detach())  # T, (NK, D)
-        if isinstance(self.method, MultiModalAdapter):
-            mask = mma_attention_mask(state.num_classes, self.config.mma_mask, device=state.class_embeds.device)
-            self.register_buffer("mma_mask", mask)  # (N+1, N+1)
         probe = torch.zeros(1, state.class_embeds.shape[1], device=state.class_embeds.device)
         out = self.method_output(Fn.l2_normalize(probe + 1.0))
         self.output_names = [name for name in OUTPUT_NAMES if getattr(out, name) is not None]
@@ -104,9 +101,11 @@ class _ExportHead(nn.Module):
     def _multimodal(self, image: torch.Tensor) -> MethodOutput:
         # MultiModalAdapter.forward without its loop over chunks of the batch: `range(0, B, chunk)` makes
         # torch.export specialise B to the example's size (the exporter then silently writes a fixed batch).
+        # The mask is built in the graph: as a constant it would take (N+1)^2 floats in the file (400 MB at N = 10k).
         class_embeds = Fn.l2_normalize(self.class_embeds.float())  # (N, C)
         zs = Fn.zero_shot_logits(image, class_embeds, self.logit_scale)  # (B, N)
-        adapted_image, adapted_text = self.method.adapt(image, class_embeds, self.mma_mask)  # (B, C), (B, N, C)
+        mask = mma_attention_mask(class_embeds.shape[0], self.config.mma_mask, device=image.device)  # (N+1, N+1)
+        adapted_image, adapted_text = self.method.adapt(image, class_embeds, mask)  # (B, C), (B, N, C)
         cosines = torch.bmm(adapted_text.float(), adapted_image.float().unsqueeze(-1)).squeeze(-1)  # (B, N)
         return MethodOutput(logits=self.logit_scale * cosines, zero_shot_logits=zs)
 
