@@ -27,6 +27,7 @@ import time
 import numpy as np
 import onnxruntime as ort
 import torch
+from bench_compile import fastest_alternating  # the benchmarks' folder is on the path when run as a script
 
 from xmadapter_hf import METHODS, XMAdapterForImageClassification
 from xmadapter_hf.export import export_onnx
@@ -34,18 +35,6 @@ from xmadapter_hf.methods.multimodal import MMA_NUM_HEADS
 from xmadapter_hf.testing import tiny_clip
 
 DIM = 512
-
-
-def timed(call) -> float:
-    started = time.perf_counter()
-    call()
-    return time.perf_counter() - started
-
-
-def fastest_alternating(first, second, repeats: int) -> tuple[float, float]:
-    """The fastest time of each of two calls, run alternately ``repeats`` times each."""
-    times = [(timed(first), timed(second)) for _ in range(repeats)]
-    return min(t[0] for t in times), min(t[1] for t in times)
 
 
 def synthetic_task(classes: int, shots: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -3,8 +3,7 @@
 Both graphs come from torch's own exporter (`torch.onnx.export` over a `torch.export` program, with a dynamic batch
 axis); nothing is written by hand. Inference-time constants (the class text embeddings ``W``, the cache, XMAdapter's
 text keys ``T``) are computed once in eval mode and stored in the graph as initializers; preprocessing stays outside
-the graph. See docs/export.md for the inputs, outputs, metadata and an
-onnxruntime example.
+the graph. See docs/export.md for the inputs, outputs, metadata and an onnxruntime example.
 
 Requires the `export` extra: ``pip install "xmadapter-hf[export]"`` (onnx, onnxscript, onnxruntime).
 """
@@ -67,8 +66,8 @@ class _ExportHead(nn.Module):
         if self.text_cache:
             # eval-mode, no-grad: the method's memoised keys (computed here if not yet); a constant of the graph
             self.register_buffer("text_keys", self.method.text_keys(state).detach())  # T, (NK, D)
-        probe = torch.zeros(1, state.class_embeds.shape[1], device=state.class_embeds.device)
-        out = self.method_output(Fn.l2_normalize(probe + 1.0))
+        # which outputs the method fills in: one eager call on any normalised embedding
+        out = self.method_output(Fn.l2_normalize(torch.ones(1, state.class_embeds.shape[1]).to(state.class_embeds)))
         self.output_names = [name for name in OUTPUT_NAMES if getattr(out, name) is not None]
 
     def state(self) -> CacheState:
