@@ -15,6 +15,7 @@ __all__ = [
     "DemoCheckpointError",
     "demo_clip_path",
     "load_demo_clip",
+    "sha256_of",
     "verify_demo_clip",
 ]
 
@@ -38,7 +39,8 @@ class DemoCheckpointError(OSError):
     """The demo CLIP's files are missing or its weights are not the shipped ones."""
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: str | os.PathLike) -> str:
+    """The hex sha256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -66,7 +68,7 @@ def verify_demo_clip(directory: str | os.PathLike, expected_sha256: str = DEMO_C
     stat = weights.stat()
     key = (str(weights.resolve()), stat.st_size, stat.st_mtime_ns)
     if _verified.get(key) != expected_sha256:
-        found = _sha256(weights)
+        found = sha256_of(weights)
         if found != expected_sha256:
             raise DemoCheckpointError(
                 f"The demo CLIP's weights {str(weights)!r} have sha256 {found}, not the shipped {expected_sha256}: "

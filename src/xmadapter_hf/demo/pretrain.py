@@ -20,7 +20,6 @@ the same weights (to float rounding; `--compare DIR` prints the largest differen
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import sys
@@ -31,7 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
+from .checkpoint import sha256_of
 from .task import IMAGE_SIZE
 from .textures import caption, matches, pretraining_combinations, render, sample_attributes
 from .tokenizer import MODEL_MAX_LENGTH, build_tokenizer
@@ -40,9 +41,6 @@ __all__ = ["PretrainingSettings", "build_demo_clip", "main", "pixel_values", "pr
 
 #: The first key of every pre-training draw (the demo task uses another).
 PRETRAIN_KEY = 7
-#: CLIP's normalisation constants (those of `CLIPImageProcessor`).
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass(frozen=True)
@@ -74,8 +72,8 @@ def _image_processor():
     return CLIPImageProcessor(
         size={"shortest_edge": IMAGE_SIZE},
         crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-        image_mean=list(CLIP_MEAN),
-        image_std=list(CLIP_STD),
+        image_mean=list(OPENAI_CLIP_MEAN),
+        image_std=list(OPENAI_CLIP_STD),
     )
 
 
@@ -105,8 +103,8 @@ def build_demo_clip(settings: PretrainingSettings):
 
 def pixel_values(images: np.ndarray) -> torch.Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float32, normalised as the demo processor does (no resize needed)."""
-    mean = np.asarray(CLIP_MEAN, dtype=np.float32)
-    std = np.asarray(CLIP_STD, dtype=np.float32)
+    mean = np.asarray(OPENAI_CLIP_MEAN, dtype=np.float32)
+    std = np.asarray(OPENAI_CLIP_STD, dtype=np.float32)
     scaled = (images.astype(np.float32) * np.float32(1 / 255) - mean) / std
     return torch.from_numpy(np.ascontiguousarray(scaled.transpose(0, 3, 1, 2)))
 
@@ -202,14 +200,6 @@ def _pretrain(settings: PretrainingSettings, steps: int | None, log_every: int, 
             print(line, flush=True)
     model.eval()
     return model, processor, losses
-
-
-def sha256_of(path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def compare_weights(directory_a, directory_b) -> float:
