@@ -38,7 +38,14 @@ def accuracy(model, embeds: torch.Tensor, labels: torch.Tensor) -> tuple[float, 
     )
 
 
-def run(model_path: str, seeds: list[int], shots_list: list[int], wide_scale: tuple[float, float], threads: int):
+def run(
+    model_path: str,
+    seeds: list[int],
+    shots_list: list[int],
+    wide_scale: tuple[float, float],
+    threads: int,
+    searches: tuple[str, ...] = ("default", "wide"),
+):
     from transformers import AutoProcessor, CLIPModel
 
     torch.set_num_threads(threads)
@@ -60,8 +67,10 @@ def run(model_path: str, seeds: list[int], shots_list: list[int], wide_scale: tu
                 show_progress=False,
             )  # fmt: skip
             extraction = time.perf_counter() - started
-            settings = [(m, "default", None) for m in CACHE_METHODS + OTHER_METHODS]
-            settings += [(m, "wide", wide_scale) for m in CACHE_METHODS]
+            settings = [(m, "default", None) for m in CACHE_METHODS + OTHER_METHODS if "default" in searches]
+            settings += [(m, "wide", wide_scale) for m in CACHE_METHODS if "wide" in searches]
+            if "default" not in searches:  # the methods without a search run once, under either name
+                settings += [(m, "wide", None) for m in OTHER_METHODS]
             for method, search, scale in settings:
                 started = time.perf_counter()
                 model = XMAdapterForImageClassification.from_clip(
@@ -123,6 +132,7 @@ def main() -> None:
     parser.add_argument("--shots", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--wide-scale", type=float, nargs=2, default=(50.0, 50.0))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--searches", nargs="+", choices=("default", "wide"), default=["default", "wide"])
     parser.add_argument("--json", default=None, help="write every run's numbers to this file")
     args = parser.parse_args()
     started = time.perf_counter()

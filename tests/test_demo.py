@@ -44,7 +44,7 @@ def test_shipped_weights_load_by_path_with_their_hash(demo_clip):
     path = Path(demo_clip_path())
     assert hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest() == DEMO_CLIP_SHA256
     clip, processor = demo_clip
-    assert not any(key.startswith("_") for key in json.loads((path / "config.json").read_text()))
+    assert (path / "model.safetensors").stat().st_size < 4_000_000  # a few MB of float32 weights
     text = clip.config.text_config
     tokenizer = processor.tokenizer
     assert (text.bos_token_id, text.eos_token_id, text.pad_token_id) == (
