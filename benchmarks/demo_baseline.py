@@ -137,8 +137,9 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     rows = run(
-        args.model or demo_clip_path(), list(range(args.seeds)), args.shots, tuple(args.wide_scale), args.threads
-    )
+        args.model or demo_clip_path(), list(range(args.seeds)), args.shots, tuple(args.wide_scale), args.threads,
+        tuple(args.searches),
+    )  # fmt: skip
     print(
         f"\nmean test accuracy (%) over {args.seeds} seed(s), ± std over seeds; {time.perf_counter() - started:.0f} s"
     )
