@@ -59,6 +59,22 @@ def test_no_method_is_named_outside_methods():
     assert named == ["configuration_xmadapter.py: 'xmadapter'"], named
 
 
+def test_no_method_class_is_used_outside_methods():
+    """No module outside `methods/` refers to a registered method's class (an import, an `isinstance`): it asks the
+    method through its hooks (`export.py` through `export_constants` and `export_forward`, for instance)."""
+    from xmadapter_hf.methods import get_method_class
+
+    classes = {get_method_class(name).__name__ for name in METHODS}
+    used = [
+        f"{path.relative_to(PACKAGE)}:{node.lineno}: {getattr(node, 'id', None) or node.name}"
+        for path in _sources(exclude="methods")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if (isinstance(node, ast.Name) and node.id in classes)
+        or (isinstance(node, ast.alias) and node.name in classes)
+    ]
+    assert not used, used
+
+
 def test_nothing_compares_config_method():
     compared = []
     for path in _sources():
