@@ -194,3 +194,18 @@ def test_the_cache_layout_follows_the_labels(make_model, cache_embeds):
         model.load_state_dict(state)  # a loaded cache: the layout is read again
         assert model.cache_shots is None
     assert isinstance(XMAdapterForImageClassification, type)
+
+
+def test_the_trainer_example_builds_no_optimiser_and_no_helpers_of_its_own():
+    """examples/train_trainer.py takes the optimiser from `recipe_arguments` + `XMAdapterTrainer`, and the examples
+    use the library's datasets, sampler and epoch callback instead of defining their own."""
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    trainer_example = ast.parse((examples / "train_trainer.py").read_text())
+    names = {node.id for node in ast.walk(trainer_example) if isinstance(node, ast.Name)}
+    names |= {node.attr for node in ast.walk(trainer_example) if isinstance(node, ast.Attribute)}
+    assert not names & {"optim", "build_optimizer", "create_optimizer", "get_scheduler", "AdamW", "Adam"}, names
+    for path in sorted(examples.glob("*.py")):
+        classes = [node for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.ClassDef)]
+        bases = {ast.unparse(base) for node in classes for base in node.bases}
+        assert not bases & {"Dataset", "torch.utils.data.Dataset", "Sampler"}, f"{path.name}: {bases}"
+        assert not {node.name for node in classes} & {"SetEpoch", "EmbeddingItems", "PixelItems"}, path.name
