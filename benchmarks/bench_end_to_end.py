@@ -8,7 +8,7 @@ here; a random backbone costs exactly what a trained one costs per forward, whic
 
 Both procedures build the same cache (10 augmented views per image, keys = mean of the views), run the same
 training-free validation search first, train Tip-Adapter-F with the same recipe (AdamW lr 1e-3, eps 1e-4, cosine;
-batch 20 = 8 steps per epoch as METHOD.md asks; the same shuffles), and search again:
+batch 20 = 8 steps per epoch as docs/training.md asks; the same shuffles), and search again:
 
 - **embedding path** (`xmadapter_hf.fit`): one embedding per image and epoch drawn from its cached views, no backbone
   forward while training. By default (``--view-sampling gaussian``, fit's default) the draw is a new point with the
@@ -46,12 +46,11 @@ import time
 import torch
 
 from xmadapter_hf import XMAdapterForImageClassification, fit
-from xmadapter_hf.augment import augment_view, draw_seed
-from xmadapter_hf.extraction import extract_embeddings
-from xmadapter_hf.fastpath import steps_batch_size
-from xmadapter_hf.images import load_image
+from xmadapter_hf.data.augment import augment_view, draw_seed
+from xmadapter_hf.data.extraction import extract_embeddings
+from xmadapter_hf.data.images import load_image
 from xmadapter_hf.testing import tiny_image_dataset, vit_b_clip
-from xmadapter_hf.training import build_optimizer
+from xmadapter_hf.training import build_optimizer, steps_batch_size
 
 IMAGE_SIZE = 224
 
@@ -75,7 +74,7 @@ def reference_tip_adapter_f(
     """
     started = time.perf_counter()
     model.set_cache(views.embeds.mean(dim=0), views.labels)  # the same cache as the embedding path
-    model.search_hyperparameters(*val, **search)  # training-free search first (METHOD.md, training practice)
+    model.search_hyperparameters(*val, **search)  # training-free search first (docs/training.md)
     setup = time.perf_counter() - started
     count = len(labels)
     steps_per_epoch = math.ceil(count / batch)

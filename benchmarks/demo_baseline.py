@@ -20,9 +20,8 @@ import time
 
 import torch
 
-from xmadapter_hf import XMAdapterForImageClassification, fit
+from xmadapter_hf import XMAdapterForImageClassification, extract_embeddings, fit
 from xmadapter_hf.demo import DEMO_CLASSES, demo_clip_path, demo_task
-from xmadapter_hf.extraction import extract_embeddings
 
 CACHE_METHODS = ("tip-adapter", "tip-adapter-f", "xmadapter")
 OTHER_METHODS = ("clip-adapter", "multimodal-adapter")

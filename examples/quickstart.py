@@ -17,10 +17,9 @@ from pathlib import Path
 
 import torch
 
-from xmadapter_hf import XMAdapterForImageClassification
-from xmadapter_hf.extraction import extract_embeddings
+from xmadapter_hf import XMAdapterForImageClassification, fit
+from xmadapter_hf.data.extraction import extract_embeddings
 from xmadapter_hf.testing import save_tiny_clip, tiny_image_dataset
-from xmadapter_hf.training import build_optimizer
 
 
 def accuracy(model, embeds, labels) -> float:
@@ -49,53 +48,32 @@ def main() -> None:
 
     model = XMAdapterForImageClassification.from_clip(backbone, names, method="xmadapter", seed=args.seed)
     print(f"backbone {backbone!r}: logit scale {model.logit_scale:.2f}, projection dim {model.embed_dim}")
-    # One extraction of V augmented views: the cache keys average them, training draws one per epoch.
+    # One extraction of V augmented views: the cache keys average them, training draws from them every epoch.
     views = extract_embeddings(model.clip, model.processor, train, augment_views=args.views, seed=args.seed)
-    model.set_cache(views.embeds.mean(0), views.labels)
-    model.config.augment_views = args.views
     val = extract_embeddings(model.clip, model.processor, validation, augment_views=0, show_progress=False)
-    test_set = extract_embeddings(model.clip, model.processor, test, augment_views=0, show_progress=False)
-    val_embeds, val_labels = val.embeds[0], val.labels
-    test_embeds, test_labels = test_set.embeds[0], test_set.labels
+    held_out = extract_embeddings(model.clip, model.processor, test, augment_views=0, show_progress=False)
+    test_embeds, test_labels = held_out.embeds[0], held_out.labels
 
     # A random tiny CLIP maps all images into a narrow cone (cosines 0.95-1), so it needs far sharper affinities and a
     # larger residual ratio than Tip-Adapter's ImageNet range (7, 3), which suits real CLIP weights.
     scale = (7.0, 3.0) if args.model else (50.0, 50.0)
-    zero_shot = (model(image_embeds=test_embeds).zero_shot_logits.argmax(-1) == test_labels).float().mean().item()
+    common = dict(validation_labels=val.labels, seed=args.seed, search_scale=scale, show_progress=False)
     # Training-free Tip-Adapter on the same cache and backbone, with its own validation search
     tip_adapter = XMAdapterForImageClassification.from_clip(
         model.clip, names, processor=model.processor, method="tip-adapter"
     )
-    tip_adapter.set_cache(views.embeds.mean(0), views.labels)
-    tip_search = tip_adapter.search_hyperparameters(val_embeds, val_labels, search_scale=scale)
+    tip_adapter, tip_report = fit(tip_adapter, views, val.embeds[0], **common)
     tip = accuracy(tip_adapter, test_embeds, test_labels)
-    print(f"Tip-Adapter validation search ({tip_search.num_validation} images): sharpness {tip_search.sharpness:.2f}, "
-          f"residual ratio {tip_search.residual_ratio:.3f}")  # fmt: skip
-    # XMAdapter starts training from its own training-free search (METHOD.md, training practice)
-    model.search_hyperparameters(val_embeds, val_labels, search_scale=scale)
-
-    count = len(views.labels)
-    batch = max(1, count // 8)  # >= 8 optimiser steps per epoch (METHOD.md, training practice)
-    steps_per_epoch = -(-count // batch)
-    optimizer, scheduler = build_optimizer(model, num_training_steps=args.epochs * steps_per_epoch)
-    model.train()
-    for epoch in range(args.epochs):
-        generator = torch.Generator().manual_seed(args.seed * 1_000 + epoch)
-        view = torch.randint(0, views.embeds.shape[0], (count,), generator=generator)
-        embeds = views.embeds[view, torch.arange(count)]  # one cached view per image and epoch
-        order = torch.randperm(count, generator=generator)
-        for start in range(0, count, batch):
-            index = order[start : start + batch]
-            loss = model(image_embeds=embeds[index], labels=views.labels[index], cache_index=index).loss
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-    model.eval()
-    model.search_hyperparameters(val_embeds, val_labels, search_scale=scale)
+    print(f"Tip-Adapter validation search ({tip_report.num_validation} images): sharpness "
+          f"{tip_adapter.config.sharpness:.2f}, residual ratio {tip_adapter.config.residual_ratio:.3f}")  # fmt: skip
+    # XMAdapter: the training-free search first, then its recipe (XMAdapterTrainer), then the search again
+    model, report = fit(model, views, val.embeds[0], epochs=args.epochs, **common)
     trained = accuracy(model, test_embeds, test_labels)
     with torch.no_grad():
+        zero_shot = (model(image_embeds=test_embeds).zero_shot_logits.argmax(-1) == test_labels).float().mean().item()
         ratio = model(image_embeds=test_embeds).affinity_ratio.mean().item()
+    steps = report.steps // report.epochs
+    print(f"XMAdapter trained {report.epochs} epochs of {steps} steps (batch {report.batch_size})")
     print(f"test accuracy ({len(test_labels)} images, chance {1 / args.classes:.2f}): zero-shot {zero_shot:.3f}, "
           f"Tip-Adapter {tip:.3f}, XMAdapter trained {trained:.3f} (mean affinity ratio {ratio:.2f})")  # fmt: skip
 
