@@ -20,8 +20,7 @@ import time
 
 import torch
 
-from xmadapter_hf import XMAdapterForImageClassification, fit
-from xmadapter_hf.data.extraction import extract_embeddings
+from xmadapter_hf import XMAdapterForImageClassification, extract_embeddings, fit
 from xmadapter_hf.demo import DEMO_CLASSES, demo_clip_path, demo_task
 
 CACHE_METHODS = ("tip-adapter", "tip-adapter-f", "xmadapter")
