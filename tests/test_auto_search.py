@@ -151,8 +151,8 @@ def _compare_with_dense(model, val_embeds, val_labels):
     dense = dense_reference_accuracy(space, val_labels, float(model.logit_scale))
     t_auto = _timed(lambda: search_space_grid(space, val_labels, float(model.logit_scale), search_grid="auto",
                                               starting_sharpness=starting))  # fmt: skip
-    t_tip = _timed(lambda: search_space_grid(space, val_labels, float(model.logit_scale), search_grid="tip-adapter",
-                                             starting_sharpness=starting))  # fmt: skip
+    t_tip = _timed(lambda: search_space_grid(space, val_labels, float(model.logit_scale),
+                                             search_grid="tip-adapter-grid", starting_sharpness=starting))  # fmt: skip
     return auto, first_stage, dense, t_auto, t_tip
 
 

@@ -41,8 +41,8 @@ __all__ = [
     "validation_embeddings",
 ]
 
-#: The searches: "auto" (backbone-adaptive, coarse-to-fine) and "tip-adapter" (Tip-Adapter's exact linear grid).
-SEARCH_GRIDS = ("auto", "tip-adapter")
+#: The searches: "auto" (backbone-adaptive, coarse-to-fine) and "tip-adapter-grid" (Tip-Adapter's exact linear grid).
+SEARCH_GRIDS = ("auto", "tip-adapter-grid")
 
 # Tip-Adapter's alpha ranges were tuned for OpenAI CLIP's logit scale; other backbones rescale them.
 _REFERENCE_LOGIT_SCALE = 100.0
@@ -276,7 +276,7 @@ def search_space_grid(
     labels: torch.Tensor,
     logit_scale: float,
     *,
-    search_grid: str = "tip-adapter",
+    search_grid: str = "tip-adapter-grid",
     search_scale: Sequence[float] = (7.0, 3.0),
     search_step: Sequence[int] = (200, 20),
     start: float = 0.1,
@@ -287,7 +287,7 @@ def search_space_grid(
 ) -> SearchResult:
     """The grid search over a [`~xmadapter_hf.methods.SearchSpace`] (see the module docstring).
 
-    ``search_grid="tip-adapter"``: Tip-Adapter's linear grids, the first term's sharpness over ``search_step[0]``
+    ``search_grid="tip-adapter-grid"``: Tip-Adapter's linear grids, the first term's sharpness over ``search_step[0]``
     values below ``search_scale[0]`` with the residual ratio (``search_step[1]`` values below ``search_scale[1]``,
     scaled by ``logit_scale / 100``), the further terms held at ``starting_sharpness``; then each further term's
     sharpness on its own grid (``text_search_scale``/``_step``, defaulting to the first term's).
@@ -302,7 +302,7 @@ def search_space_grid(
     further = len(space.terms) - 1
     fixed = [0.0, *(starting_sharpness or [1.0] * further)]
     num_rows, device = labels.shape[0], labels.device
-    if search_grid == "tip-adapter":
+    if search_grid == "tip-adapter-grid":
         (beta_max, alpha_max), (beta_steps, alpha_steps) = (
             check_pair("search_scale", search_scale, "sharpness, residual_ratio"),
             check_pair("search_step", search_step, "sharpness, residual_ratio"),
@@ -379,9 +379,10 @@ def _weight(ratio, num_rows: int, device) -> torch.Tensor:
 
 
 def resolve_search_grid(search_grid, search_scale, search_step) -> tuple[str, tuple, tuple]:
-    """(grid, scale, step) of a search: `None` is `"tip-adapter"` when a scale or step was given, else `"auto"`."""
+    """(grid, scale, step) of a search: `None` is `"tip-adapter-grid"` when a scale or step was given, else
+    `"auto"`."""
     if search_grid is None:
-        search_grid = "tip-adapter" if search_scale is not None or search_step is not None else "auto"
+        search_grid = "tip-adapter-grid" if search_scale is not None or search_step is not None else "auto"
     check_choice("search_grid", search_grid, SEARCH_GRIDS)
     scale = (7.0, 3.0) if search_scale is None else search_scale
     return search_grid, scale, (200, 20) if search_step is None else search_step
@@ -425,10 +426,10 @@ def search_hyperparameters(
         num_classes (`int`): ``N``.
         logit_scale (`float`): ``s``; the residual-ratio grid is multiplied by ``s / 100``.
         search_grid (`str`, *optional*): `"auto"` (backbone-adaptive log grids, coarse-to-fine; see
-            [`search_space_grid`]) or `"tip-adapter"` (Tip-Adapter's linear grids). Defaults to `"tip-adapter"` when
-            ``search_scale`` or ``search_step`` is given, to `"auto"` otherwise.
+            [`search_space_grid`]) or `"tip-adapter-grid"` (Tip-Adapter's linear grids). Defaults to
+            `"tip-adapter-grid"` when ``search_scale`` or ``search_step`` is given, to `"auto"` otherwise.
         search_scale (`tuple[float, float]`, *optional*, defaults to `(7.0, 3.0)`): upper ends (excluded) of the
-            (sharpness, residual ratio) ranges of the `"tip-adapter"` grid; the residual ratio's is for ``s = 100``.
+            (sharpness, residual ratio) ranges of the `"tip-adapter-grid"`; the residual ratio's is for ``s = 100``.
         search_step (`tuple[int, int]`, *optional*, defaults to `(200, 20)`): number of values of each.
         start (`float`, *optional*, defaults to 0.1): first value of every grid.
         text_cos (`torch.Tensor` of shape `(M, NK)`, *optional*): ``g T^T`` for XMAdapter's text cache.
@@ -530,10 +531,10 @@ def search_on_validation(
         model: an [`XMAdapterForImageClassification`] whose method has a search space (the cache methods); its
             current (possibly trained) keys and text side are used.
         validation: a validation image dataset, or raw validation embeddings `(M, C)` with ``labels``.
-        search_grid (`str`, *optional*): `"auto"` or `"tip-adapter"` (see [`search_space_grid`]). Defaults to
-            `"tip-adapter"` when ``search_scale`` or ``search_step`` is given, to `"auto"` otherwise: the automatic
-            search finds the optimum whatever the backbone; Tip-Adapter's grid reproduces its tables.
-        search_scale (`(float, float)`, *optional*): [sharpness max, residual-ratio max] of the `"tip-adapter"` grid;
+        search_grid (`str`, *optional*): `"auto"` or `"tip-adapter-grid"` (see [`search_space_grid`]). Defaults to
+            `"tip-adapter-grid"` when ``search_scale`` or ``search_step`` is given, to `"auto"` otherwise: the
+            automatic search finds the optimum whatever the backbone; Tip-Adapter's grid reproduces its tables.
+        search_scale (`(float, float)`, *optional*): [sharpness max, residual-ratio max] of `"tip-adapter-grid"`;
             defaults to the dataset's (``dataset_name``) or Tip-Adapter's ImageNet scale (7, 3). The residual-ratio
             range is scaled by s / 100.
         search_step (`(int, int)`, *optional*): its sizes; defaults to the dataset's or `(200, 20)`. An explicit
@@ -551,8 +552,8 @@ def search_on_validation(
         )
     search_grid, given_scale, given_step = search_grid, search_scale, search_step
     if search_grid is None:
-        search_grid = "tip-adapter" if search_scale is not None or search_step is not None else "auto"
-    if dataset_name is not None and search_grid == "tip-adapter":  # explicit argument > dataset > Tip's ImageNet
+        search_grid = "tip-adapter-grid" if search_scale is not None or search_step is not None else "auto"
+    if dataset_name is not None and search_grid == "tip-adapter-grid":  # explicit argument > dataset > Tip's ImageNet
         from ..data.defaults import dataset_defaults
 
         defaults = dataset_defaults(dataset_name)
