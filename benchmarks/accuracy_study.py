@@ -1,13 +1,27 @@
-"""Accuracy study (issue 15): every method through `fit` with its defaults on the demo task (`xmadapter_hf.demo`).
+"""Accuracy study (issue 15): every method with its defaults on the demo task (`xmadapter_hf.demo`), through `fit` and
+through the Trainer path, plus XMAdapter's ablations and the departures from the authors' recipes.
 
 For each seed and shot count: K training images per class drawn with the seed, 10 augmented views extracted once and
-shared (the Multi-Modal Adapter's recipe trains on the plain view: its plain embeddings are extracted too); the
-validation split (16 per class) chooses every searched value and the early-stopping epoch; test accuracy (25 per
-class) is measured once at the end. Reports mean +- std over seeds, and XMAdapter - Tip-Adapter-F paired differences
-(mean +- standard error over seeds).
+shared (a recipe without augmentation trains on the plain view, extracted too); the validation split (16 per class)
+chooses every searched value and the selected epoch; test accuracy (25 per class) is measured once at the end.
 
-Run: ``python benchmarks/accuracy_study.py`` (shots 1/2/4/8/16, 5 seeds); ``--quick`` (16 shots, 3 seeds);
-``--rendering clean`` for the second task (the demo classes in the pre-training rendering). One thread.
+Variants (``--variants``, each a row of the table, all on the same seeds, views and splits):
+
+- ``fit``: `fit(model, views, validation)` with its defaults, every method in ``--methods``;
+- ``trainer``: the documented Trainer path (docs/training.md 3a) with default arguments and no validation split:
+  `set_cache`, `search_hyperparameters(validation)`, `XMAdapterTrainer(model, recipe_arguments(model, ...),
+  train_dataset=EmbeddingViewsDataset(views))`, `train()` (the last epoch is kept), search again. (`fit` is the
+  Trainer *with* `validation=`: the same weights, `tests/test_training_path.py`);
+- ablations through `fit`: ``xma-no-text-cache``, ``xma-no-hard-samples``, ``xma-dynamic-ratio``,
+  ``xma-independent-query`` (0.1.0's text-side init), ``last-epoch`` (Tip-Adapter-F, XMAdapter and the Multi-Modal
+  Adapter with `keep_best_epoch=False`), the Multi-Modal Adapter on plain embeddings (``multimodal-adapter-plain``),
+  with early stopping at patience 20 (``multimodal-adapter-patience-20``) and both, its authors' recipe
+  (``multimodal-adapter-authors``).
+
+Reports mean +- std over seeds, and paired differences over seeds (mean +- standard error).
+
+Run: ``python benchmarks/accuracy_study.py`` (shots 1/2/4/8/16, 5 seeds, every variant); ``--quick`` (16 shots, 3
+seeds); ``--rendering clean`` for the second task (the demo classes in the pre-training rendering). One thread.
 """
 
 from __future__ import annotations
@@ -15,20 +29,74 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import time
 
 import torch
 
-from xmadapter_hf import XMAdapterForImageClassification, fit
-from xmadapter_hf.data.extraction import extract_embeddings
+from xmadapter_hf import (
+    EmbeddingViewsDataset,
+    XMAdapterForImageClassification,
+    XMAdapterTrainer,
+    extract_embeddings,
+    fit,
+    recipe_arguments,
+)
 from xmadapter_hf.demo import DEMO_CLASSES, demo_clip_path, demo_task
 
 METHODS = ("zero-shot", "tip-adapter", "tip-adapter-f", "clip-adapter", "multimodal-adapter", "xmadapter")
+TRAINED = ("tip-adapter-f", "clip-adapter", "multimodal-adapter", "xmadapter")
+# ablation -> (method, fit keyword arguments, config overrides)
+ABLATIONS = {
+    "xma-no-text-cache": ("xmadapter", {}, {"use_text_cache": False}),
+    "xma-no-hard-samples": ("xmadapter", {}, {"hard_sample_strength": 0.0}),
+    "xma-dynamic-ratio": ("xmadapter", {}, {"dynamic_affinity_ratio": True}),
+    "xma-independent-query": ("xmadapter", {}, {"text_query": "independent"}),
+    "tip-adapter-f-last-epoch": ("tip-adapter-f", {"keep_best_epoch": False}, {}),
+    "xmadapter-last-epoch": ("xmadapter", {"keep_best_epoch": False}, {}),
+    "multimodal-adapter-last-epoch": ("multimodal-adapter", {"keep_best_epoch": False}, {}),
+    "multimodal-adapter-plain": ("multimodal-adapter", {"plain": True}, {}),
+    "multimodal-adapter-patience-20": ("multimodal-adapter", {"early_stopping_patience": 20}, {}),
+    "multimodal-adapter-authors": ("multimodal-adapter", {"plain": True, "early_stopping_patience": 20}, {}),
+}
+VARIANTS = ("fit", "trainer", *ABLATIONS)
 
 
 def accuracy(model, embeds, labels) -> float:
     with torch.no_grad():
         return float((model(image_embeds=embeds).logits.argmax(-1) == labels).float().mean())
+
+
+def trainer_path(model, views, val, seed: int):
+    """docs/training.md 3a with default arguments: no validation split given to the Trainer (the last epoch)."""
+    model.set_cache(views.embeds.mean(0), views.labels)
+    model.config.seed = seed
+    if model.method.uses_cache:
+        model.search_hyperparameters(val.embeds[0], val.labels)
+    if model.method.trainable:
+        data = EmbeddingViewsDataset(views.embeds, views.labels, seed=seed)
+        with tempfile.TemporaryDirectory() as out:
+            args = recipe_arguments(model, out, report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True,
+                                    logging_strategy="no")  # fmt: skip
+            XMAdapterTrainer(model=model, args=args, train_dataset=data).train()
+        model.eval()
+        if model.method.uses_cache:
+            model.search_hyperparameters(val.embeds[0], val.labels)
+    return model
+
+
+def select(rows, variant, method, shots) -> dict:
+    """Test accuracy by seed of one (variant, method, shots)."""
+    return {r["seed"]: r["test"] for r in rows if (r["variant"], r["method"], r["shots"]) == (variant, method, shots)}
+
+
+def paired(rows, variant_a, method_a, variant_b, method_b, shots) -> str:
+    base, runs = select(rows, variant_b, method_b, shots), select(rows, variant_a, method_a, shots)
+    diffs = [100 * (test - base[seed]) for seed, test in runs.items() if seed in base]
+    if not diffs:
+        return "—"
+    error = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else 0.0
+    return f"{statistics.mean(diffs):+.1f} ± {error:.1f}"
 
 
 def main() -> None:
@@ -38,12 +106,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--rendering", default="photo")
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
     shots_list = [int(s) for s in (args.shots or ("16" if args.quick else "1,2,4,8,16")).split(",")]
     seeds = list(range(args.seeds or (3 if args.quick else 5)))
-    methods = args.methods.split(",")
+    methods, variants = args.methods.split(","), args.variants.split(",")
     from transformers import AutoProcessor, CLIPModel
 
     path = demo_clip_path()
@@ -53,43 +122,67 @@ def main() -> None:
         data = demo_task(split, shots=shots, seed=seed, rendering=args.rendering)
         return extract_embeddings(clip, processor, data, augment_views=views, seed=seed, show_progress=False)
 
+    def build(method, **overrides):
+        return XMAdapterForImageClassification.from_clip(
+            clip, list(DEMO_CLASSES), processor=processor, method=method, **overrides
+        )
+
     val, test = extract("validation"), extract("test")
     rows = []
     for shots in shots_list:
         for seed in seeds:
             views, plain = extract("train", shots, seed, 10), extract("train", shots, seed, 0)
-            for method in methods:
+            runs = []
+            for variant in variants:
+                if variant in ("fit", "trainer"):
+                    runs += [(variant, m, {}, {}) for m in methods if variant == "fit" or m != "zero-shot"]
+                else:
+                    method, keywords, overrides = ABLATIONS[variant]
+                    runs.append((variant, method, dict(keywords), overrides))
+            for variant, method, keywords, overrides in runs:
                 started = time.perf_counter()
-                model = XMAdapterForImageClassification.from_clip(
-                    clip, list(DEMO_CLASSES), processor=processor, method=method
-                )
-                train = plain if method == "multimodal-adapter" else views
-                model, report = fit(model, train, val.embeds[0], validation_labels=val.labels, seed=seed,
-                                    show_progress=False)  # fmt: skip
-                row = dict(method=method, shots=shots, seed=seed, test=accuracy(model, test.embeds[0], test.labels),
-                           validation=report.accuracy, seconds=round(time.perf_counter() - started, 1))  # fmt: skip
+                model = build(method, **overrides)
+                recipe = type(model.method).recipe
+                use_plain = keywords.pop("plain", False) or (recipe is not None and not recipe.augment)
+                train = plain if use_plain else views
+                extra = {}
+                if variant == "trainer":
+                    model = trainer_path(model, train, val, seed)
+                else:
+                    model, report = fit(model, train, val.embeds[0], validation_labels=val.labels, seed=seed,
+                                        show_progress=False, **keywords)  # fmt: skip
+                    extra = dict(validation=report.accuracy, start=report.training_free_accuracy,
+                                 selection=report.extra.get("early_stopping"))  # fmt: skip
+                row = dict(variant=variant, method=method, shots=shots, seed=seed,
+                           test=accuracy(model, test.embeds[0], test.labels),
+                           seconds=round(time.perf_counter() - started, 1), **extra)  # fmt: skip
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    print(f"\n| method | {' | '.join(f'{k}-shot' for k in shots_list)} |")
-    print(f"|---|{'---|' * len(shots_list)}")
-    for method in methods:
+    print(f"\n| variant | method | {' | '.join(f'{k}-shot' for k in shots_list)} |")
+    print(f"|---|---|{'---|' * len(shots_list)}")
+    seen = []
+    for r in rows:
+        if (r["variant"], r["method"]) not in seen:
+            seen.append((r["variant"], r["method"]))
+    for variant, method in seen:
         cells = []
         for shots in shots_list:
-            values = [100 * r["test"] for r in rows if r["method"] == method and r["shots"] == shots]
+            values = [100 * test for test in select(rows, variant, method, shots).values()]
             spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            cells.append(f"{statistics.mean(values):.1f} ± {spread:.1f}")
-        print(f"| {method} | {' | '.join(cells)} |")
-    for other in ("tip-adapter-f", "tip-adapter"):
-        if "xmadapter" not in methods or other not in methods:
-            continue
-        cells = []
-        for shots in shots_list:
-            by_seed = {r["seed"]: r["test"] for r in rows if r["method"] == other and r["shots"] == shots}
-            diffs = [100 * (r["test"] - by_seed[r["seed"]]) for r in rows if r["method"] == "xmadapter"
-                     and r["shots"] == shots]  # fmt: skip
-            error = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else 0.0
-            cells.append(f"{statistics.mean(diffs):+.1f} ± {error:.1f}")
-        print(f"| xmadapter − {other} (paired) | {' | '.join(cells)} |")
+            cells.append(f"{statistics.mean(values):.1f} ± {spread:.1f}" if values else "—")
+        print(f"| {variant} | {method} | {' | '.join(cells)} |")
+    print(f"\nPaired differences (test points, mean ± standard error over seeds)\n\n| comparison | "
+          f"{' | '.join(f'{k}-shot' for k in shots_list)} |\n|---|{'---|' * len(shots_list)}")  # fmt: skip
+    comparisons = []
+    for path_ in ("fit", "trainer"):
+        comparisons += [((path_, "xmadapter"), (path_, "tip-adapter-f"))]
+        comparisons += [((path_, m), (path_, "tip-adapter")) for m in TRAINED]
+    for variant, (method, _, _) in ABLATIONS.items():
+        comparisons.append(((variant, method), ("fit", method)))
+    for (va, ma), (vb, mb) in comparisons:
+        cells = [paired(rows, va, ma, vb, mb, k) for k in shots_list]
+        if any(c != "—" for c in cells):
+            print(f"| {va} {ma} − {vb} {mb} | {' | '.join(cells)} |")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(rows, handle, indent=1)

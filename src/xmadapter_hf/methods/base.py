@@ -177,8 +177,11 @@ class TrainingRecipe:
             256 would take one step an epoch), see `training.steps_batch_size`.
         momentum (`float`): SGD's momentum.
         early_stopping_patience (`int`, *optional*): stop when validation accuracy has not improved for this many
-            epochs and restore the best epoch's weights (`training.ValidationEarlyStopping`); `None` = train every
-            epoch and keep the last weights.
+            epochs (`training.ValidationEarlyStopping`); `None` = train every epoch.
+        keep_best_epoch (`bool`): when a validation split is given (`fit`, `XMAdapterTrainer(validation=...)`), restore
+            the epoch with the best validation accuracy, the starting weights included, so training never ends below
+            its start on validation (the validation-only form of Tip-Adapter-F's keep-the-best-epoch, which its code
+            does on test). Without a validation split the last epoch is kept.
         augment (`bool`): whether training draws augmented views of the few-shot images (`False`: the plain view).
         dataset_defaults (`bool`): whether the per-dataset epochs and learning rate of `data.defaults`
             (Tip-Adapter-F's) apply to this recipe when `fit` is given a `dataset_name`.
@@ -197,6 +200,7 @@ class TrainingRecipe:
     min_steps_per_epoch: int = 8
     momentum: float = 0.9
     early_stopping_patience: int | None = None
+    keep_best_epoch: bool = True
     augment: bool = True
     dataset_defaults: bool = False
 

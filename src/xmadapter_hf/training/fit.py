@@ -97,6 +97,7 @@ def fit(
     show_progress: bool = True,
     training_arguments: dict | None = None,
     early_stopping_patience: int | None = None,
+    keep_best_epoch: bool | None = None,
 ):
     r"""Adapts ``model`` to a few-shot task in one call (see the module docstring for the steps).
 
@@ -114,14 +115,17 @@ def fit(
             without augmentation (the Multi-Modal Adapter's), else the dataset's or 10.
         seed (`int`, *optional*, defaults to 0): seed of the augmentations, view draws, shuffles and training.
         search_grid (`str`, *optional*): `"auto"` (the default unless a scale or step is given: backbone-adaptive,
-            see `search_on_validation`) or `"tip-adapter"` (Tip-Adapter's exact linear grid).
-        search_scale (`(float, float)`, *optional*): [sharpness max, residual-ratio max] of the `"tip-adapter"` grid;
+            see `search_on_validation`) or `"tip-adapter-grid"` (Tip-Adapter's exact linear grid).
+        search_scale (`(float, float)`, *optional*): [sharpness max, residual-ratio max] of `"tip-adapter-grid"`;
             defaults to the dataset's (``dataset_name``) or (7, 3).
-        search_step (`(int, int)`, *optional*): the `"tip-adapter"` grid sizes; defaults to the dataset's or (200, 20).
+        search_step (`(int, int)`, *optional*): the `"tip-adapter-grid"` sizes; defaults to the dataset's or (200, 20).
         dataset_name (`str`, *optional*): one of Tip-Adapter's datasets, for its search defaults.
         learning_rate (`float`, *optional*): defaults to the dataset's (as ``epochs``), else the recipe's.
-        early_stopping_patience (`int`, *optional*): stop on validation accuracy and restore the best epoch; defaults
-            to the recipe's (the Multi-Modal Adapter's: 20; `None` for the others). 0 turns it off.
+        early_stopping_patience (`int`, *optional*): stop when validation accuracy has not improved for this many
+            epochs; defaults to the recipe's (the Multi-Modal Adapter's: 20; `None` for the others). 0 turns it off.
+        keep_best_epoch (`bool`, *optional*): restore the epoch with the best validation accuracy, the start included
+            (training never ends below its start on validation); defaults to the recipe's (`True` for every shipped
+            method). `False` keeps the last epoch.
         validation_labels (`torch.Tensor`, *optional*): with validation embeddings.
         extraction_batch_size (`int`, *optional*, defaults to 32): images per backbone forward.
         cache_dir (`str` or `os.PathLike`, *optional*): on-disk extraction cache (see `extract_embeddings`).
@@ -190,6 +194,8 @@ def fit(
         augment_views = 0 if recipe is not None and not recipe.augment else dataset.get("augment_views", 10)
     if early_stopping_patience is None and recipe is not None:
         early_stopping_patience = recipe.early_stopping_patience
+    if keep_best_epoch is None and recipe is not None:
+        keep_best_epoch = recipe.keep_best_epoch
 
     # ---- 1. extraction (the only backbone work)
     started = time.perf_counter()
@@ -240,8 +246,10 @@ def fit(
         # ---- 4. train on one draw per image and epoch from its cached views
         if method.trainable:
             data = EmbeddingViewsDataset(views.embeds, views.labels, seed=seed, view_sampling=view_sampling)
-            validation = None if val_embeds is None or not early_stopping_patience else (val_embeds, val_labels)
-            _train(model, data, seed, overrides, show_progress, report, validation, early_stopping_patience)
+            selects = early_stopping_patience or keep_best_epoch
+            validation = None if val_embeds is None or not selects else (val_embeds, val_labels)
+            _train(model, data, seed, overrides, show_progress, report, validation, early_stopping_patience,
+                   keep_best_epoch)  # fmt: skip
         # ---- 5. search again on the trained model
         if method.uses_cache and method.trainable:
             report.search_after = _search_summary(model.search_hyperparameters(val_embeds, val_labels, **search))
@@ -250,7 +258,9 @@ def fit(
     return model, report
 
 
-def _train(model, data, seed: int, overrides: dict, show_progress: bool, report, validation=None, patience=None):
+def _train(
+    model, data, seed: int, overrides: dict, show_progress: bool, report, validation=None, patience=None, keep=None
+):
     """Trains with `XMAdapterTrainer` on the recipe's arguments; fills the report's schedule, loss and time."""
     started = time.perf_counter()
     device = model.class_embeds.device
@@ -262,7 +272,8 @@ def _train(model, data, seed: int, overrides: dict, show_progress: bool, report,
         args = recipe_arguments(model, output, num_items=len(data), **{**arguments, **overrides})
         trainer = XMAdapterTrainer(
             model, args, train_dataset=data, validation=validation,
-            early_stopping_patience=patience if validation is not None else 0,
+            early_stopping_patience=(patience or 0) if validation is not None else 0,
+            keep_best_epoch=bool(keep) if validation is not None else False,
         )  # fmt: skip
         trainer.remove_callback(PrinterCallback)  # quiet: fit reports what it did in its FitReport
         trainer.remove_callback(ProgressCallback)
@@ -277,7 +288,8 @@ def _train(model, data, seed: int, overrides: dict, show_progress: bool, report,
     if trainer.early_stopping is not None:
         stopper = trainer.early_stopping
         report.extra["early_stopping"] = {"best_epoch": stopper.best_epoch, "epochs_run": len(stopper.history),
-                                          "best_validation_accuracy": stopper.best_accuracy}  # fmt: skip
+                                          "best_validation_accuracy": stopper.best_accuracy,
+                                          "start_validation_accuracy": stopper.start_accuracy}  # fmt: skip
 
 
 class _EpochBar(TrainerCallback):

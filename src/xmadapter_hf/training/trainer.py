@@ -157,22 +157,31 @@ def build_optimizer(
 
 
 class ValidationEarlyStopping(TrainerCallback):
-    """Early stopping on validation accuracy with the best epoch's weights restored (the Multi-Modal Adapter authors'
-    procedure; any method can use it through its recipe's `early_stopping_patience` or directly).
+    """Best-epoch selection on validation accuracy, with optional early stopping (any method, through its recipe's
+    `keep_best_epoch` and `early_stopping_patience`, or directly).
 
-    After every epoch the model's validation accuracy (raw embeddings `(M, C)` and labels) is measured; an epoch that
-    beats the best so far (strictly) is remembered with a copy of the method's tensors; after ``patience`` epochs
-    without improvement training stops; at the end of training the best epoch's tensors are put back. The config (the
+    The model's validation accuracy (raw embeddings `(M, C)` and labels) is measured before training (epoch 0: the
+    starting weights, e.g. Tip-Adapter-F's training-free start) and after every epoch; an epoch that beats the best so
+    far (strictly: ties keep the earlier) is remembered with a copy of the method's tensors; with a ``patience``,
+    training stops after that many epochs without improvement (the Multi-Modal Adapter authors' rule); at the end the
+    best epoch's tensors are put back, so the result is never worse on validation than the start. The config (the
     searched values) is not touched.
+
+    Args:
+        patience (`int`, *optional*): epochs without improvement before stopping; `None` = train every epoch and only
+            select the best.
     """
 
-    def __init__(self, model, embeds: torch.Tensor, labels: torch.Tensor, patience: int, batch_size: int = 1024):
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-            raise ValueError(f"`patience` must be a positive integer, got {patience!r}.")
+    def __init__(
+        self, model, embeds: torch.Tensor, labels: torch.Tensor, patience: int | None = None, batch_size: int = 1024
+    ):
+        if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
+            raise ValueError(f"`patience` must be a positive integer or None, got {patience!r}.")
         self.model, self.embeds, self.labels = model, embeds, torch.as_tensor(labels).long()
         self.patience, self.batch_size = patience, batch_size
         self.best_accuracy, self.best_epoch, self.best_state, self.stale = -1.0, None, None, 0
-        self.history: list[float] = []
+        self.start_accuracy: float | None = None
+        self.history: list[float] = []  # after each epoch (1, 2, ...)
 
     @torch.no_grad()
     def accuracy(self) -> float:
@@ -185,16 +194,27 @@ class ValidationEarlyStopping(TrainerCallback):
         model.train(training)
         return hits / self.embeds.shape[0]
 
+    def _consider(self, epoch: int, accuracy: float) -> bool:
+        if accuracy > self.best_accuracy:
+            self.best_accuracy, self.best_epoch, self.stale = accuracy, epoch, 0
+            self.best_state = {k: v.detach().clone() for k, v in self.model.method.state_dict().items()}
+            return True
+        self.stale += 1
+        return False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.best_accuracy, self.best_epoch, self.best_state, self.stale = -1.0, None, None, 0
+        self.history = []
+        self.start_accuracy = self.accuracy()
+        self._consider(0, self.start_accuracy)
+        self.stale = 0
+        return control
+
     def on_epoch_end(self, args, state, control, **kwargs):
         accuracy = self.accuracy()
         self.history.append(accuracy)
-        if accuracy > self.best_accuracy:
-            self.best_accuracy, self.best_epoch, self.stale = accuracy, len(self.history), 0
-            self.best_state = {k: v.detach().clone() for k, v in self.model.method.state_dict().items()}
-        else:
-            self.stale += 1
-            if self.stale >= self.patience:
-                control.should_training_stop = True
+        if not self._consider(len(self.history), accuracy) and self.patience and self.stale >= self.patience:
+            control.should_training_stop = True
         return control
 
     def on_train_end(self, args, state, control, **kwargs):
@@ -212,8 +232,9 @@ class XMAdapterTrainer(Trainer):
     `adam_*`), the schedule from `lr_scheduler_type` and the warm-up, clipping from `max_grad_norm`; the training order
     is drawn from (`data_seed` or `seed`, epoch) ([`EpochShuffleSampler`]) when `train_sampling_strategy` is
     `"random"`; a training dataset with `set_epoch` gets a [`ViewEpochCallback`]. With ``validation=(embeds, labels)``
-    (raw validation embeddings) and a patience (``early_stopping_patience``, else the recipe's), it stops early on
-    validation accuracy and restores the best epoch ([`ValidationEarlyStopping`]).
+    (raw validation embeddings) it restores the epoch with the best validation accuracy, the starting weights included
+    (``keep_best_epoch``, else the recipe's: on by default), and with a patience (``early_stopping_patience``, else the
+    recipe's) it also stops early ([`ValidationEarlyStopping`]). Without ``validation`` it keeps the last epoch.
 
     Example:
 
@@ -230,22 +251,28 @@ class XMAdapterTrainer(Trainer):
         *more,
         validation: tuple[torch.Tensor, torch.Tensor] | None = None,
         early_stopping_patience: int | None = None,
+        keep_best_epoch: bool | None = None,
         **kwargs,
     ):
         if args is None and model is not None:
             args = recipe_arguments(model)
         super().__init__(model, args, *more, **kwargs)
-        # Early stopping on validation: the explicit patience, else the recipe's; it needs `validation=`
+        # Best-epoch selection and early stopping on validation: explicit arguments, else the recipe's
+        recipe = recipe_of(model) if model is not None and model.method.trainable else None
         patience = early_stopping_patience
-        if patience is None and model is not None and model.method.trainable:
-            patience = recipe_of(model).early_stopping_patience
+        if patience is None and recipe is not None:
+            patience = recipe.early_stopping_patience
+        keep = keep_best_epoch
+        if keep is None:
+            keep = recipe.keep_best_epoch if recipe is not None else False
         self.early_stopping = None
-        if validation is not None and patience:
-            self.early_stopping = ValidationEarlyStopping(model, validation[0], validation[1], patience)
+        if validation is not None and (patience or keep):
+            self.early_stopping = ValidationEarlyStopping(model, validation[0], validation[1], patience or None)
             self.add_callback(self.early_stopping)
-        elif early_stopping_patience:
+        elif early_stopping_patience or keep_best_epoch:
             raise ValueError(
-                "`early_stopping_patience` needs `validation=(embeddings, labels)` to measure accuracy on."
+                "`early_stopping_patience` and `keep_best_epoch` need `validation=(embeddings, labels)` to measure "
+                "accuracy on."
             )
         dataset = self.train_dataset
         present = any(isinstance(c, ViewEpochCallback) for c in self.callback_handler.callbacks)
