@@ -99,6 +99,64 @@ def paired(rows, variant_a, method_a, variant_b, method_b, shots) -> str:
     return f"{statistics.mean(diffs):+.1f} ± {error:.1f}"
 
 
+def print_tables(rows) -> None:
+    """The mean ± std table and the paired differences, for the rows' shot counts."""
+    shots_list = sorted({r["shots"] for r in rows})
+    print(f"\n| variant | method | {' | '.join(f'{k}-shot' for k in shots_list)} |")
+    print(f"|---|---|{'---|' * len(shots_list)}")
+    seen = []
+    for r in rows:
+        if (r["variant"], r["method"]) not in seen:
+            seen.append((r["variant"], r["method"]))
+    for variant, method in seen:
+        cells = []
+        for shots in shots_list:
+            values = [100 * test for test in select(rows, variant, method, shots).values()]
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.mean(values):.1f} ± {spread:.1f}" if values else "—")
+        print(f"| {variant} | {method} | {' | '.join(cells)} |")
+    print(f"\nPaired differences (test points, mean ± standard error over seeds)\n\n| comparison | "
+          f"{' | '.join(f'{k}-shot' for k in shots_list)} |\n|---|{'---|' * len(shots_list)}")  # fmt: skip
+    comparisons = []
+    for path_ in ("fit", "trainer"):
+        comparisons += [((path_, "xmadapter"), (path_, "tip-adapter-f"))]
+        comparisons += [((path_, m), (path_, "tip-adapter")) for m in TRAINED]
+    for variant, (method, _, _) in ABLATIONS.items():
+        comparisons.append(((variant, method), ("fit", method)))
+    for (va, ma), (vb, mb) in comparisons:
+        cells = [paired(rows, va, ma, vb, mb, k) for k in shots_list]
+        if any(c != "—" for c in cells):
+            print(f"| {va} {ma} − {vb} {mb} | {' | '.join(cells)} |")
+
+
+def plot_curves(rows, path: str) -> None:
+    """Mean test accuracy (± std over seeds) against shots, one panel per path (`fit`, `trainer`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = [p for p in ("fit", "trainer") if any(r["variant"] == p for r in rows)]
+    figure, axes = plt.subplots(1, len(paths), figsize=(6 * len(paths), 4.2), sharey=True, squeeze=False)
+    for axis, variant in zip(axes[0], paths):
+        for method in METHODS:
+            shots = sorted({r["shots"] for r in rows if (r["variant"], r["method"]) == (variant, method)})
+            if not shots:
+                continue
+            values = [[100 * t for t in select(rows, variant, method, k).values()] for k in shots]
+            means = [statistics.mean(v) for v in values]
+            spreads = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
+            axis.errorbar(shots, means, yerr=spreads, marker="o", capsize=3, label=method)
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("shots per class")
+        axis.set_title(f"{variant} (demo task, mean ± std over seeds)")
+        axis.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy (%)")
+    axes[0][-1].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
@@ -108,7 +166,23 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--json", default=None)
+    # --report FILE...: print the tables of saved rows (JSON lists, or this script's logs: a JSON row a line), exit
+    parser.add_argument("--report", nargs="+", default=None)
+    parser.add_argument("--plot", default=None, help="with --report: test accuracy against shots, a PNG")
     args = parser.parse_args()
+    if args.report:
+        rows = []
+        for name in args.report:
+            with open(name) as handle:
+                text = handle.read()
+            if text.lstrip().startswith("["):
+                rows += json.loads(text)
+            else:
+                rows += [json.loads(line) for line in text.splitlines() if line.startswith('{"variant"')]
+        print_tables(rows)
+        if args.plot:
+            plot_curves(rows, args.plot)
+        return
     torch.set_num_threads(1)
     shots_list = [int(s) for s in (args.shots or ("16" if args.quick else "1,2,4,8,16")).split(",")]
     seeds = list(range(args.seeds or (3 if args.quick else 5)))
@@ -158,31 +232,7 @@ def main() -> None:
                            seconds=round(time.perf_counter() - started, 1), **extra)  # fmt: skip
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    print(f"\n| variant | method | {' | '.join(f'{k}-shot' for k in shots_list)} |")
-    print(f"|---|---|{'---|' * len(shots_list)}")
-    seen = []
-    for r in rows:
-        if (r["variant"], r["method"]) not in seen:
-            seen.append((r["variant"], r["method"]))
-    for variant, method in seen:
-        cells = []
-        for shots in shots_list:
-            values = [100 * test for test in select(rows, variant, method, shots).values()]
-            spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            cells.append(f"{statistics.mean(values):.1f} ± {spread:.1f}" if values else "—")
-        print(f"| {variant} | {method} | {' | '.join(cells)} |")
-    print(f"\nPaired differences (test points, mean ± standard error over seeds)\n\n| comparison | "
-          f"{' | '.join(f'{k}-shot' for k in shots_list)} |\n|---|{'---|' * len(shots_list)}")  # fmt: skip
-    comparisons = []
-    for path_ in ("fit", "trainer"):
-        comparisons += [((path_, "xmadapter"), (path_, "tip-adapter-f"))]
-        comparisons += [((path_, m), (path_, "tip-adapter")) for m in TRAINED]
-    for variant, (method, _, _) in ABLATIONS.items():
-        comparisons.append(((variant, method), ("fit", method)))
-    for (va, ma), (vb, mb) in comparisons:
-        cells = [paired(rows, va, ma, vb, mb, k) for k in shots_list]
-        if any(c != "—" for c in cells):
-            print(f"| {va} {ma} − {vb} {mb} | {' | '.join(cells)} |")
+    print_tables(rows)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(rows, handle, indent=1)
