@@ -78,6 +78,8 @@ def test_training_never_ends_below_its_start_on_validation(clip_and_processor, m
     assert selection["best_validation_accuracy"] >= selection["start_validation_accuracy"]
     last, last_report = fit(_model(clip_and_processor, method), train, val_embeds, keep_best_epoch=False, **common)
     assert "early_stopping" not in last_report.extra
+    with pytest.raises(TypeError, match="keep_best_epoch"):
+        fit(_model(clip_and_processor, method), train, val_embeds, keep_best_epoch="yes", **common)
     assert selection["best_epoch"] == 0 and last_report.accuracy < report.training_free_accuracy  # training hurt
     assert report.accuracy == report.training_free_accuracy  # the start came back, and the search found it again
     torch.testing.assert_close(model.method.cache_keys.float(), model.cache_embeds.float())

@@ -163,6 +163,8 @@ def fit(
     check_int("batch_size", batch_size, 1, allow_none=True)
     check_int("augment_views", augment_views, 0, allow_none=True)
     check_int("early_stopping_patience", early_stopping_patience, 0, allow_none=True)
+    if keep_best_epoch is not None and not isinstance(keep_best_epoch, bool):
+        raise TypeError(f"`keep_best_epoch` must be True, False or None, got {keep_best_epoch!r}.")
     check_int("seed", seed, -(2**62))
     check_int("extraction_batch_size", extraction_batch_size, 1)
     check_choice("view_sampling", view_sampling, VIEW_SAMPLINGS)
