@@ -139,20 +139,20 @@ def plot_curves(rows, path: str) -> None:
     paths = [p for p in ("fit", "trainer") if any(r["variant"] == p for r in rows)]
     figure, axes = plt.subplots(1, len(paths), figsize=(6 * len(paths), 4.2), sharey=True, squeeze=False)
     for axis, variant in zip(axes[0], paths):
-        for method in METHODS:
+        for index, method in enumerate(METHODS):
             shots = sorted({r["shots"] for r in rows if (r["variant"], r["method"]) == (variant, method)})
             if not shots:
                 continue
             values = [[100 * t for t in select(rows, variant, method, k).values()] for k in shots]
             means = [statistics.mean(v) for v in values]
             spreads = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
-            axis.errorbar(shots, means, yerr=spreads, marker="o", capsize=3, label=method)
+            axis.errorbar(shots, means, yerr=spreads, marker="o", capsize=3, label=method, color=f"C{index}")
         axis.set_xscale("log", base=2)
         axis.set_xlabel("shots per class")
         axis.set_title(f"{variant} (demo task, mean ± std over seeds)")
         axis.grid(alpha=0.3)
     axes[0][0].set_ylabel("test accuracy (%)")
-    axes[0][-1].legend(fontsize=8)
+    axes[0][0].legend(fontsize=8, loc="center right")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
 
