@@ -111,7 +111,10 @@ def test_add_three_classes_to_a_trained_adapter(clip_and_processor, task, method
     )
     reference.set_cache(model.cache_embeds, model.cache_labels)
     new = test_labels >= len(BASE)
-    ours, tip = _accuracy(model, test_embeds[new], test_labels[new]), _accuracy(reference, test_embeds[new], test_labels[new])
+    ours, tip = (
+        _accuracy(model, test_embeds[new], test_labels[new]),
+        _accuracy(reference, test_embeds[new], test_labels[new]),
+    )
     if method in ("tip-adapter", "tip-adapter-f"):
         assert ours >= tip - 0.02, (ours, tip)
     print(f"{method}: new-class accuracy {ours:.3f}, Tip-Adapter on the grown cache {tip:.3f}")  # docs/add-classes.md
@@ -164,21 +167,21 @@ def test_a_model_without_cache_takes_names_only(clip_and_processor):
 
 
 REFUSED = [
-    ("existing-name", lambda m, s, l: m.add_classes(["blue sky"], embeds=s[:1], labels=l[:1] * 0), ValueError,
+    ("existing-name", lambda m, s, y: m.add_classes(["blue sky"], embeds=s[:1], labels=y[:1] * 0), ValueError,
      "already has the classes"),
-    ("repeated-name", lambda m, s, l: m.add_classes(["kiwi", "kiwi"], embeds=s[:2], labels=torch.tensor([0, 1])),
+    ("repeated-name", lambda m, s, y: m.add_classes(["kiwi", "kiwi"], embeds=s[:2], labels=torch.tensor([0, 1])),
      ValueError, "unique"),
-    ("empty-list", lambda m, s, l: m.add_classes([], embeds=s, labels=l), ValueError, "empty"),
-    ("blank-name", lambda m, s, l: m.add_classes([" "], embeds=s[:1], labels=l[:1] * 0), ValueError, "non-empty"),
-    ("a-string", lambda m, s, l: m.add_classes("kiwi", embeds=s[:1], labels=l[:1] * 0), TypeError, "list"),
-    ("no-support", lambda m, s, l: m.add_classes(NEW), ValueError, "support images"),
-    ("class-without-support", lambda m, s, l: m.add_classes(NEW, embeds=s[l < 2], labels=l[l < 2]), ValueError,
+    ("empty-list", lambda m, s, y: m.add_classes([], embeds=s, labels=y), ValueError, "empty"),
+    ("blank-name", lambda m, s, y: m.add_classes([" "], embeds=s[:1], labels=y[:1] * 0), ValueError, "non-empty"),
+    ("a-string", lambda m, s, y: m.add_classes("kiwi", embeds=s[:1], labels=y[:1] * 0), TypeError, "list"),
+    ("no-support", lambda m, s, y: m.add_classes(NEW), ValueError, "support images"),
+    ("class-without-support", lambda m, s, y: m.add_classes(NEW, embeds=s[y < 2], labels=y[y < 2]), ValueError,
      "at least one support image"),
-    ("support-wrong-dim", lambda m, s, l: m.add_classes(NEW, embeds=s[:, :5], labels=l), ValueError, "shape"),
-    ("support-labels-out-of-range", lambda m, s, l: m.add_classes(NEW, embeds=s, labels=l + 1), ValueError,
+    ("support-wrong-dim", lambda m, s, y: m.add_classes(NEW, embeds=s[:, :5], labels=y), ValueError, "shape"),
+    ("support-labels-out-of-range", lambda m, s, y: m.add_classes(NEW, embeds=s, labels=y + 1), ValueError,
      "index the new classes"),
-    ("support-nan", lambda m, s, l: m.add_classes(NEW, embeds=s * float("nan"), labels=l), ValueError, "NaN"),
-    ("support-not-a-tensor", lambda m, s, l: m.add_classes(NEW, embeds=s.tolist(), labels=l), TypeError, "tensors"),
+    ("support-nan", lambda m, s, y: m.add_classes(NEW, embeds=s * float("nan"), labels=y), ValueError, "NaN"),
+    ("support-not-a-tensor", lambda m, s, y: m.add_classes(NEW, embeds=s.tolist(), labels=y), TypeError, "tensors"),
 ]  # fmt: skip
 
 

@@ -13,12 +13,13 @@ goes through the backbone. Both replace parameters: an optimiser, Trainer, DDP w
 holds the old tensors, and an optimiser step through one raises (see `methods.base.retire_parameter`).
 """
 
+from collections import Counter
 from collections.abc import Sequence
 
 import torch
 
-from . import prompts
 from . import functional as Fn
+from . import prompts
 from .data.extraction import class_label_names, extract_embeddings, read_labels
 from .validation import describe
 
@@ -35,7 +36,7 @@ def _checked_names(model, class_names, *, existing: Sequence[str] = ()) -> list[
     for name in names:
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"`class_names` must hold non-empty strings; got {name!r}.")
-    repeated = sorted({name for name in names if names.count(name) > 1})
+    repeated = sorted(name for name, count in Counter(names).items() if count > 1)  # not list.count: 100k names
     if repeated:
         raise ValueError(f"`class_names` must be unique; duplicated: {repeated}.")
     taken = set(existing)
@@ -53,7 +54,9 @@ def _checked_names(model, class_names, *, existing: Sequence[str] = ()) -> list[
 def _checked_support(model, num_new: int, embeds, labels) -> tuple[torch.Tensor, torch.Tensor]:
     """Support embeddings `(M, C)` and labels `(M,)` in ``[0, num_new)`` with every new class present."""
     if not isinstance(embeds, torch.Tensor) or not isinstance(labels, torch.Tensor):
-        raise TypeError(f"Support embeddings and labels must be torch tensors; got {describe(embeds)}, {describe(labels)}.")
+        raise TypeError(
+            f"Support embeddings and labels must be torch tensors; got {describe(embeds)}, {describe(labels)}."
+        )
     if not embeds.is_floating_point() or embeds.ndim != 2 or embeds.shape[1] != model.embed_dim:
         raise ValueError(f"Support embeddings must be floats of shape (M, {model.embed_dim}); got {describe(embeds)}.")
     if labels.dtype.is_floating_point or labels.shape != (embeds.shape[0],):
@@ -166,6 +169,6 @@ def _record_cache(model) -> None:
     config = model.config
     config.cache_size = model.cache_labels.shape[0]
     counts = torch.bincount(model.cache_labels, minlength=config.num_classes)
-    config.shots = int(counts[0]) if counts.numel() and int(counts[0]) > 0 and bool((counts == counts[0]).all()) else None
+    equal = counts.numel() > 0 and int(counts[0]) > 0 and bool((counts == counts[0]).all())
+    config.shots = int(counts[0]) if equal else None
     model.refresh_cache_layout()
-
