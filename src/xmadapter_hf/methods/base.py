@@ -322,6 +322,11 @@ class AdapterMethod(nn.Module):
         params = [p for p in self.parameters() if p.requires_grad]
         return [{"params": params, "lr": learning_rate, "weight_decay": weight_decay}] if params else []
 
+    @classmethod
+    def searches(cls) -> bool:
+        """Whether the method says what a validation search tunes (it overrides `search_space`)."""
+        return cls.search_space is not AdapterMethod.search_space
+
     def search_space(self, image_embeds: torch.Tensor, state: CacheState) -> SearchSpace | None:
         """What the validation search tunes on normalised validation embeddings `(M, C)`; `None`: nothing."""
         return None
