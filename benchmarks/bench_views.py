@@ -72,9 +72,8 @@ def main() -> None:
         print(f"| {sampling} (whole epoch) | {args.items:,} | {seconds:.3f} | {rate:,.0f} | {target} | {ok} |")
     seconds = fastest(lambda: per_item_draws(views, 0, next(epochs), args.reference_items), 1)
     rate = args.reference_items / seconds
-    print(
-        f"| gaussian, one generator per item (0.1.0) | {args.reference_items:,} | {seconds:.3f} | {rate:,.0f} | - | - |"
-    )
+    name = "gaussian, one generator per item (0.1.0)"
+    print(f"| {name} | {args.reference_items:,} | {seconds:.3f} | {rate:,.0f} | - | - |")
 
 
 if __name__ == "__main__":
