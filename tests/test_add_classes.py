@@ -4,6 +4,8 @@ class_names=...)`), the mechanism Meta-Adapter's online use shares."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from datasets import Dataset
@@ -35,13 +37,21 @@ def task(clip_and_processor):
     return train.embeds[0], train.labels, test.embeds[0], test.labels
 
 
-def _trained(clip_and_processor, task, method, **overrides):
+_TRAINED: dict[str, XMAdapterForImageClassification] = {}
+
+
+def _trained(clip_and_processor, task, method):
+    """A copy of an adapter of ``method`` trained on the base classes (trained once per module)."""
+    if method not in _TRAINED:
+        _TRAINED[method] = _train(clip_and_processor, task, method)
+    return copy.deepcopy(_TRAINED[method])
+
+
+def _train(clip_and_processor, task, method):
     clip, processor = clip_and_processor
     raw, labels = task[0], task[1]
     base = labels < len(BASE)
-    model = XMAdapterForImageClassification.from_clip(
-        clip, BASE, processor=processor, method=method, **{**SETTINGS, **overrides}
-    )
+    model = XMAdapterForImageClassification.from_clip(clip, BASE, processor=processor, method=method, **SETTINGS)
     model.set_cache(raw[base], labels[base])
     if model.method.trainable:
         model.train()

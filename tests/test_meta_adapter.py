@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from xmadapter_hf import XMAdapterForImageClassification
 from xmadapter_hf.data.extraction import extract_embeddings
 from xmadapter_hf.methods import CacheState
-from xmadapter_hf.methods.meta_adapter import MetaAdapter, support_tokens
+from xmadapter_hf.methods.meta_adapter import MetaAdapter
 from xmadapter_hf.testing import tiny_image_dataset
 from xmadapter_hf.training import build_optimizer, recipe_values
 
@@ -95,7 +95,7 @@ def test_forward_equals_the_official_module_and_the_formula():
     assert (without - loops).abs().max() > 1e-3
 
 
-def test_unequal_shots_are_masked_like_per_class_loops():
+def test_unequal_shots_equal_per_class_loops_and_compile_without_host_syncs():
     c = 16
     method = _method(c)
     g = torch.Generator().manual_seed(1)
@@ -103,12 +103,23 @@ def test_unequal_shots_are_masked_like_per_class_loops():
     keys = F.normalize(torch.randn(len(labels), c, generator=g), dim=-1)
     text = F.normalize(torch.randn(4, c, generator=g), dim=-1)
     state = _state(text, keys, labels, None)
-    support, mask = support_tokens(state)
-    assert support.shape == (4, 4, c) and mask.sum(1).tolist() == [2, 2, 4, 1]
     with torch.no_grad():
         ours = method.adapted_class_embeds(state)
         loops = _per_class(method, text, [keys[labels == i] for i in range(4)])
+        balanced = method.adapted_class_embeds(_state(text, keys[:8], torch.arange(4).repeat_interleave(2), None))
+        reshaped = method.adapted_class_embeds(_state(text, keys[:8], torch.arange(4).repeat_interleave(2), 2))
     torch.testing.assert_close(ours, loops, atol=1e-5, rtol=0)
+    torch.testing.assert_close(balanced, reshaped, atol=1e-6, rtol=0)  # the two paths agree
+    # the per-entry path has no shape that depends on the labels' values: one graph, no `.item()`
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(method.adapted_class_embeds, fullgraph=True, backend=counter)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(state), ours, atol=1e-6, rtol=0)
+    ops = {str(node.target) for graph in counter.graphs for node in graph.graph.nodes}
+    assert not [op for op in ops if op in ("item", "tolist") or "local_scalar" in op]
 
 
 def test_initialisation_and_recipe_are_the_official_code_s(clip_and_processor, cache_embeds):

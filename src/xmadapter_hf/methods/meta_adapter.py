@@ -18,7 +18,7 @@ from .. import functional as Fn
 from ..validation import at_least
 from .base import AdapterMethod, CacheState, MethodOutput, TrainingRecipe, as_input_of, register_method
 
-__all__ = ["MetaAdapter", "MetaAdapterFields", "support_tokens"]
+__all__ = ["MetaAdapter", "MetaAdapterFields"]
 
 
 @strict
@@ -34,29 +34,6 @@ class MetaAdapterFields:
     meta_adapter_class_chunk_size: int = validated_field(at_least("meta_adapter_class_chunk_size", 1), default=1024)
 
 
-def support_tokens(state: CacheState) -> tuple[torch.Tensor, torch.Tensor]:
-    """The cache as per-class support sets: ``F`` `(N, K_max, C)` float32 and a mask `(N, K_max)` of real entries.
-
-    A cache of K entries per class sorted by class (`state.shots`) is a view; any other layout (unequal K, unsorted)
-    is scattered into zero-padded rows, in cache order within each class, and the mask marks the real ones.
-    """
-    n, keys, labels = state.num_classes, state.cache_embeds, state.cache_labels
-    if state.shots is not None:
-        support = keys.float().view(n, state.shots, -1)
-        return support, torch.ones(n, state.shots, dtype=torch.bool, device=keys.device)
-    counts = torch.bincount(labels, minlength=n)  # (N,)
-    order = torch.sort(labels, stable=True).indices  # cache positions grouped by class, cache order within a class
-    starts = torch.cumsum(counts, 0) - counts  # (N,) where each class's group begins in `order`
-    sorted_labels = labels[order]
-    slot = torch.arange(labels.shape[0], device=labels.device) - starts[sorted_labels]  # position within its class
-    k_max = int(counts.max()) if counts.numel() else 0
-    support = keys.new_zeros(n, k_max, keys.shape[1], dtype=torch.float32)
-    mask = torch.zeros(n, k_max, dtype=torch.bool, device=keys.device)
-    support[sorted_labels, slot] = keys[order].float()
-    mask[sorted_labels, slot] = True
-    return support, mask
-
-
 @register_method("meta-adapter")
 class MetaAdapter(AdapterMethod):
     r"""Meta-Adapter: per class, the text embedding attends over itself and its support features.
@@ -65,7 +42,7 @@ class MetaAdapter(AdapterMethod):
 
     ```
     X_c   = [w_c; F_c]                                  # (K+1, C): the text embedding is itself a token
-    a     = softmax_j((W_q w_c) . (W_k X_cj) / sqrt(C)) # (K+1,); padded entries (unequal K) masked out
+    a     = softmax_j((W_q w_c) . (W_k X_cj) / sqrt(C)) # (K+1,), over the class's own entries (any K)
     F^_c  = sum_j a_j X_cj                              # values: the raw X_c (no value or output projection)
     g_c   = sigmoid(w_g . w_c + b_g)                    # the gate, one scalar per class
     w^_c  = normalise(w_c + g_c F^_c)
@@ -73,7 +50,8 @@ class MetaAdapter(AdapterMethod):
     ```
     ``W_q``, ``W_k`` (C x C, no bias) and ``w_g`` are Xavier-uniform, ``b_g = 1``, as in the official `main.py`
     (`MetaAdapter._reset_parameters`). The adapted classifier ``W^`` depends on the weights and the cache only: it is
-    computed once per forward, in chunks of `meta_adapter_class_chunk_size` classes.
+    computed once per forward; a balanced cache sorted by class by a reshape to (N, K, C) as in the official code, any
+    other layout (unequal K) entry by entry with a per-class softmax (no padding).
 
     Recipe: the official code's AdamW (lr 1e-4, eps 1e-4, torch's default weight decay 0.01), cosine per step to 0,
     5 epochs, batch 64 (no minimum of steps per epoch).
@@ -106,29 +84,51 @@ class MetaAdapter(AdapterMethod):
         nn.init.xavier_uniform_(self.alpha_proj.weight)
         nn.init.constant_(self.alpha_proj.bias, 1.0)
 
-    def adapt_classes(self, class_embeds: torch.Tensor, support: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``W^`` for a chunk of classes: `(n, C)`, `(n, K, C)`, `(n, K)` -> `(n, C)` float32, normalised."""
+    def attend_balanced(self, class_embeds: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+        """``F^`` for a chunk of classes with K supports each: `(n, C)`, `(n, K, C)` -> `(n, C)` float32."""
         text = class_embeds.float()  # (n, C)
-        tokens = torch.cat([text.unsqueeze(1), support], dim=1)  # X = [w; F], (n, K+1, C)
-        valid = torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1)  # the text token is always there
+        tokens = torch.cat([text.unsqueeze(1), support.float()], dim=1)  # X = [w; F], (n, K+1, C)
         query = self.q_proj(as_input_of(self.q_proj, text)).float()  # (n, C)
         keys = self.k_proj(as_input_of(self.k_proj, tokens)).float()  # (n, K+1, C)
         with Fn.full_precision(query):
             scores = torch.einsum("nc,nkc->nk", query, keys) / math.sqrt(self.embed_dim)  # (n, K+1)
-            weights = scores.masked_fill(~valid, float("-inf")).softmax(dim=-1)
-            attended = torch.einsum("nk,nkc->nc", weights, tokens)  # values: the raw tokens, (n, C)
-        gate = torch.sigmoid(self.alpha_proj(as_input_of(self.alpha_proj, text)).float())  # (n, 1)
-        return Fn.l2_normalize(text + gate * attended)
+            return torch.einsum("nk,nkc->nc", scores.softmax(dim=-1), tokens)  # values: the raw tokens
+
+    def attend_any_layout(self, state: CacheState) -> torch.Tensor:
+        """``F^`` `(N, C)` float32 for a cache of any layout (unequal K, unsorted): a softmax per class over its text
+        token and its own entries, computed entry by entry (scatter-max, exp, index-add) without padding, so that no
+        shape depends on the labels' values (no host synchronisation, one graph under `torch.compile`)."""
+        text, entries, labels = state.class_embeds.float(), state.cache_embeds.float(), state.cache_labels
+        query = self.q_proj(as_input_of(self.q_proj, text)).float()  # (N, C)
+        text_keys = self.k_proj(as_input_of(self.k_proj, text)).float()  # (N, C)
+        entry_keys = self.k_proj(as_input_of(self.k_proj, entries)).float()  # (NK, C)
+        scale = math.sqrt(self.embed_dim)
+        with Fn.full_precision(query):
+            text_scores = (query * text_keys).sum(-1) / scale  # (N,)
+            entry_scores = (query[labels] * entry_keys).sum(-1) / scale  # (NK,): each entry against its class's query
+            # per-class maximum for a stable exp (a constant per class: the softmax does not depend on it)
+            peak = text_scores.detach().scatter_reduce(0, labels, entry_scores.detach(), "amax", include_self=True)
+            text_weights = torch.exp(text_scores - peak)  # (N,)
+            entry_weights = torch.exp(entry_scores - peak[labels])  # (NK,)
+            total = text_weights.index_add(0, labels, entry_weights)  # (N,) the softmax's denominators
+            attended = (text_weights[:, None] * text).index_add(0, labels, entry_weights[:, None] * entries)
+            return attended / total[:, None]  # (N, C)
 
     def adapted_class_embeds(self, state: CacheState) -> torch.Tensor:
-        """``W^`` `(N, C)` float32 for every class, in chunks of classes."""
-        support, mask = support_tokens(state)
-        chunk = self.config.meta_adapter_class_chunk_size
-        parts = [
-            self.adapt_classes(state.class_embeds[s : s + chunk], support[s : s + chunk], mask[s : s + chunk])
-            for s in range(0, state.num_classes, chunk)
-        ]
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+        """``W^ = normalise(W + g F^)`` `(N, C)` float32: a balanced sorted cache (`state.shots`) by a reshape, in
+        chunks of `meta_adapter_class_chunk_size` classes; any other layout entry by entry."""
+        text = state.class_embeds.float()  # (N, C)
+        if state.shots is None:
+            attended = self.attend_any_layout(state)
+        else:
+            support = state.cache_embeds.view(state.num_classes, state.shots, -1)  # (N, K, C), a view
+            chunk = self.config.meta_adapter_class_chunk_size
+            parts = [
+                self.attend_balanced(text[s : s + chunk], support[s : s + chunk]) for s in range(0, len(text), chunk)
+            ]
+            attended = parts[0] if len(parts) == 1 else torch.cat(parts)
+        gate = torch.sigmoid(self.alpha_proj(as_input_of(self.alpha_proj, text)).float())  # (N, 1)
+        return Fn.l2_normalize(text + gate * attended)
 
     def forward(self, image_embeds, state: CacheState, labels=None, cache_index=None) -> MethodOutput:
         image = image_embeds.float()  # (B, C)
