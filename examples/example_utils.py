@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import TrainerCallback
 
-from xmadapter_hf import XMAdapterForImageClassification
+from xmadapter_hf import AugmentedImagesDataset, EmbeddingViewsDataset, XMAdapterForImageClassification
 
 __all__ = [
     "EpochRecorder",
@@ -146,6 +146,17 @@ def build_distributed_cache(state, model, train, test, args, dtype):
     )
     tensors = {"embeddings": {"train": views.embeds, "train_labels": views.labels, "test": test_views.embeds[0]}}
     return views, test_views, tensors
+
+
+def training_items(args, model, train, test, views, test_views):
+    """The training and test items of `--path`: draws from the cached views (embeddings) or fresh augmentations."""
+    if args.path == "embeddings":  # one draw per image and epoch from its cached views
+        train_items = EmbeddingViewsDataset(views.embeds, views.labels, seed=args.seed)
+        test_items = EmbeddingViewsDataset(test_views.embeds, test_views.labels, cache_index=False)
+    else:  # a fresh augmentation of each image every epoch
+        train_items = AugmentedImagesDataset(train, model.processor, seed=args.seed, augment=args.views > 0)
+        test_items = AugmentedImagesDataset(test, model.processor, augment=False, with_cache_index=False)
+    return train_items, test_items
 
 
 def save_on_main_process(accelerator, model, output: Path):

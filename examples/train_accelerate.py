@@ -32,11 +32,11 @@ from example_utils import (
     run_info,
     save_on_main_process,
     start,
+    training_items,
     write_report,
 )
 from torch.utils.data import DataLoader
 
-from xmadapter_hf import AugmentedImagesDataset, EmbeddingViewsDataset
 from xmadapter_hf.training import build_optimizer
 
 
@@ -95,12 +95,7 @@ def main() -> None:
     accelerator.wait_for_everyone()
     started = time.perf_counter()
     views, test_views, tensors = build_distributed_cache(accelerator, model, train, test, args, dtype)
-    if args.path == "embeddings":  # one draw per image and epoch from its cached views
-        train_items = EmbeddingViewsDataset(views.embeds, views.labels, seed=args.seed)
-        test_items = EmbeddingViewsDataset(test_views.embeds, test_views.labels, cache_index=False)
-    else:  # a fresh augmentation of each image every epoch
-        train_items = AugmentedImagesDataset(train, model.processor, seed=args.seed, augment=args.views > 0)
-        test_items = AugmentedImagesDataset(test, model.processor, augment=False, with_cache_index=False)
+    train_items, test_items = training_items(args, model, train, test, views, test_views)
     accelerator.wait_for_everyone()
     extraction_seconds = time.perf_counter() - started
     extracted_images = (len(train) * max(args.views, 1)) + (len(test) if args.path == "embeddings" else 0)

@@ -35,10 +35,11 @@ from example_utils import (
     run_info,
     save_on_main_process,
     start,
+    training_items,
     write_report,
 )
 
-from xmadapter_hf import AugmentedImagesDataset, EmbeddingViewsDataset, XMAdapterTrainer, recipe_arguments
+from xmadapter_hf import XMAdapterTrainer, recipe_arguments
 
 
 def main() -> None:
@@ -72,12 +73,7 @@ def main() -> None:
 
     # The cache (and the fast path's training items): one extraction, sharded over the processes.
     views, test_views, tensors = build_distributed_cache(state, model, train, test, args, dtype)
-    if args.path == "embeddings":  # one draw per image and epoch from its cached views
-        train_items = EmbeddingViewsDataset(views.embeds, views.labels, seed=args.seed)
-        test_items = EmbeddingViewsDataset(test_views.embeds, test_views.labels, cache_index=False)
-    else:  # a fresh augmentation of each image every epoch
-        train_items = AugmentedImagesDataset(train, model.processor, seed=args.seed, augment=args.views > 0)
-        test_items = AugmentedImagesDataset(test, model.processor, augment=False, with_cache_index=False)
+    train_items, test_items = training_items(args, model, train, test, views, test_views)
 
     recorder = EpochRecorder(train_items)
     trainer = XMAdapterTrainer(model, training_args, train_dataset=train_items, callbacks=[recorder])

@@ -60,6 +60,22 @@ def test_no_method_is_named_outside_methods():
     assert named == ["configuration_xmadapter.py: 'xmadapter'"], named
 
 
+def test_no_method_class_is_used_outside_methods():
+    """No module outside `methods/` refers to a registered method's class (an import, an `isinstance`): it asks the
+    method through its hooks (`export.py` through `export_constants` and `export_forward`, for instance)."""
+    from xmadapter_hf.methods import get_method_class
+
+    classes = {get_method_class(name).__name__ for name in METHODS}
+    used = [
+        f"{path.relative_to(PACKAGE)}:{node.lineno}: {getattr(node, 'id', None) or node.name}"
+        for path in _sources(exclude="methods")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if (isinstance(node, ast.Name) and node.id in classes)
+        or (isinstance(node, ast.alias) and node.name in classes)
+    ]
+    assert not used, used
+
+
 def test_nothing_compares_config_method():
     compared = []
     for path in _sources():
@@ -184,3 +200,18 @@ def test_the_cache_layout_follows_the_labels(make_model, cache_embeds):
         model.load_state_dict(state)  # a loaded cache: the layout is read again
         assert model.cache_shots is None
     assert isinstance(XMAdapterForImageClassification, type)
+
+
+def test_the_trainer_example_builds_no_optimiser_and_no_helpers_of_its_own():
+    """examples/train_trainer.py takes the optimiser from `recipe_arguments` + `XMAdapterTrainer`, and the examples
+    use the library's datasets, sampler and epoch callback instead of defining their own."""
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    trainer_example = ast.parse((examples / "train_trainer.py").read_text())
+    names = {node.id for node in ast.walk(trainer_example) if isinstance(node, ast.Name)}
+    names |= {node.attr for node in ast.walk(trainer_example) if isinstance(node, ast.Attribute)}
+    assert not names & {"optim", "build_optimizer", "create_optimizer", "get_scheduler", "AdamW", "Adam"}, names
+    for path in sorted(examples.glob("*.py")):
+        classes = [node for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.ClassDef)]
+        bases = {ast.unparse(base) for node in classes for base in node.bases}
+        assert not bases & {"Dataset", "torch.utils.data.Dataset", "Sampler"}, f"{path.name}: {bases}"
+        assert not {node.name for node in classes} & {"SetEpoch", "EmbeddingItems", "PixelItems"}, path.name

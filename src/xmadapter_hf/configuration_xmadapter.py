@@ -155,8 +155,9 @@ class XMAdapterConfig(PreTrainedConfig):
             `NK`, the number of cache entries; fixes the shapes of cache-shaped tensors. Set by `build_cache`.
         cache_chunk_size (`int`, *optional*, defaults to 2048):
             Cache entries per chunk of the affinity maths: memory stays bounded for huge caches, and a chunk's
-            (B, chunk) affinities are reduced while they are in the CPU's cache (at B = 1024, NK = 160k the head
-            cost 1.0x its matmul with 2048, 1.4x with 8192; docs/benchmarks.md). Configs of 0.1.0 record 8192.
+            (B, chunk) affinities are reduced while they are in the CPU's cache (at B = 1024, NK = 160k
+            Tip-Adapter's head costs 1.0-1.13x its matmul in CPU time; docs/benchmarks.md). Configs of 0.1.0
+            record 8192.
         cache_dtype (`str`, *optional*, defaults to `"float32"`):
             Storage dtype of the frozen cache (`float32`, `float16`, `bfloat16`); the maths stays float32. It decides
             what `save_pretrained` writes for the cache (`cache_embeds`, and the learned keys after `half_cache()`);

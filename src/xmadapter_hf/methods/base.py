@@ -11,6 +11,8 @@ method: it asks the method. The hooks, each with a default that fits a method wi
 - ``recipe``: the [`TrainingRecipe`] of a trainable method (`None`: training-free); ``parameter_groups(lr, wd)``:
   its optimiser groups.
 - ``search_space(image_embeds, state)``: what the validation search tunes (`None`: nothing).
+- ``export_constants(state)`` and ``export_forward(image_embeds, state, constants)``: what `export.export_onnx`
+  traces (the eval forward with inference-time tensors held as graph constants, no loop over the batch).
 - ``cache_parameters``: the names of parameters with one row per cache entry (learned keys): they are resized and
   initialised with the cache (``resize_cache``, ``init_from_cache``; growing keeps the old rows, which is how classes
   are added), stored in the cache dtype after `half_cache()` (``cast_cache``), and written in it on save.
@@ -330,6 +332,20 @@ class AdapterMethod(nn.Module):
     def search_space(self, image_embeds: torch.Tensor, state: CacheState) -> SearchSpace | None:
         """What the validation search tunes on normalised validation embeddings `(M, C)`; `None`: nothing."""
         return None
+
+    # ------------------------------------------------------------------------------------------------ export
+    def export_constants(self, state: CacheState) -> dict[str, torch.Tensor]:
+        """Inference-time tensors that an exported graph holds as constants rather than computing them at every call
+        (called in eval mode without autograd); none by default."""
+        return {}
+
+    def export_forward(
+        self, image_embeds: torch.Tensor, state: CacheState, constants: dict[str, torch.Tensor]
+    ) -> MethodOutput:
+        """The eval-mode forward that `torch.export` traces for ONNX: the outputs of `forward`, reading
+        ``constants`` (from `export_constants`), with no Python loop whose count depends on the batch size (the
+        exporter would fix the batch axis to the example's). By default `forward` itself."""
+        return self(image_embeds, state)
 
     def forward(self, image_embeds, state: CacheState, labels=None, cache_index=None) -> MethodOutput:
         raise NotImplementedError

@@ -196,20 +196,30 @@ class MultiModalAdapter(AdapterMethod):
             return torch.bmm(text.float(), image.float().unsqueeze(-1)).squeeze(-1)  # (b, N, C) @ (b, C, 1) -> (b, N)
 
     def forward(self, image_embeds, state: CacheState, labels=None, cache_index=None) -> MethodOutput:
+        return self._forward(image_embeds, state, self.config.mma_chunk_size)
+
+    def export_forward(self, image_embeds, state: CacheState, constants: dict[str, torch.Tensor]) -> MethodOutput:
+        """The whole batch at once: the loop over chunks of it would make `torch.export` fix the batch size. The mask
+        is built in the graph (as a constant it would take (N+1)^2 floats: 400 MB at N = 10k)."""
+        return self._forward(image_embeds, state, None)
+
+    def _forward(self, image_embeds, state: CacheState, chunk: int | None) -> MethodOutput:
+        """The forward over chunks of ``chunk`` images (`None`: the whole batch in one)."""
         image = image_embeds.float()  # (B, C)
         class_embeds = Fn.l2_normalize(state.class_embeds.float())  # (N, C)
         zs = Fn.zero_shot_logits(image, class_embeds, state.logit_scale)  # (B, N)
         mask = mma_attention_mask(class_embeds.shape[0], self.config.mma_mask, device=image.device)
-        chunk = self.config.mma_chunk_size
+        if chunk is None:
+            cosines = self._chunk_cosines(image, class_embeds, mask)  # (B, N)
+            return MethodOutput(logits=state.logit_scale * cosines, zero_shot_logits=zs)
         # Without checkpointing, every chunk's activations would stay alive until backward: no memory saved.
         trainable = any(p.requires_grad for p in self.parameters())
         recompute = torch.is_grad_enabled() and trainable and image.shape[0] > chunk
-        cosines = []
+        parts = []
         for start in range(0, image.shape[0], chunk):
             part = image[start : start + chunk]  # (b, C)
             if recompute:
-                cosines.append(checkpoint(self._chunk_cosines, part, class_embeds, mask, use_reentrant=False))
+                parts.append(checkpoint(self._chunk_cosines, part, class_embeds, mask, use_reentrant=False))
             else:
-                cosines.append(self._chunk_cosines(part, class_embeds, mask))
-        logits = state.logit_scale * torch.cat(cosines, dim=0)  # (B, N)
-        return MethodOutput(logits=logits, zero_shot_logits=zs)
+                parts.append(self._chunk_cosines(part, class_embeds, mask))
+        return MethodOutput(logits=state.logit_scale * torch.cat(parts, dim=0), zero_shot_logits=zs)  # (B, N)

@@ -237,9 +237,21 @@ class XMAdapter(TipAdapterF):
     def forward(self, image_embeds, state: CacheState, labels=None, cache_index=None) -> MethodOutput:
         if not self.config.use_text_cache:
             return super().forward(image_embeds, state)
+        return self._fused_forward(image_embeds, state, self.text_keys(state), labels, cache_index)
+
+    def export_constants(self, state: CacheState) -> dict[str, torch.Tensor]:
+        """The text keys, computed once: inside `torch.export` they would be rebuilt at every call."""
+        return {"text_keys": self.text_keys(state).detach()} if self.config.use_text_cache else {}
+
+    def export_forward(self, image_embeds, state: CacheState, constants: dict[str, torch.Tensor]) -> MethodOutput:
+        if not self.config.use_text_cache:
+            return super().export_forward(image_embeds, state, constants)
+        return self._fused_forward(image_embeds, state, constants["text_keys"])
+
+    def _fused_forward(self, image_embeds, state: CacheState, text_keys, labels=None, cache_index=None):
+        """The forward with both caches, given the text keys `(NK, D)`."""
         zs = Fn.zero_shot_logits(image_embeds, state.class_embeds, state.logit_scale)  # (B, N)
         image_cache = self.image_cache_logits(image_embeds, state)  # (B, N)
-        text_keys = self.text_keys(state)  # (NK, D)
         query = self.query_text_embeds(image_embeds)  # (B, D)
         text_cache = cache.cache_logits(
             query, text_keys, state.cache_labels, state.num_classes, self.config.text_sharpness,
