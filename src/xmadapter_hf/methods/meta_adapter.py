@@ -137,3 +137,14 @@ class MetaAdapter(AdapterMethod):
         with Fn.full_precision(image):
             logits = state.logit_scale * (image @ adapted.t())  # (B, N)
         return MethodOutput(logits=logits, zero_shot_logits=zs)
+
+    def export_constants(self, state: CacheState) -> dict[str, torch.Tensor]:
+        """The adapted classifier ``W^`` (N, C): it depends on the weights and the cache only, so an exported graph
+        holds it as a constant instead of rebuilding it at every call."""
+        return {"adapted_class_embeds": self.adapted_class_embeds(state).detach()}
+
+    def export_forward(self, image_embeds, state: CacheState, constants: dict[str, torch.Tensor]) -> MethodOutput:
+        image = image_embeds.float()  # (B, C)
+        zs = Fn.zero_shot_logits(image, state.class_embeds, state.logit_scale)  # (B, N)
+        logits = state.logit_scale * (image @ constants["adapted_class_embeds"].t())  # (B, N)
+        return MethodOutput(logits=logits, zero_shot_logits=zs)
