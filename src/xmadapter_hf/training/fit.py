@@ -154,7 +154,8 @@ def fit(
     check_choice("view_sampling", view_sampling, VIEW_SAMPLINGS)
     check_number("learning_rate", learning_rate, 0.0, low_open=True, allow_none=True)
     method = model.method
-    if method.uses_cache and validation_dataset is None:
+    searches = method.searches()  # a cache method with a search space (Meta-Adapter reads its cache, tunes nothing)
+    if searches and validation_dataset is None:
         raise ValueError(
             f"Method {model.config.method!r} searches its residual ratio and sharpness on a validation split: pass "
             "`validation_dataset` (images, or raw embeddings with `validation_labels`)."
@@ -209,7 +210,7 @@ def fit(
         if val_embeds is not None:
             report.training_free_accuracy, report.zero_shot_accuracy = _accuracy(model, val_embeds, val_labels)
         # ---- 3. training-free search first: training starts from the searched values
-        if method.uses_cache:
+        if searches:
             result = model.search_hyperparameters(val_embeds, val_labels, **search)
             report.search_before = _search_summary(result)
             report.training_free_accuracy = float(result.accuracy)
@@ -218,7 +219,7 @@ def fit(
             data = EmbeddingViewsDataset(views.embeds, views.labels, seed=seed, view_sampling=view_sampling)
             _train(model, data, seed, overrides, show_progress, report)
         # ---- 5. search again on the trained model
-        if method.uses_cache and method.trainable:
+        if searches and method.trainable:
             report.search_after = _search_summary(model.search_hyperparameters(val_embeds, val_labels, **search))
         if val_embeds is not None:
             report.accuracy = _accuracy(model, val_embeds, val_labels)[0]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import functional as Fn
-from ..methods import AdapterMethod, CacheTerm, SearchSpace
+from ..methods import CacheTerm, SearchSpace
 from ..methods.cache import affinity_, class_sums
 from ..validation import check_int, check_labels, check_number, check_pair, check_tensor
 
@@ -381,7 +381,7 @@ def search_on_validation(
             (``dataset_name``) or Tip-Adapter's ImageNet scale (7, 3). The residual-ratio range is scaled by s / 100.
         search_step (`(int, int)`, *optional*, defaults to `(200, 20)`): grid sizes.
     """
-    if type(model.method).search_space is AdapterMethod.search_space:  # the method does not say what to tune
+    if not model.method.searches():  # the method does not say what to tune
         raise ValueError(
             f"Method {model.config.method!r} has nothing to search: it has no cache, so no residual ratio or "
             "sharpness."
