@@ -8,7 +8,7 @@ here; a random backbone costs exactly what a trained one costs per forward, whic
 
 Both procedures build the same cache (10 augmented views per image, keys = mean of the views), run the same
 training-free validation search first, train Tip-Adapter-F with the same recipe (AdamW lr 1e-3, eps 1e-4, cosine;
-batch 20 = 8 steps per epoch as METHOD.md asks; the same shuffles), and search again:
+batch 20 = 8 steps per epoch as docs/training.md asks; the same shuffles), and search again:
 
 - **embedding path** (`xmadapter_hf.fit`): one embedding per image and epoch drawn from its cached views, no backbone
   forward while training. By default (``--view-sampling gaussian``, fit's default) the draw is a new point with the
@@ -75,7 +75,7 @@ def reference_tip_adapter_f(
     """
     started = time.perf_counter()
     model.set_cache(views.embeds.mean(dim=0), views.labels)  # the same cache as the embedding path
-    model.search_hyperparameters(*val, **search)  # training-free search first (METHOD.md, training practice)
+    model.search_hyperparameters(*val, **search)  # training-free search first (docs/training.md)
     setup = time.perf_counter() - started
     count = len(labels)
     steps_per_epoch = math.ceil(count / batch)

@@ -1,4 +1,4 @@
-"""`XMAdapterConfig`: every hyperparameter of every method, under the canonical names of METHOD.md."""
+"""`XMAdapterConfig`: every hyperparameter of every method, under the names of docs/methods.md."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def _check_range(name: str, value: float, low: float, high: float, low_open: boo
 class XMAdapterConfig(PreTrainedConfig):
     r"""
     Configuration of [`XMAdapterForImageClassification`]: which method runs on top of the frozen CLIP backbone and
-    all of its hyperparameters. Field names follow METHOD.md; `class_names` is authoritative and `id2label`,
+    all of its hyperparameters. Field names follow docs/methods.md; `class_names` is authoritative and `id2label`,
     `label2id` and `num_labels` are derived from it.
 
     Args:

@@ -1,6 +1,6 @@
 """Per-dataset defaults of the papers' 11 few-shot benchmarks, kept as data in ``data/datasets.json``.
 
-The values are Tip-Adapter's configs (METHOD.md, appendix): ``search_scale`` is ``[sharpness_max,
+The values are Tip-Adapter's configs (its `configs/*.yaml`): ``search_scale`` is ``[sharpness_max,
 residual_ratio_max]`` for [`~xmadapter_hf.search.search_hyperparameters`] (the residual ratio's range is for
 ``s = 100``), ``search_step`` ``[200, 20]``, ``init_residual_ratio`` Tip-Adapter's initial alpha,
 ``init_sharpness`` 1, ``augment_views`` 10, ``learning_rate`` 1e-3 and ``epochs`` 20 (EuroSAT 100). The prompt

@@ -1,4 +1,4 @@
-"""The one extraction pipeline (ARCHITECTURE decision 7): images -> augmented views -> raw backbone embeddings.
+"""The one extraction pipeline (docs/design.md, decision 7): images -> augmented views -> raw backbone embeddings.
 
 The cache, the embedding fast path and the benchmarks all call `extract_embeddings`. Every random draw is a
 function of (seed, item index, view), so the result does not depend on batch size, order or process count.

@@ -1,12 +1,12 @@
-"""Pure tensor functions for the formulas of METHOD.md.
+"""Pure tensor functions for the formulas of docs/methods.md.
 
 Every method module is a thin layer over these functions, so the tests can compare each of them with the
 formula on random tensors. All affinity maths runs in float32, whatever dtype the inputs come in, and also under
 `torch.autocast` (bf16/fp16 mixed precision), which would otherwise run the cosine matmuls in half precision: an error
 of 0.4% in a cosine of 0.97 becomes an error of about 20% in ``exp(-beta * (1 - cos))`` at beta = 50.
 
-Notation (METHOD.md): ``f`` query embeddings (B, C), ``W`` class text embeddings (N, C), ``F`` cache keys (NK, C),
-cache labels (NK,) as integers, ``s`` the logit scale.
+Notation (docs/methods.md): ``f`` query embeddings (B, C), ``W`` class text embeddings (N, C), ``F`` cache keys
+(NK, C), cache labels (NK,) as integers, ``s`` the logit scale.
 """
 
 from __future__ import annotations

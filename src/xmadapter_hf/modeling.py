@@ -112,7 +112,7 @@ class XMAdapterForImageClassification(PreTrainedModel):
         for name, (shape, dtype) in _own_buffers(config, dim).items():
             self.register_buffer(name, torch.zeros(shape, dtype=dtype))
         # The adapter's initial weights are a function of `config.seed` alone, not of the global RNG state
-        # (ARCHITECTURE decision 6): two builds with the same seed are bit-identical.
+        # (docs/design.md, decision 6): two builds with the same seed are bit-identical.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed if config.seed is not None else 0)
             self.method: AdapterMethod = get_method_class(config.method)(config, dim)

@@ -7,7 +7,7 @@ validation embeddings once and hand over
     image_cos        = f F^T                  # (M, NK), the affinity matmul hoisted out of the grid
     text_cos         = g T^T                  # (M, NK), XMAdapter's text cache (optional)
 
-and gets back the chosen values (METHOD.md, "Training practice"):
+and gets back the chosen values (docs/training.md, "Or in one call"):
 
     logits(beta, alpha) = zero_shot_logits + alpha * A L
     A = exp(-beta * (1 - image_cos))                                                   # Tip-Adapter

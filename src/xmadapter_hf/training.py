@@ -1,6 +1,6 @@
 """Training recipes: each method's optimiser and scheduler, usable as Trainer's `optimizers=` or in a plain loop.
 
-Defaults follow the papers' code (METHOD.md): Tip-Adapter-F and XMAdapter use AdamW(lr 1e-3, eps 1e-4) with a cosine
+Defaults follow the papers' code: Tip-Adapter-F and XMAdapter use AdamW(lr 1e-3, eps 1e-4) with a cosine
 schedule; CLIP-Adapter the same; the Multi-Modal Adapter Adam(lr 5e-3, weight decay 1e-4). XMAdapter's affinity-ratio
 logit, a single scalar, gets `affinity_ratio_lr_multiplier` (10x) the learning rate, or it barely moves.
 """

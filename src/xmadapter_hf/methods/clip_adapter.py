@@ -1,4 +1,4 @@
-"""CLIP-Adapter (Gao et al., 2021; METHOD.md §4): a residual bottleneck MLP on the image embedding."""
+"""CLIP-Adapter (Gao et al., 2021; docs/methods.md): a residual bottleneck MLP on the image embedding."""
 
 from __future__ import annotations
 

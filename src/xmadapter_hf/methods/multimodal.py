@@ -1,4 +1,4 @@
-"""Multi-Modal Adapter (Seputis et al., 2024; METHOD.md §3): attention over the class texts and the image at once."""
+"""Multi-Modal Adapter (Seputis et al., 2024; docs/methods.md): attention over class texts and image at once."""
 
 from __future__ import annotations
 

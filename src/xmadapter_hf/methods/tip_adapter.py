@@ -1,4 +1,4 @@
-"""Zero-shot CLIP, Tip-Adapter and Tip-Adapter-F (METHOD.md §0-1)."""
+"""Zero-shot CLIP, Tip-Adapter and Tip-Adapter-F (docs/methods.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""XMAdapter (METHOD.md §2): an image cache and a text cache, fused with an adaptive affinity ratio."""
+"""XMAdapter (docs/methods.md): an image cache and a text cache, fused with an adaptive affinity ratio."""
 
 from __future__ import annotations
 
