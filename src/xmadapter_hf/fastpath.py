@@ -1,8 +1,8 @@
-"""The embedding fast path (ARCHITECTURE decision 2): extract augmented views once, train the adapter on them.
+"""The embedding fast path (docs/design.md, decision 2): extract augmented views once, train the adapter on them.
 
 The backbone is frozen, so an image's embedding depends only on its pixels: extracting V augmented views of every
 few-shot image once (the cache recipe needs them anyway) and drawing one of them per image and epoch replaces a
-backbone forward per image and step by a table look-up (METHOD.md, "Training practice"). Two ways to use it:
+backbone forward per image and step by a table look-up (docs/training.md). Two ways to use it:
 
 - with the HF `Trainer` and the very same model: [`EmbeddingViewsDataset`] yields ``{"image_embeds", "labels",
   "cache_index"}`` items whose view is a function of (seed, epoch, index), plus [`ViewEpochCallback`] so that the
@@ -29,7 +29,7 @@ from .tuning import check_validation_embeddings
 
 __all__ = ["EmbeddingViewsDataset", "FitReport", "ViewEpochCallback", "fit", "steps_batch_size"]
 
-#: Optimiser steps an epoch should have at least (METHOD.md: with NK <= 512 and batch 256 an epoch is one step).
+#: Optimiser steps an epoch should have at least (docs/training.md: with NK <= 512 and batch 256 an epoch is one step).
 MIN_STEPS_PER_EPOCH = 8
 
 #: How [`EmbeddingViewsDataset`] draws an item's training embedding from its cached views.
@@ -53,8 +53,8 @@ def _check_view_sampling(value) -> None:
 class EmbeddingViewsDataset(Dataset):
     r"""Cached augmented views of a few-shot set as a torch `Dataset`: one training embedding per item and epoch.
 
-    Item ``i`` in epoch ``e`` is drawn as a function of (seed, epoch, index) (ARCHITECTURE decision 6: any shuffling,
-    batch size, process count or resumption sees the same views), in one of two ways (``view_sampling``):
+    Item ``i`` in epoch ``e`` is drawn as a function of (seed, epoch, index) (docs/design.md, decision 6: any
+    shuffling, batch size, process count or resumption sees the same views), in one of two ways (``view_sampling``):
 
     - ``"gaussian"`` (the default, as in `fit`): a new point with the mean and covariance of image ``i``'s V views,
       ``mean_i + sum_v g_v (view_v,i - mean_i) / sqrt(V - 1)`` with ``g ~ N(0, I_V)`` drawn from
@@ -257,6 +257,32 @@ class FitReport:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def __str__(self) -> str:
+        """A summary that names the split of every accuracy (all of them are on the validation split)."""
+        training = (
+            f", {self.epochs} epochs (batch {self.batch_size}, {self.steps} steps, final loss {self.final_loss:.4f})"
+            if self.epochs
+            else ", no training"
+        )
+        lines = [f"fit {self.method}: {self.num_train} training images x {self.augment_views} views{training}"]
+        if self.accuracy is None:
+            lines.append("no validation split: no accuracy measured")
+        else:
+            free = "" if self.training_free_accuracy is None else f", training-free {self.training_free_accuracy:.4f}"
+            lines.append(
+                f"validation accuracy ({self.num_validation} images): {self.accuracy:.4f} "
+                f"(zero-shot {self.zero_shot_accuracy:.4f}{free})"
+            )
+        chosen = self.search_after or self.search_before
+        if chosen:
+            text = "" if chosen["text_sharpness"] is None else f", text sharpness {chosen['text_sharpness']:.4g}"
+            lines.append(
+                f"searched on the validation split: sharpness {chosen['sharpness']:.4g}, residual ratio "
+                f"{chosen['residual_ratio']:.4g}{text}"
+            )
+        lines.append(f"extraction {self.extraction_seconds:.1f} s, training {self.training_seconds:.1f} s")
+        return "\n".join(lines)
+
 
 def steps_batch_size(num_items: int, recipe_batch_size: int = 256, min_steps: int = MIN_STEPS_PER_EPOCH) -> int:
     """The batch size for an epoch of at least ``min_steps`` optimiser steps, capped at the recipe's batch size.
@@ -313,6 +339,7 @@ def fit(
     autocast_dtype: torch.dtype | None = None,
     view_sampling: str = "gaussian",
     show_progress: bool = True,
+    search: bool = True,
 ):
     r"""Adapts ``model`` to a few-shot task in one call, on cached embeddings (no Trainer needed).
 
@@ -320,7 +347,7 @@ def fit(
        them from disk) and the plain view of every validation image;
     2. builds the cache (keys: the mean of the views, normalised);
     3. runs the training-free validation search (alpha, beta, and XMAdapter's text sharpness), so that training
-       starts from the searched values (METHOD.md, "Training practice");
+       starts from the searched values (docs/training.md);
     4. for trainable methods, trains with the method's recipe ([`~xmadapter_hf.training.build_optimizer`]), drawing
        one embedding per image and epoch drawn from its cached views ([`EmbeddingViewsDataset`]; by default a
        Gaussian draw with the mean and covariance of the image's views), with `cache_index` passed, a batch size
@@ -351,6 +378,8 @@ def fit(
             from its views each epoch: `"gaussian"` (a new point with the mean and covariance of its views) or
             `"view"` (one of the cached views as it is); see [`EmbeddingViewsDataset`].
         show_progress (`bool`, *optional*, defaults to `True`): progress bars.
+        search (`bool`, *optional*, defaults to `True`): run the validation searches. `False` keeps the config's
+            residual ratio and sharpness (and lets a cache method fit without a validation split).
 
     Returns:
         `tuple[XMAdapterForImageClassification, FitReport]`: the adapted model (in eval mode) and the report.
@@ -387,10 +416,10 @@ def fit(
     if learning_rate is not None and not (math.isfinite(learning_rate) and learning_rate > 0):
         raise ValueError(f"`learning_rate` must be finite and > 0, got {learning_rate}.")
     method = model.method
-    if method.uses_cache and validation_dataset is None:
+    if method.uses_cache and search and validation_dataset is None:
         raise ValueError(
             f"Method {model.config.method!r} searches its residual ratio and sharpness on a validation split: pass "
-            "`validation_dataset` (images, or raw embeddings with `validation_labels`)."
+            "`validation_dataset` (images, or raw embeddings with `validation_labels`), or `search=False`."
         )
     if isinstance(validation_dataset, torch.Tensor):
         check_validation_embeddings(model, validation_dataset, validation_labels)
@@ -436,11 +465,11 @@ def fit(
     model.eval()
     if val_embeds is not None:
         report.training_free_accuracy, report.zero_shot_accuracy = _accuracy(model, val_embeds, val_labels)
-    search = dict(search_scale=search_scale, search_step=search_step, dataset_name=dataset_name)
+    search_args = dict(search_scale=search_scale, search_step=search_step, dataset_name=dataset_name)
 
     # ---- 3. training-free search first: training starts from the searched alpha/beta
-    if method.uses_cache:
-        result = model.search_hyperparameters(val_embeds, val_labels, **search)
+    if method.uses_cache and search:
+        result = model.search_hyperparameters(val_embeds, val_labels, **search_args)
         report.search_before = _search_summary(result)
         report.training_free_accuracy = float(result.accuracy)
 
@@ -480,8 +509,8 @@ def fit(
         report.training_seconds = time.perf_counter() - started
 
     # ---- 5. search again on the trained model
-    if method.uses_cache and method.trainable:
-        result = model.search_hyperparameters(val_embeds, val_labels, **search)
+    if method.uses_cache and method.trainable and search:
+        result = model.search_hyperparameters(val_embeds, val_labels, **search_args)
         report.search_after = _search_summary(result)
     if val_embeds is not None:
         report.accuracy = _accuracy(model, val_embeds, val_labels)[0]
