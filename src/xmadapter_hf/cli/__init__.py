@@ -85,8 +85,10 @@ def _quiet_libraries():
     """Library chatter (info logs, progress bars of loading) off while a command runs, as it was after: the commands
     print what matters themselves (and `main` may run inside another program, e.g. a test)."""
     import datasets
+    import huggingface_hub
     import transformers
 
+    hub_logger = huggingface_hub.utils.logging.get_logger()  # e.g. "... thrown while requesting HEAD ..." offline
     onnx_logger = logging.getLogger("torch.onnx")  # e.g. "torchvision is not installed" while exporting
     before = (
         transformers.logging.get_verbosity(),
@@ -94,12 +96,14 @@ def _quiet_libraries():
         datasets.logging.get_verbosity(),
         datasets.is_progress_bar_enabled(),
         onnx_logger.level,
+        hub_logger.level,
     )
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     datasets.logging.set_verbosity_error()
     datasets.disable_progress_bars()
     onnx_logger.setLevel(logging.ERROR)
+    hub_logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
@@ -110,6 +114,7 @@ def _quiet_libraries():
         if before[3]:
             datasets.enable_progress_bars()
         onnx_logger.setLevel(before[4])
+        hub_logger.setLevel(before[5])
 
 
 def main(argv: list[str] | None = None) -> int:
