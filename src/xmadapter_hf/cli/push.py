@@ -2,7 +2,7 @@
 
 Never the backbone: the pushed config names it, and it must be a Hub id. An adapter built on a local backbone (the
 demo CLIP, a folder) records a local path, which a pushed adapter cannot load: give the Hub id of the same weights
-with `--base-model-id`. Needs the Hub (`huggingface-cli login` or `--token`).
+with `--base-model-id`. Needs the Hub (`hf auth login` or `--token`).
 """
 
 from __future__ import annotations
