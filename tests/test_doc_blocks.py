@@ -1,9 +1,12 @@
 """Every Python block of README.md and docs/*.md runs in a test: here, or in the test named in `RUN_ELSEWHERE`.
 
-Blocks that need the Hub carry the comment `# needs the Hub`. They run here against the loopback fake Hub of
-`hub_server.py`, which serves the demo CLIP under the id `openai/clip-vit-base-patch16` (what is pushed stays in
-it); what that stand-in does not test (LFS, auth, ...) is listed in hub_server.py. docs/getting-started.md also has
-its `xmadapter` command lines run, in order, through the CLI's `main`.
+Blocks that need the Hub carry the comment `# needs the Hub`. They run here anyway, against the loopback fake Hub
+of `hub_server.py`, which serves the demo CLIP under the id `openai/clip-vit-base-patch16` (what is pushed stays in
+it): the machines that run the tests have no network, and OpenAI's weights (600 MB) would make the test slow; what
+that stand-in does not test (LFS, auth, ...) is listed in hub_server.py. A block that needs a GPU would carry
+`# needs a GPU` and be skipped without one; no block does (the Accelerate blocks fall back to the CPU).
+docs/getting-started.md also has its `xmadapter` command lines run, in order, through the CLI's `main`. The blocks
+share one backbone, the demo CLIP (16 texture classes, the test in about 40 s on a busy 2-core machine).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from hub_server import LocalHub, patched_endpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 HUB_MARK = "# needs the Hub"
+GPU_MARK = "# needs a GPU"
 HUB_BACKBONE = "openai/clip-vit-base-patch16"
 
 #: Docs whose blocks another test runs.
@@ -56,6 +60,26 @@ def test_every_doc_with_python_blocks_has_a_runner_and_hub_blocks_are_marked():
             hub = any(word in block for word in ("push_to_hub", "PushAdapterCallback", '"user/', '"your-name/'))
             hub = hub or f'from_clip("{HUB_BACKBONE}"' in block
             assert not hub or HUB_MARK in block, (doc, block[:200])
+            assert "cuda" not in block or GPU_MARK in block, (doc, block[:200])
+            assert GPU_MARK not in block, f"{doc}: a GPU block; run it under a skip when no GPU is present"
+
+
+def test_the_tests_named_for_other_docs_exist():
+    for doc, where in RUN_ELSEWHERE.items():
+        path, name = where.split(" ")[0].split("::")
+        assert f"def {name}(" in (ROOT / path).read_text(), (doc, where)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One torch thread while these blocks run, as the subprocess tests get with OMP_NUM_THREADS=1: on a busy 2-core
+    machine torch's default of 2 threads made the getting-started `fit` 9x slower (155 s against 17 s)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
