@@ -54,7 +54,9 @@ def _check(args) -> None:
     largest = POOL_SIZES["train"]
     bad = [k for k in args.shots if not 1 <= k <= largest]
     if bad:
-        raise CLIError(f"--shots {bad[0]}: the demo's training pool has {largest} images per class", status=2)
+        raise CLIError(
+            f"--shots {bad[0]}: expected 1 to {largest} (the demo task's training images per class)", status=2
+        )
     if args.augment_views < 0:
         raise CLIError("--augment-views must be 0 or more", status=2)
     if any(seed < 0 for seed in args.seed):
