@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 
 
 def _child(argv: list[str], out_dir: str, key: str) -> None:
@@ -31,6 +32,8 @@ def _child(argv: list[str], out_dir: str, key: str) -> None:
         status = main(argv)
     except SystemExit as exit_:  # argparse errors and --help
         status = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    except BaseException:  # what `main` lets through (--debug): the traceback, as the interpreter prints it
+        traceback.print_exc()
     finally:
         sys.stdout.flush()
         sys.stderr.flush()

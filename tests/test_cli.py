@@ -24,6 +24,7 @@ from PIL import Image
 from xmadapter_hf.demo import DEMO_CLASSES, export_images
 
 ROOT = Path(__file__).resolve().parents[1]
+COMMAND_NAMES = ("demo", "fit", "eval", "predict", "search", "push", "export")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 
@@ -101,6 +102,8 @@ def batch(demo_folder, tmp_path_factory):
         "bad search": ["search", work, "--data", demo_folder],
         "bad push": ["push", adapter, "me/adapter"],  # a local backbone and no --base-model-id
         "bad export": ["export", adapter, work / "onnx-bad", "--what", "everything"],
+        "debug fit data": ["--debug", "fit", "--data", work / "missing", "--output", work / "out"],
+        **{f"help {name}": [name, "--help"] for name in COMMAND_NAMES},
     }
     return _batch([first, second], work / "results"), work, own
 
@@ -182,6 +185,23 @@ def test_bad_input_ends_every_command_with_one_line(batch):
     assert "--base-model-id" in _one_line_error(results["bad push"], "push")
     assert "invalid choice: 'everything'" in _one_line_error(results["bad export"], "export")
     assert not (work / "out").exists() and not (work / "onnx-bad").exists()
+
+
+def test_every_command_has_help_and_debug_shows_the_traceback(batch):
+    from xmadapter_hf.cli import COMMANDS
+
+    results, _, _ = batch
+    assert [command.name for command in COMMANDS] == list(COMMAND_NAMES)
+    for name in COMMAND_NAMES:
+        usage = _ok(results[f"help {name}"])
+        assert (
+            usage.startswith(f"usage: xmadapter {name} ")
+            and "--debug" in usage
+            and results[f"help {name}"].stderr == ""
+        )
+    debug = results["debug fit data"]
+    assert debug.returncode == 1 and debug.stderr.startswith("Traceback (most recent call last):")
+    assert "CLIError: --data " in debug.stderr.splitlines()[-1] and "missing': no such folder" in debug.stderr
 
 
 def test_fit_on_an_own_folder_with_an_rgba_image_gets_the_labels_right(tmp_path, capsys):
