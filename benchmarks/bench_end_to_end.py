@@ -46,12 +46,11 @@ import time
 import torch
 
 from xmadapter_hf import XMAdapterForImageClassification, fit
-from xmadapter_hf.augment import augment_view, draw_seed
-from xmadapter_hf.extraction import extract_embeddings
-from xmadapter_hf.fastpath import steps_batch_size
-from xmadapter_hf.images import load_image
+from xmadapter_hf.data.augment import augment_view, draw_seed
+from xmadapter_hf.data.extraction import extract_embeddings
+from xmadapter_hf.data.images import load_image
 from xmadapter_hf.testing import tiny_image_dataset, vit_b_clip
-from xmadapter_hf.training import build_optimizer
+from xmadapter_hf.training import build_optimizer, steps_batch_size
 
 IMAGE_SIZE = 224
 

@@ -1,6 +1,6 @@
 """Benchmark: peak resident memory of a 100,000-class x 16-shot cache (1.6M entries x 512 dims) classifying 256 images.
 
-Target (docs/design.md, decision 4, "a 100k-class cache must fit on one machine"): peak RSS <= 8 GiB on CPU for
+Target (docs/design.md, decision 4: "a 100k-class cache must fit on one machine"): peak RSS <= 8 GiB on CPU for
 `tip-adapter-f` and `xmadapter` with their cache tensors in float16.
 
 Each case runs in a fresh Python subprocess (peak RSS is a process-wide high-water mark, so cases must not share a

@@ -11,7 +11,8 @@ implementation for both benchmarks).
 Ratios against the baseline measured in the same run, the smallest cache: head time / smallest head time beside
 entries / smallest entries (linear scaling makes the two equal; below it, fixed costs dominate small caches), and
 peak RSS above the process baseline (RSS after the imports and the tiny backbone, before the adapter) per cache
-entry. The plot goes to ``docs/scaling.png`` (matplotlib, Agg backend).
+entry. The plot goes to ``docs/scaling.png`` (matplotlib, Agg backend: the `plot` extra,
+`pip install xmadapter-hf[plot]`).
 
 Run: ``python benchmarks/bench_scaling.py`` (``--sizes`` to choose the entry counts, ``--methods``).
 """

@@ -23,7 +23,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from xmadapter_hf.search import residual_ratio_grid, search_hyperparameters, sharpness_grid
+from xmadapter_hf.training.search import residual_ratio_grid, search_hyperparameters, sharpness_grid
 
 SEARCH_SCALE, SEARCH_STEP, LOGIT_SCALE = (7.0, 3.0), (200, 20), 100.0
 

@@ -35,9 +35,9 @@ from bench_end_to_end import IMAGE_SIZE, vit_b32_clip
 
 from xmadapter_hf import EmbeddingViewsDataset, XMAdapterForImageClassification
 from xmadapter_hf import backbone as bb
-from xmadapter_hf.augment import augment_view, draw_seed
-from xmadapter_hf.extraction import extract_embeddings
-from xmadapter_hf.images import load_image
+from xmadapter_hf.data.augment import augment_view, draw_seed
+from xmadapter_hf.data.extraction import extract_embeddings
+from xmadapter_hf.data.images import load_image
 from xmadapter_hf.testing import tiny_image_dataset
 from xmadapter_hf.training import build_optimizer
 

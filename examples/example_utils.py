@@ -15,26 +15,18 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from torch.utils.data import Dataset
+from transformers import TrainerCallback
 
-from xmadapter_hf import XMAdapterForImageClassification
-from xmadapter_hf.augment import augment_view, draw_seed
-from xmadapter_hf.extraction import crop_size, read_item, resolve_columns
-from xmadapter_hf.images import load_image
+from xmadapter_hf import AugmentedImagesDataset, EmbeddingViewsDataset, XMAdapterForImageClassification
 
 __all__ = [
-    "EmbeddingItems",
-    "PixelItems",
+    "EpochRecorder",
     "add_common_arguments",
     "autocast_dtype",
     "build_model",
     "build_task",
     "write_report",
 ]
-
-# A key of its own for the training-time augmentation draws, so that they never reuse the cache's
-# draw_seed(seed, item, view) numbers.
-_TRAIN_AUGMENT_KEY = 7
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -102,60 +94,19 @@ def build_model(args, backbone: str, names: list[str]) -> XMAdapterForImageClass
     )  # fmt: skip
 
 
-class EmbeddingItems(Dataset):
-    """The fast path's training items: every (view, image) pair of the extracted embeddings.
+class EpochRecorder(TrainerCallback):
+    """Records the epoch the training dataset is at, step by step (the reports show that every epoch reached it)."""
 
-    Item ``v * M + i`` is view ``v`` of image ``i``: `image_embeds` (C,), `labels`, and `cache_index` = ``i`` (the
-    image's own cache entry, left out of the hard-sample criterion). An epoch visits each view of each image once.
-    """
+    def __init__(self, dataset):
+        self.dataset, self.seen = dataset, set()
 
-    def __init__(self, embeds: torch.Tensor, labels: torch.Tensor):
-        self.embeds, self.labels = embeds, labels  # (V, M, C), (M,)
-        self.num_images = labels.shape[0]
+    @property
+    def epochs(self) -> list[int]:
+        return sorted(self.seen)
 
-    def __len__(self) -> int:
-        return self.embeds.shape[0] * self.num_images
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        view, image = divmod(index, self.num_images)
-        return {"image_embeds": self.embeds[view, image], "labels": self.labels[image], "cache_index": image}
-
-
-class PixelItems(Dataset):
-    """The pixel path's items: each image through the processor at every step (`pixel_values`, `labels`, ...).
-
-    With ``augment``, every epoch draws a fresh crop and flip from ``draw_seed(seed, key, epoch, index)``, a function
-    of the item and the epoch only, so that any number of processes sees the same pictures. The training loop must
-    call `set_epoch` itself: Accelerate's dataloader forwards it to the dataset with one process, but not with
-    several processes and a shuffling sampler.
-    """
-
-    def __init__(self, dataset, image_processor, seed: int = 0, augment: bool = True, with_cache_index: bool = True):
-        self.dataset, self.seed, self.augment = dataset, seed, augment
-        self.image_processor = getattr(image_processor, "image_processor", image_processor)
-        self.size = crop_size(self.image_processor)
-        self.columns = resolve_columns(dataset, None, None)
-        self.with_cache_index = with_cache_index
-        self.epoch = 0
-        self.epochs_seen: set[int] = set()  # reported, so that a test can see the augmentations change
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        image, label = read_item(self.dataset, index, *self.columns)
-        image = load_image(image)
-        self.epochs_seen.add(self.epoch)
-        if self.augment:
-            image = augment_view(image, self.size, draw_seed(self.seed, _TRAIN_AUGMENT_KEY, self.epoch, index))
-        pixels = self.image_processor(images=[image], return_tensors="pt")["pixel_values"][0]
-        item = {"pixel_values": pixels, "labels": torch.tensor(int(label))}
-        if self.with_cache_index:
-            item["cache_index"] = torch.tensor(index)
-        return item
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.seen.add(self.dataset.epoch)
+        return control
 
 
 def start(description: str):
@@ -181,7 +132,7 @@ def build_distributed_cache(state, model, train, test, args, dtype):
 
     Returns (views, test_views or None, tensors to report).
     """
-    from xmadapter_hf.distributed import extract_embeddings_distributed
+    from xmadapter_hf.data.distributed import extract_embeddings_distributed
 
     views = extract_embeddings_distributed(
         state, model.clip, model.processor, train, augment_views=args.views, seed=args.seed, autocast_dtype=dtype
@@ -195,6 +146,17 @@ def build_distributed_cache(state, model, train, test, args, dtype):
     )
     tensors = {"embeddings": {"train": views.embeds, "train_labels": views.labels, "test": test_views.embeds[0]}}
     return views, test_views, tensors
+
+
+def training_items(args, model, train, test, views, test_views):
+    """The training and test items of `--path`: draws from the cached views (embeddings) or fresh augmentations."""
+    if args.path == "embeddings":  # one draw per image and epoch from its cached views
+        train_items = EmbeddingViewsDataset(views.embeds, views.labels, seed=args.seed)
+        test_items = EmbeddingViewsDataset(test_views.embeds, test_views.labels, cache_index=False)
+    else:  # a fresh augmentation of each image every epoch
+        train_items = AugmentedImagesDataset(train, model.processor, seed=args.seed, augment=args.views > 0)
+        test_items = AugmentedImagesDataset(test, model.processor, augment=False, with_cache_index=False)
+    return train_items, test_items
 
 
 def save_on_main_process(accelerator, model, output: Path):
@@ -223,7 +185,7 @@ def run_info(
     trained_images: int,
     train_seconds: float,
     saved: bool,
-    train_items,
+    dataset_epochs: list[int],
     output: Path,
 ) -> dict:
     """The report fields both examples share (the tests read them from ``rank{r}.json``)."""
@@ -241,7 +203,7 @@ def run_info(
         "train_seconds": train_seconds,
         "images_per_second": trained_images / train_seconds,
         "saved_checkpoint": saved,
-        "dataset_epochs": sorted(getattr(train_items, "epochs_seen", [])),
+        "dataset_epochs": dataset_epochs,
         "output": str(output),
     }  # fmt: skip
 

@@ -26,14 +26,13 @@ import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
 from accelerate.utils import GradientAccumulationPlugin, set_seed
 from example_utils import (
-    EmbeddingItems,
-    PixelItems,
     autocast_dtype,
     build_distributed_cache,
     build_model,
     run_info,
     save_on_main_process,
     start,
+    training_items,
     write_report,
 )
 from torch.utils.data import DataLoader
@@ -41,16 +40,17 @@ from torch.utils.data import DataLoader
 from xmadapter_hf.training import build_optimizer
 
 
-def micro_batches(loader, dataset):
+def micro_batches(loader, dataset, epochs_seen: list[int]):
     """The training micro-batches, epoch after epoch, without end (the loop counts optimiser steps).
 
-    The dataset is told the epoch here: Accelerate's dataloader (1.15) forwards `set_epoch` to the dataset with one
-    process, but not when its batch sampler is sharded over several processes and wraps a shuffling sampler.
+    The dataset is told the epoch here (its per-epoch draws): Accelerate's dataloader (1.15) forwards `set_epoch` to
+    the dataset with one process, but not when its batch sampler is sharded over several processes and wraps a
+    shuffling sampler.
     """
     epoch = 0
     while True:
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        epochs_seen.append(epoch)
         yield from loader
         epoch += 1
 
@@ -95,12 +95,7 @@ def main() -> None:
     accelerator.wait_for_everyone()
     started = time.perf_counter()
     views, test_views, tensors = build_distributed_cache(accelerator, model, train, test, args, dtype)
-    if args.path == "embeddings":
-        train_items = EmbeddingItems(views.embeds, views.labels)
-        test_items = EmbeddingItems(test_views.embeds, test_views.labels)
-    else:
-        train_items = PixelItems(train, model.processor, seed=args.seed, augment=args.views > 0)
-        test_items = PixelItems(test, model.processor, augment=False, with_cache_index=False)
+    train_items, test_items = training_items(args, model, train, test, views, test_views)
     accelerator.wait_for_everyone()
     extraction_seconds = time.perf_counter() - started
     extracted_images = (len(train) * max(args.views, 1)) + (len(test) if args.path == "embeddings" else 0)
@@ -117,7 +112,8 @@ def main() -> None:
     accuracy_before = (before.argmax(-1) == labels).float().mean().item()
     test_loss_before = torch.nn.functional.cross_entropy(before, labels).item()
     model.train()
-    batches = micro_batches(train_loader, train_items)
+    epochs_seen: list[int] = []
+    batches = micro_batches(train_loader, train_items, epochs_seen)
     accelerator.wait_for_everyone()
     started = time.perf_counter()
     trained_items, losses = 0, []
@@ -156,7 +152,7 @@ def main() -> None:
     images_per_second = trained_items / train_seconds
     info = run_info(
         accelerator, args, num_processes=world, accumulation=accumulation, names=names, labels=labels,
-        trained_images=trained_items, train_seconds=train_seconds, saved=saved, train_items=train_items,
+        trained_images=trained_items, train_seconds=train_seconds, saved=saved, dataset_epochs=epochs_seen,
         output=output,
     )  # fmt: skip
     info.update(

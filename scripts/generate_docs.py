@@ -103,18 +103,23 @@ def cli_reference() -> str:
     return "\n".join(parts) + "\n"
 
 
+_ENTRY = re.compile(r"(\w+) \(((?:[^()]|\([^()]*\))*)\)")
+
+
 def config_fields(docstring: str) -> list[tuple[str, str, str]]:
-    """(name, type and default, description) of every entry of the docstring's `Args:` section."""
+    """(name, type and default, description) of every entry of the docstring's `Args:` section; an entry that
+    documents several fields at once (``a (`str`), b (`str`):``) gives one tuple per field."""
     text = inspect.cleandoc(docstring)
     section = text.split("Args:", 1)[1]
-    fields, current = [], None
+    fields, current = [], []
     for line in section.splitlines():
-        header = re.match(r"^    (\w+) \((.*)\):\s*(.*)$", line)
+        header = re.match(r"^    (\w+ \(.*\)):\s*(.*)$", line)
         if header:
-            current = [header.group(1), header.group(2), header.group(3)]
-            fields.append(current)
-        elif line.startswith("        ") and current is not None:
-            current[2] = (current[2] + " " + line.strip()).strip()
+            current = [[name, kind, header.group(2)] for name, kind in _ENTRY.findall(header.group(1))]
+            fields += current
+        elif line.startswith("        ") and current:
+            for entry in current:
+                entry[2] = (entry[2] + " " + line.strip()).strip()
         elif line.strip() and not line.startswith(" "):
             break  # the next section
     return [tuple(field) for field in fields]
@@ -125,13 +130,37 @@ def _markdown(text: str) -> str:
     return re.sub(r"\[`~?([\w.]+)`\]", lambda match: f"`{match.group(1).rsplit('.', 1)[-1]}`", text)
 
 
+def _rows(entries) -> list[str]:
+    rows = ["| field | type, default | what it is |", "|---|---|---|"]
+    rows += [f"| `{name}` | {kind} | {_cell(_markdown(description))} |" for name, kind, description in entries]
+    return rows
+
+
+def method_field_groups() -> list[tuple[type, list[str], list[tuple[str, str, str]]]]:
+    """(the `config_fields` class that declares them, the methods that have them, its entries) per declaring class,
+    in registration order: the registry, not this script, knows which method has which fields."""
+    from xmadapter_hf.methods import get_method_class, method_config_fields, registered_methods
+
+    owners: dict[type, list[str]] = {}
+    for owner, _ in method_config_fields().values():
+        owners.setdefault(owner, [])
+    for name in registered_methods():
+        fields = get_method_class(name).config_fields
+        for owner in owners:
+            if fields is not None and owner in fields.__mro__:
+                owners[owner].append(name)
+    groups = []
+    for owner, methods in owners.items():
+        declared = [f for f, (o, _) in method_config_fields().items() if o is owner]
+        entries = [entry for entry in config_fields(owner.__doc__) if entry[0] in declared]
+        groups.append((owner, methods, entries))
+    return groups
+
+
 def config_reference() -> str:
     from xmadapter_hf import XMAdapterConfig
 
     intro = inspect.cleandoc(XMAdapterConfig.__doc__).split("Args:", 1)[0].strip()
-    rows = ["| field | type, default | what it is |", "|---|---|---|"]
-    for name, kind, description in config_fields(XMAdapterConfig.__doc__):
-        rows.append(f"| `{name}` | {kind} | {_cell(_markdown(description))} |")
     parts = [
         "# Config reference: `XMAdapterConfig`",
         "",
@@ -139,11 +168,24 @@ def config_reference() -> str:
         "",
         _markdown(" ".join(intro.split())),
         "",
-        "Every field is validated when the config is built (a `ValueError` or `TypeError` naming the field). "
-        "[methods.md](methods.md) has the formulas the fields enter.",
+        "Every field is validated when the config is built and when it is assigned (a `ValueError` or `TypeError` "
+        "naming the field). [methods.md](methods.md) has the formulas the fields enter.",
         "",
-        *rows,
+        "## Fields of every adapter",
+        "",
+        *_rows(config_fields(XMAdapterConfig.__doc__)),
     ]
+    for owner, methods, entries in method_field_groups():
+        title = inspect.cleandoc(owner.__doc__).splitlines()[0].split(" fields of ")[0]
+        used = ", ".join(f"`{name}`" for name in methods)
+        parts += [
+            "",
+            f"## {title} fields",
+            "",
+            f"Declared in `{owner.__module__}.{owner.__name__}`; used by {used}.",
+            "",
+        ]
+        parts += _rows(entries)
     return "\n".join(parts) + "\n"
 
 

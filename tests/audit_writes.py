@@ -6,7 +6,7 @@ Used under `torchrun` by tests/test_distributed.py to show which process wrote t
 ``REPORT_DIR/writes_rank{RANK}.json``, the list of (event, path) pairs it made under ``WATCHED_DIR`` (files opened for
 writing, including `tempfile.mkstemp`'s, renames/replaces, directory creations and removals). Files written from
 native code without a Python-level `open` (safetensors' Rust writer) show up through the temporary file and the
-`os.replace` that `xmadapter_hf.serialization.atomic_write` wraps them in.
+`os.replace` that `xmadapter_hf.checkpoint.atomic_write` wraps them in.
 """
 
 from __future__ import annotations

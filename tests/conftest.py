@@ -29,7 +29,7 @@ def test_dataset():
 @pytest.fixture(scope="session")
 def cache_embeds(clip_and_processor, few_shot_dataset):
     """Raw embeddings (NK, C) and labels (NK,) of the few-shot set, plain view (for fast cache building)."""
-    from xmadapter_hf.extraction import extract_embeddings
+    from xmadapter_hf.data.extraction import extract_embeddings
 
     clip, processor = clip_and_processor
     extracted = extract_embeddings(clip, processor, few_shot_dataset, augment_views=0, show_progress=False)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from xmadapter_hf.augment import augment_view, draw_seed, random_resized_crop_params
+from xmadapter_hf.data.augment import augment_view, draw_seed, random_resized_crop_params
 
 RNG = np.random.default_rng(0)
 IMAGE = Image.fromarray(RNG.integers(0, 256, (48, 64, 3), dtype=np.uint8))

@@ -18,7 +18,7 @@ SETTINGS = {"sharpness": 6.0, "residual_ratio": 1.5}
 
 
 def test_every_method_of_the_config_is_registered():
-    from xmadapter_hf.configuration import METHODS as CONFIG_METHODS
+    from xmadapter_hf.methods import METHODS as CONFIG_METHODS
 
     assert sorted(CONFIG_METHODS) == METHODS
     assert len(METHODS) == 6

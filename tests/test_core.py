@@ -12,8 +12,8 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForImageClassification, pipeline
 
 from xmadapter_hf import XMAdapterConfig, XMAdapterForImageClassification
-from xmadapter_hf.augment import augment_view, draw_seed
-from xmadapter_hf.images import load_image
+from xmadapter_hf.data.augment import augment_view, draw_seed
+from xmadapter_hf.data.images import load_image
 from xmadapter_hf.testing import save_tiny_clip, tiny_clip, tiny_image_dataset
 
 

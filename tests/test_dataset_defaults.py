@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from xmadapter_hf.dataset_defaults import dataset_defaults, list_datasets
-from xmadapter_hf.search import residual_ratio_grid, sharpness_grid
+from xmadapter_hf.data.defaults import dataset_defaults, list_datasets
+from xmadapter_hf.training.search import residual_ratio_grid, sharpness_grid
 
 DATASETS = [
     "caltech101",

@@ -143,8 +143,7 @@ def test_demo_task_dataset_and_exported_imagefolder(tmp_path):
 
 
 def test_zero_shot_is_well_above_chance_and_the_cache_helps(demo_clip):
-    from xmadapter_hf import fit
-    from xmadapter_hf.extraction import extract_embeddings
+    from xmadapter_hf import extract_embeddings, fit
 
     clip, processor = demo_clip
 

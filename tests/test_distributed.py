@@ -21,8 +21,9 @@ import torch
 from safetensors.torch import load_file
 
 from xmadapter_hf import functional as Fn
-from xmadapter_hf.distributed import extract_embeddings_distributed, shard_bounds
-from xmadapter_hf.extraction import extract_embeddings
+from xmadapter_hf.data.distributed import extract_embeddings_distributed, shard_bounds
+from xmadapter_hf.data.extraction import extract_embeddings
+from xmadapter_hf.methods.cache import affinity
 from xmadapter_hf.testing import tiny_image_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,7 +183,7 @@ def test_affinity_maths_stays_float32_under_bf16_autocast(make_model, cache_embe
     queries = Fn.l2_normalize(cache_embeds[0][:3])
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(**features, labels=labels, cache_index=index)
-        assert Fn.affinity(queries, model.method.cache_keys, 20.0).dtype == torch.float32
+        assert affinity(queries, model.method.cache_keys, 20.0).dtype == torch.float32
         assert Fn.zero_shot_logits(queries, model.class_embeds, 10.0).dtype == torch.float32
     for name in ("logits", "zero_shot_logits", "cache_logits", "image_cache_logits", "text_cache_logits"):
         assert getattr(out, name).dtype == torch.float32, name
@@ -238,17 +239,26 @@ def test_extraction_shards_are_reassembled_in_order(clip_and_processor, monkeypa
     expected = extract_embeddings(
         clip, processor, dataset, augment_views=2, seed=1, indices=order, show_progress=False
     )
+    results = _threaded_extraction(
+        monkeypatch, world, clip, processor, dataset, augment_views=2, seed=1, indices=order, batch_size=3
+    )
+    for rank in range(world):
+        assert torch.equal(results[rank].labels, expected.labels)
+        torch.testing.assert_close(results[rank].embeds, expected.embeds, atol=1e-6, rtol=1e-6)
+    sizes = [stop - start for start, stop in (shard_bounds(items, world, r) for r in range(world))]
+    assert sum(sizes) == items and max(sizes) - min(sizes) <= 1
+
+
+def _threaded_extraction(monkeypatch, world: int, *args, **kwargs) -> dict[int, object]:
+    """`extract_embeddings_distributed` on ``world`` threads standing in for processes; results by rank."""
     group = _ThreadedGroup(world)
-    monkeypatch.setattr("xmadapter_hf.distributed.gather", group.gather)
+    monkeypatch.setattr("xmadapter_hf.data.distributed.gather", group.gather)
     results, errors = {}, []
 
     def work(rank: int) -> None:
         threading.current_thread().rank = rank
         try:
-            results[rank] = extract_embeddings_distributed(
-                _FakeAccelerator(world, rank), clip, processor, dataset, augment_views=2, seed=1, indices=order,
-                batch_size=3,
-            )  # fmt: skip
+            results[rank] = extract_embeddings_distributed(_FakeAccelerator(world, rank), *args, **kwargs)
         except Exception as error:  # noqa: BLE001 - re-raised below, in the test's thread
             errors.append(error)
             group.barrier.abort()
@@ -260,11 +270,20 @@ def test_extraction_shards_are_reassembled_in_order(clip_and_processor, monkeypa
         thread.join(timeout=120)
     if errors:
         raise errors[0]
+    return results
+
+
+@pytest.mark.parametrize(("items", "world"), [(13, 2), (7, 3)])
+def test_extraction_over_processes_is_bit_identical_to_one_process(clip_and_processor, monkeypatch, items, world):
+    """Shards are runs of whole batches: every image goes through the backbone in the batch one process would use."""
+    clip, processor = clip_and_processor
+    dataset = tiny_image_dataset(num_classes=items, shots=1, noise=0.5)
+    expected = extract_embeddings(clip, processor, dataset, augment_views=2, seed=1, batch_size=2, show_progress=False)
+    results = _threaded_extraction(monkeypatch, world, clip, processor, dataset, augment_views=2, seed=1, batch_size=2)
     for rank in range(world):
-        assert torch.equal(results[rank].labels, expected.labels)
-        torch.testing.assert_close(results[rank].embeds, expected.embeds, atol=1e-6, rtol=1e-6)
-    sizes = [stop - start for start, stop in (shard_bounds(items, world, r) for r in range(world))]
-    assert sum(sizes) == items and max(sizes) - min(sizes) <= 1
+        assert torch.equal(results[rank].embeds, expected.embeds) and torch.equal(
+            results[rank].labels, expected.labels
+        )
 
 
 def test_one_process_extraction_is_plain_extraction(clip_and_processor, few_shot_dataset):

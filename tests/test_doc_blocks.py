@@ -29,6 +29,7 @@ RUN_ELSEWHERE = {
     "docs/training.md": "tests/test_docs.py::test_training_guide_runs (up to its push, which needs the Hub)",
     "docs/demo.md": "tests/test_demo.py::test_docs_demo_code_runs",
     "docs/export.md": "tests/test_export.py::test_docs_example_runs",
+    "docs/design.md": "tests/test_docs.py::test_design_s_new_method_example_runs",
 }
 #: Docs whose blocks this module runs (README's first block: also tests/test_examples.py, as examples/quickstart.py).
 RUN_HERE = ("README.md", "docs/getting-started.md", "docs/distributed.md", "docs/hub.md", "docs/large_caches.md")

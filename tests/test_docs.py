@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,3 +73,13 @@ def test_relative_links_of_the_docs_resolve():
             if "://" not in target and not target.startswith("mailto:") and not (page.parent / target).exists():
                 broken.append(f"{page.relative_to(ROOT)} -> {target}")
     assert not broken, broken
+
+
+def test_design_s_new_method_example_runs(tmp_path, monkeypatch):
+    """docs/design.md's worked example: a method in one file (here one block), registered, fitted, saved, reloaded."""
+    block = next(b for b in _blocks(ROOT / "docs" / "design.md") if "@register_method" in b)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(block, "docs/design.md", "exec"), namespace)
+    assert namespace["report"] is not None
+    assert not torch.equal(namespace["model"].method.bias, torch.zeros(3)), "training moved the bias"

@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from conftest import CLASS_NAMES  # noqa: E402
 
 from xmadapter_hf import METHODS, XMAdapterConfig, XMAdapterForImageClassification  # noqa: E402
-from xmadapter_hf.extraction import extract_embeddings  # noqa: E402
+from xmadapter_hf.data.extraction import extract_embeddings  # noqa: E402
+from xmadapter_hf.data.splits import sample_few_shot  # noqa: E402
 from xmadapter_hf.methods import base as method_base  # noqa: E402
-from xmadapter_hf.splits import sample_few_shot  # noqa: E402
 from xmadapter_hf.testing import save_tiny_clip, tiny_clip, tiny_image_dataset  # noqa: E402
 from xmadapter_hf.training import build_optimizer  # noqa: E402
 

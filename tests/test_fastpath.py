@@ -3,6 +3,8 @@ epoch-dependent view draws under a real Trainer, and `fit` end to end."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,8 +12,8 @@ from conftest import CLASS_NAMES
 from transformers import Trainer, TrainingArguments
 
 from xmadapter_hf import EmbeddingViewsDataset, ViewEpochCallback, XMAdapterForImageClassification, fit
-from xmadapter_hf.augment import draw_seed
-from xmadapter_hf.extraction import extract_embeddings, extraction_cache_key
+from xmadapter_hf.data.augment import draw_seed
+from xmadapter_hf.data.extraction import extract_embeddings, extraction_cache_key
 from xmadapter_hf.testing import tiny_clip, tiny_image_dataset
 from xmadapter_hf.training import build_optimizer
 
@@ -257,6 +259,28 @@ def test_embedding_views_dataset_validates_its_inputs(cache_embeds):
         data.set_epoch(-1)
 
 
+def _reference_normals(seed: int, epoch: int, index: int, count: int) -> torch.Tensor:
+    """The draw of `data/views.py`, restated with Python integers: splitmix64 of the item's index keyed by
+    draw_seed(seed, epoch), then of each word's slot, and Box-Muller on the two 32-bit halves of each word (two
+    normal numbers a word: r cos t, r sin t)."""
+    mask = 2**64 - 1
+
+    def mix(x: int) -> int:
+        x = (x + 0x9E3779B97F4A7C15) & mask
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & mask
+        return x ^ (x >> 31)
+
+    base = mix(index ^ draw_seed(seed, epoch))
+    normals = []
+    for slot in range((count + 1) // 2):
+        word = mix((base + slot) & mask)
+        radius = math.sqrt(-2 * math.log(((word >> 32) + 0.5) / 2**32))
+        angle = 2 * math.pi * ((word & 0xFFFFFFFF) + 0.5) / 2**32
+        normals += [radius * math.cos(angle), radius * math.sin(angle)]
+    return torch.tensor(normals[:count])
+
+
 def test_gaussian_view_sampling_draws_from_the_views_mean_and_covariance(cache_embeds):
     """Each draw is mean_i + sum_v g_v (view_v,i - mean_i) / sqrt(V - 1), g ~ N(0, I) from (seed, epoch, index)."""
     views, labels = _views(cache_embeds, num_views=5)  # (V, M, C)
@@ -264,7 +288,7 @@ def test_gaussian_view_sampling_draws_from_the_views_mean_and_covariance(cache_e
     mean = views.mean(dim=0)
     for epoch, index in [(0, 0), (2, 5), (7, 15)]:
         data.set_epoch(epoch)
-        g = torch.randn(5, generator=torch.Generator().manual_seed(draw_seed(3, epoch, index)))
+        g = _reference_normals(3, epoch, index, 5)
         expected = mean[index] + sum(g[v] * (views[v, index] - mean[index]) for v in range(5)) / 2.0  # sqrt(5 - 1)
         torch.testing.assert_close(data[index]["image_embeds"], expected, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(data.embeddings_for_epoch(epoch)[index], data[index]["image_embeds"])

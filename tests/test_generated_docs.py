@@ -68,6 +68,22 @@ def test_config_page_has_every_field_with_its_default(generate_docs):
     assert all(f"| `{name}` |" in page for name in own)
 
 
+def test_config_page_has_every_method_field_with_its_default(generate_docs):
+    """The fields the registered methods declare (their `config_fields`) are documented in the declaring class's
+    `Args:` with their defaults, and are on the page."""
+    from xmadapter_hf.methods import method_config_fields
+
+    declared = method_config_fields()
+    documented = {name: kind for _, _, entries in generate_docs.method_field_groups() for name, kind, _ in entries}
+    assert sorted(documented) == sorted(declared)
+    for name, kind in documented.items():
+        stated = re.search(r"defaults to `?(.*?)`?$", kind)
+        default = _field_default(declared[name][1])
+        assert (stated.group(1) if stated else None) == (None if default is None else _as_written(default)), name
+    page = (ROOT / "docs" / "config.md").read_text()
+    assert all(f"| `{name}` |" in page for name in declared)
+
+
 def _as_written(value) -> str:
     return str(value) if isinstance(value, (bool, float)) else json.dumps(value)
 

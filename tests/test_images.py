@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xmadapter_hf.images import load_image, to_rgb
+from xmadapter_hf.data.images import load_image, to_rgb
 
 RNG = np.random.default_rng(0)
 
@@ -202,3 +202,29 @@ def test_bomb_limit_can_be_disabled(tmp_path, monkeypatch):
     path.write_bytes(_png_bytes(Image.new("L", (16, 16))))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
     assert load_image(path).size == (16, 16)
+
+
+def test_where_datasets_decoding_differs_from_ours(tmp_path):
+    """Why extraction decodes with `load_image` and not `datasets.Image(mode="RGB")`: the two agree on 8-bit RGB, and
+    differ where ours is what the picture looks like (transparency on white, 16-bit pixels scaled, not clipped)."""
+    from datasets import Image as ImageFeature
+
+    feature = ImageFeature(mode="RGB")
+    rgb = np.random.default_rng(0).integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    pictures = {
+        "rgb.png": Image.fromarray(rgb),
+        "clear.png": Image.new("RGBA", (6, 6), (10, 200, 30, 0)),
+        "gray16.png": Image.fromarray(np.full((6, 6), 100 * 257, dtype=np.uint16)),
+    }
+    decoded = {}
+    for name, picture in pictures.items():
+        picture.save(tmp_path / name)
+        theirs = _pixels(feature.decode_example({"path": str(tmp_path / name), "bytes": None}))
+        decoded[name] = (theirs, _pixels(load_image(tmp_path / name)))
+    assert np.array_equal(*decoded["rgb.png"])
+    assert (
+        decoded["clear.png"][0][0, 0].tolist() == [10, 200, 30] and decoded["clear.png"][1][0, 0].tolist() == [255] * 3
+    )
+    assert (
+        decoded["gray16.png"][0][0, 0].tolist() == [255] * 3 and decoded["gray16.png"][1][0, 0].tolist() == [100] * 3
+    )

@@ -14,9 +14,11 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import xmadapter_hf
-from xmadapter_hf import XMAdapterForImageClassification, serialization
+from xmadapter_hf import XMAdapterForImageClassification
+from xmadapter_hf import checkpoint as serialization
 from xmadapter_hf import functional as Fn
-from xmadapter_hf.extraction import extract_embeddings
+from xmadapter_hf.data.extraction import extract_embeddings
+from xmadapter_hf.methods.cache import affinity
 from xmadapter_hf.testing import tiny_clip, tiny_image_dataset
 from xmadapter_hf.training import build_optimizer
 
@@ -36,11 +38,11 @@ def test_affinities_lie_in_zero_one(seed, sharpness, rows):
     # exp(-beta (1 - cos)) >= exp(-100) stays above float32's smallest value; fp32 dot products of unit vectors reach
     # 1.0000004, hence the 1e-5 slack at the top.
     queries, keys = _unit(seed, rows, non_negative=True), _unit(seed + 1, 20, non_negative=True)
-    a = Fn.affinity(queries, keys, sharpness)
+    a = affinity(queries, keys, sharpness)
     assert a.dtype == torch.float32
     assert (a > 0).all() and (a <= 1 + 1e-5).all()
     # a key against itself: cos is 1 up to fp32 rounding (~3e-7), which the sharpness multiplies (up to 100x)
-    torch.testing.assert_close(Fn.affinity(keys, keys, sharpness).diagonal(), torch.ones(20), atol=1e-4, rtol=0)
+    torch.testing.assert_close(affinity(keys, keys, sharpness).diagonal(), torch.ones(20), atol=1e-4, rtol=0)
 
 
 @FAST

@@ -14,7 +14,7 @@ import datasets
 import pytest
 from PIL import Image
 
-from xmadapter_hf.dataset_defaults import dataset_defaults, list_datasets
+from xmadapter_hf.data.defaults import dataset_defaults, list_datasets
 from xmadapter_hf.reproduce import (
     DatasetLayoutError,
     base_novel_classes,

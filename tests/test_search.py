@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from xmadapter_hf.search import SearchResult, residual_ratio_grid, search_hyperparameters, sharpness_grid
+from xmadapter_hf.training.search import SearchResult, residual_ratio_grid, search_hyperparameters, sharpness_grid
 
 
 def reference_search(

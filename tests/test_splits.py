@@ -6,7 +6,7 @@ import datasets
 import numpy as np
 import pytest
 
-from xmadapter_hf.splits import FewShotSplit, sample_few_shot
+from xmadapter_hf.data.splits import FewShotSplit, sample_few_shot
 
 # 5 classes with 12..20 images each, shuffled so that class rows are interleaved.
 LABELS = np.random.default_rng(0).permutation(np.repeat(np.arange(5), [12, 15, 20, 13, 18])).tolist()

@@ -140,7 +140,7 @@ def test_trainer_on_a_training_free_method_raises(make_model, cache_embeds, tmp_
 def test_training_lowers_held_out_loss_and_keeps_accuracy(clip_and_processor, tmp_path):
     """20 epochs of XMAdapter on a generated task where training-free Tip-Adapter is between 2x chance and 90%."""
     from xmadapter_hf import XMAdapterForImageClassification
-    from xmadapter_hf.extraction import extract_embeddings
+    from xmadapter_hf.data.extraction import extract_embeddings
     from xmadapter_hf.testing import tiny_image_dataset
 
     clip, processor = clip_and_processor

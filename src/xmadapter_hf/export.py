@@ -23,8 +23,7 @@ from torch import nn
 from . import __version__
 from . import backbone as bb
 from . import functional as Fn
-from .methods import CacheState, MethodOutput, MultiModalAdapter, XMAdapter, chunked_cache_logits
-from .methods.multimodal import mma_attention_mask
+from .methods import CacheState, MethodOutput
 
 __all__ = ["EXPORTABLE_GRAPHS", "ONNX_FILES", "OUTPUT_NAMES", "export_onnx"]
 
@@ -49,64 +48,32 @@ _EXAMPLE_BATCH = 2  # not 0 or 1: torch.export specialises dimensions of those s
 class _ExportHead(nn.Module):
     """The adapter head of a model in eval mode, with every inference-time constant held as a buffer.
 
-    ``forward`` maps raw image embeddings (B, C) to the outputs named in `output_names`. Most methods run their own
-    `forward` unchanged; two need a graph-friendly composition of their public functions (see `method_output`).
+    ``forward`` maps raw image embeddings (B, C) to the outputs named in `output_names`, through the method's
+    `export_forward` (its eval forward with the method's `export_constants`, e.g. XMAdapter's text keys, as constants).
     """
 
     def __init__(self, model):
         super().__init__()
         self.method = model.method
-        self.config = model.config
         state = model.cache_state()
+        self.shots = state.shots  # the cache layout (a Python int: it decides the graph, not its values)
         self.register_buffer("class_embeds", state.class_embeds)  # W, (N, C)
         self.register_buffer("cache_embeds", state.cache_embeds)  # E, (NK, C)
         self.register_buffer("cache_labels", state.cache_labels)  # (NK,)
         self.register_buffer("logit_scale", torch.as_tensor(state.logit_scale, dtype=torch.float32))  # s, ()
-        self.text_cache = isinstance(self.method, XMAdapter) and self.config.use_text_cache
-        if self.text_cache:
-            # eval-mode, no-grad: the method's memoised keys (computed here if not yet); a constant of the graph
-            self.register_buffer("text_keys", self.method.text_keys(state).detach())  # T, (NK, D)
+        self.constant_names = []
+        for name, tensor in self.method.export_constants(state).items():  # eval mode, no autograd
+            self.register_buffer(f"constant_{name}", tensor.detach())
+            self.constant_names.append(name)
         # which outputs the method fills in: one eager call on any normalised embedding
         out = self.method_output(Fn.l2_normalize(torch.ones(1, state.class_embeds.shape[1]).to(state.class_embeds)))
         self.output_names = [name for name in OUTPUT_NAMES if getattr(out, name) is not None]
 
-    def state(self) -> CacheState:
-        return CacheState(self.class_embeds, self.cache_embeds, self.cache_labels, self.logit_scale)
-
     def method_output(self, image: torch.Tensor) -> MethodOutput:
         """The method's eval-mode outputs for normalised embeddings ``image`` (B, C)."""
-        if self.text_cache:
-            return self._xmadapter(image)
-        if isinstance(self.method, MultiModalAdapter):
-            return self._multimodal(image)
-        return self.method(image, self.state())
-
-    def _xmadapter(self, image: torch.Tensor) -> MethodOutput:
-        # XMAdapter.forward with the text keys as a constant: inside torch.export, `text_keys` recomputes them from
-        # MetaNet and P_t at every call (NK * C * (2C/r + D) multiply-adds per batch).
-        method, config, state = self.method, self.config, self.state()
-        zs = Fn.zero_shot_logits(image, state.class_embeds, state.logit_scale)  # (B, N)
-        image_cache = method.image_cache_logits(image, state)  # (B, N)
-        query = method.query_text_embeds(image)  # (B, D)
-        text_cache = chunked_cache_logits(
-            query, self.text_keys, state.cache_labels, state.num_classes, config.text_sharpness,
-            config.cache_chunk_size,
-        )  # fmt: skip
-        gamma = method.affinity_ratio(image)  # (B, 1)
-        cache = Fn.fuse_affinities(image_cache, text_cache, gamma)
-        logits = zs + config.residual_ratio * cache
-        return MethodOutput(logits, zs, cache, image_cache, text_cache, gamma.squeeze(-1))
-
-    def _multimodal(self, image: torch.Tensor) -> MethodOutput:
-        # MultiModalAdapter.forward without its loop over chunks of the batch: `range(0, B, chunk)` makes
-        # torch.export specialise B to the example's size (the exporter then silently writes a fixed batch).
-        # The mask is built in the graph: as a constant it would take (N+1)^2 floats in the file (400 MB at N = 10k).
-        class_embeds = Fn.l2_normalize(self.class_embeds.float())  # (N, C)
-        zs = Fn.zero_shot_logits(image, class_embeds, self.logit_scale)  # (B, N)
-        mask = mma_attention_mask(class_embeds.shape[0], self.config.mma_mask, device=image.device)  # (N+1, N+1)
-        adapted_image, adapted_text = self.method.adapt(image, class_embeds, mask)  # (B, C), (B, N, C)
-        cosines = torch.bmm(adapted_text.float(), adapted_image.float().unsqueeze(-1)).squeeze(-1)  # (B, N)
-        return MethodOutput(logits=self.logit_scale * cosines, zero_shot_logits=zs)
+        state = CacheState(self.class_embeds, self.cache_embeds, self.cache_labels, self.logit_scale, self.shots)
+        constants = {name: getattr(self, f"constant_{name}") for name in self.constant_names}
+        return self.method.export_forward(image, state, constants)
 
     def forward(self, image_embeds: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.method_output(Fn.l2_normalize(image_embeds.float()))
@@ -208,7 +175,7 @@ def export_onnx(
 
 def _check_request(model, output_dir, what) -> list[str]:
     """Validates every argument; returns the graphs to export, in order. Raises before anything is written."""
-    from .modeling import XMAdapterForImageClassification
+    from .modeling_xmadapter import XMAdapterForImageClassification
 
     if not isinstance(model, XMAdapterForImageClassification):
         raise TypeError(f"`model` must be an XMAdapterForImageClassification; got {type(model).__name__}.")

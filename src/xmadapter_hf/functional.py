@@ -1,12 +1,12 @@
-"""Pure tensor functions for the formulas of docs/methods.md.
+"""Pure tensor functions for the formulas of docs/methods.md (the cache term ``A L`` is `methods/cache.py`).
 
-Every method module is a thin layer over these functions, so the tests can compare each of them with the
+The method modules are thin layers over these functions, so the tests can compare each of them with the
 formula on random tensors. All affinity maths runs in float32, whatever dtype the inputs come in, and also under
 `torch.autocast` (bf16/fp16 mixed precision), which would otherwise run the cosine matmuls in half precision: an error
 of 0.4% in a cosine of 0.97 becomes an error of about 20% in ``exp(-beta * (1 - cos))`` at beta = 50.
 
-Notation (docs/methods.md): ``f`` query embeddings (B, C), ``W`` class text embeddings (N, C), ``F`` cache keys
-(NK, C), cache labels (NK,) as integers, ``s`` the logit scale.
+Notation (docs/methods.md): ``f`` query embeddings (B, C), ``W`` class text embeddings (N, C), ``s`` the logit
+scale.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "affinity",
-    "cache_logits",
     "full_precision",
     "fuse_affinities",
     "l2_normalize",
@@ -62,37 +60,6 @@ def zero_shot_logits(
     ``s`` may be a 0-dim tensor (the backbone's, read without a host synchronisation)."""
     with full_precision(image_embeds):
         return logit_scale * image_embeds.float() @ class_weights.float().t()
-
-
-def affinity(queries: torch.Tensor, keys: torch.Tensor, sharpness: float | torch.Tensor) -> torch.Tensor:
-    """Tip-Adapter's affinity ``exp(-beta * (1 - q K^T))``.
-
-    Args:
-        queries (`torch.Tensor` of shape `(B, C)`): normalised query embeddings.
-        keys (`torch.Tensor` of shape `(NK, C)`): cache keys (normalised at construction; learned keys may drift).
-        sharpness (`float`): ``beta``, in (0, 100].
-
-    Returns:
-        `torch.Tensor` of shape `(B, NK)` in float32.
-    """
-    with full_precision(queries):  # autocast would run this matmul (and so the exponential) in bf16/fp16
-        cos = queries.float() @ keys.float().t()  # (B, C) @ (C, NK) -> (B, NK)
-        return torch.exp(-sharpness * (1.0 - cos))
-
-
-def cache_logits(affinities: torch.Tensor, cache_labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """``A L`` with ``L`` the one-hot matrix of ``cache_labels``, as an index-add (never a dense NK x N matrix).
-
-    Args:
-        affinities (`torch.Tensor` of shape `(B, NK)`).
-        cache_labels (`torch.LongTensor` of shape `(NK,)`): the class of each cache entry.
-        num_classes (`int`): N.
-
-    Returns:
-        `torch.Tensor` of shape `(B, N)`: for each class, the sum of the affinities of its cache entries.
-    """
-    out = affinities.new_zeros(affinities.shape[0], num_classes)
-    return out.index_add(1, cache_labels, affinities)  # (B, NK) -> (B, N)
 
 
 def fuse_affinities(image_affinity: torch.Tensor, text_affinity: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:

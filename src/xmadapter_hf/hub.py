@@ -1,25 +1,44 @@
-"""Pushing adapters (never backbones) to the Hub, with our model card; a Trainer callback that does the same.
+"""The Hub: finding an adapter's files (a local directory or a repo id), pushing adapters (never backbones) with our
+model card, and a Trainer callback that pushes the same way.
 
-`transformers`' own `push_to_hub` calls `save_pretrained` and then writes its own README over ours, and
-`Trainer.push_to_hub` uploads the whole output directory (`training_args.bin`, a pickle, included). This module
-uploads exactly `config.json`, `model.safetensors` (adapter tensors only), `preprocessor_config.json` and our
-`README.md`.
+Files are resolved with `transformers.utils.cached_file` (the Hub download and cache, `revision`, `subfolder`,
+`local_files_only`, ...), after local checks that say what is wrong with a local path. `transformers`' own
+`push_to_hub` calls `save_pretrained` and then writes its own README over ours, and `Trainer.push_to_hub` uploads the
+whole output directory (`training_args.bin`, a pickle, included): this module uploads exactly `config.json`,
+`model.safetensors` (adapter tensors only), `preprocessor_config.json` and our `README.md`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
 from pathlib import Path
 
 from transformers import TrainerCallback
+from transformers.utils import CONFIG_NAME, IMAGE_PROCESSOR_NAME, SAFE_WEIGHTS_NAME, cached_file
 
-from .serialization import CONFIG_NAME, PROCESSOR_NAME, WEIGHTS_NAME
+__all__ = ["PUSHED_FILES", "PushAdapterCallback", "build_model_card", "push_adapter_to_hub", "resolve_file"]
 
-__all__ = ["PushAdapterCallback", "build_model_card", "push_adapter_to_hub"]
+PUSHED_FILES = (CONFIG_NAME, SAFE_WEIGHTS_NAME, IMAGE_PROCESSOR_NAME, "README.md")
 
-PUSHED_FILES = (CONFIG_NAME, WEIGHTS_NAME, PROCESSOR_NAME, "README.md")
+
+def resolve_file(path_or_repo: str, filename: str, hub_kwargs: dict) -> str:
+    """The local path of ``filename`` of an adapter: in a local directory, or downloaded (and cached) from the Hub.
+
+    Raises `OSError` naming the file and the directory or repo (a local file given as a directory, a directory
+    without the file, a repo or revision the Hub does not have).
+    """
+    local = Path(path_or_repo)
+    if local.exists() and not local.is_dir():
+        raise OSError(f"{str(local)!r} is a file; expected a checkpoint directory or a Hub repo id.")
+    if local.is_dir() and not (local / hub_kwargs.get("subfolder", "") / filename).is_file():
+        raise OSError(f"{str(local)!r} holds no {filename}: it is not an xmadapter-hf checkpoint directory.")
+    try:
+        return cached_file(str(path_or_repo), filename, **hub_kwargs)
+    except Exception as error:  # the hub client raises many types; say which file of which repo is missing
+        raise OSError(f"Could not get {filename} of {path_or_repo!r}: {type(error).__name__}: {error}") from error
 
 
 def _looks_local(name: str | None) -> bool:
@@ -53,11 +72,9 @@ def build_model_card(config, repo_id: str, datasets: list[str] | None = None):
         ("shots per class", config.shots if config.shots is not None else "unknown"),
         ("cache entries", config.cache_size),
         ("augmented views per cache image", config.augment_views),
-        ("residual ratio (alpha)", _format(config.residual_ratio)),
-        ("sharpness (beta)", _format(config.sharpness)),
     ]
-    if config.method == "xmadapter" and config.use_text_cache:
-        rows.append(("text sharpness", _format(config.text_sharpness)))
+    rows += [(label, _format(getattr(config, name))) for name, label in _own_fields(config.method)]
+    if config.hard_sample_strength:
         rows.append(("hard-sample strength", _format(config.hard_sample_strength)))
     if search:
         rows.append(("chosen on", f"a validation split of {search.get('num_validation')} images"))
@@ -92,6 +109,19 @@ print(model.config.class_names[:5])
 {table}
 {results}"""
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+def _own_fields(method: str) -> list[tuple[str, str]]:
+    """(name, label) of the config fields the method declares (its `config_fields`), which the card lists: the label
+    is the name in words with the symbol of docs/methods.md, e.g. "sharpness (beta)"."""
+    from .methods import get_method_class
+
+    fields = get_method_class(method).config_fields
+    rows = []
+    for field in dataclasses.fields(fields) if fields is not None else ():
+        symbol = field.metadata.get("symbol")
+        rows.append((field.name, field.name.replace("_", " ") + (f" ({symbol})" if symbol else "")))
+    return rows
 
 
 def push_adapter_to_hub(

@@ -132,7 +132,9 @@ def check_adapter(source: str) -> None:
         model_type = json.loads(config_file.read_text()).get("model_type")
     except (ValueError, AttributeError) as error:
         raise CLIError(f"{source!r}: config.json is not a JSON object ({error})") from error
-    if model_type != "xmadapter":
+    from .. import XMAdapterConfig
+
+    if model_type != XMAdapterConfig.model_type:
         raise CLIError(
             f"{source!r} is not an xmadapter adapter directory: its config.json has model_type {model_type!r}"
         )

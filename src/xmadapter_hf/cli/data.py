@@ -163,7 +163,7 @@ def pick_split(data: DataSource, split: str | None, preferred: tuple[str, ...], 
 
 def class_names_of(dataset, origin: str) -> list[str]:
     """The `ClassLabel` names of the dataset's label column."""
-    from ..extraction import class_label_names
+    from ..data.extraction import class_label_names
 
     names = class_label_names(dataset)
     if not names:
@@ -177,7 +177,7 @@ def relabel(dataset, class_names: list[str], origin: str):
     """`dataset` with its labels renumbered to `class_names` by name (its classes may be a subset of them)."""
     import datasets
 
-    from ..extraction import resolve_columns
+    from ..data.extraction import resolve_columns
 
     own = class_names_of(dataset, origin)
     if own == list(class_names):

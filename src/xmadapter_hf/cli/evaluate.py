@@ -36,7 +36,7 @@ def scores(model, dataset, batch_size: int = 64, show_progress: bool = False) ->
     """Accuracy, zero-shot accuracy, per-class accuracy and the confusion matrix of `model` on `dataset`."""
     import torch
 
-    from ..extraction import extract_embeddings
+    from ..data.extraction import extract_embeddings
 
     extracted = extract_embeddings(
         model.clip, model.processor, dataset, augment_views=0, batch_size=batch_size, show_progress=show_progress

@@ -80,7 +80,7 @@ def _check_output(output: Path, overwrite: bool) -> None:
 
 
 def _class_counts(dataset, names: list[str], origin: str) -> list[int]:
-    from ..extraction import read_labels
+    from ..data.extraction import read_labels
 
     counts = Counter(read_labels(dataset).tolist())
     missing = [names[i] for i in range(len(names)) if counts[i] == 0]
@@ -105,7 +105,7 @@ def _validation_shots(args, counts: list[int], names: list[str]) -> int:
 
 def _draw(args, train, names, origin, counts):
     """(split, few-shot train, validation or None, where the validation images come from)."""
-    from ..splits import sample_few_shot
+    from ..data.splits import sample_few_shot
 
     short = [i for i, count in enumerate(counts) if count < args.shots]
     if short:

@@ -46,16 +46,9 @@ def image_files(paths: list[str]) -> list[Path]:
 def logit_parts(model, out) -> dict:
     """What zero-shot, the image cache, the text cache and any other adapter term add to each logit: name -> (B, N).
 
-    They sum to `out.logits` (the adapter's term is what remains after the others)."""
-    alpha = float(getattr(out, "residual_ratio", None) or model.config.residual_ratio)
-    parts = {"zero_shot": out.zero_shot_logits.float()}
-    gamma = out.affinity_ratio
-    if out.text_cache_logits is not None and gamma is not None:
-        gamma = gamma.float().unsqueeze(-1)  # (B, 1)
-        parts["image_cache"] = alpha * gamma * out.image_cache_logits.float()
-        parts["text_cache"] = alpha * (1 - gamma) * out.text_cache_logits.float()
-    elif out.cache_logits is not None:
-        parts["image_cache"] = alpha * out.cache_logits.float()
+    The method names its terms (`AdapterMethod.logit_parts`); they sum to `out.logits`, the adapter's own term being
+    what remains after the others."""
+    parts = model.method.logit_parts(out)
     rest = out.logits.float() - sum(parts.values())
     if bool((rest.abs() > 1e-4 * float(out.logits.abs().amax()) + 1e-6).any()):  # beyond float rounding
         parts["adapter"] = rest
@@ -66,7 +59,7 @@ def predict(model, files: list[Path], top_k: int, batch_size: int) -> list[dict]
     """One entry per file: its top-k classes with probability, logit and the logit's parts."""
     import torch
 
-    from ..images import load_image
+    from ..data.images import load_image
 
     names = model.config.class_names
     top_k = min(top_k, len(names))
@@ -98,21 +91,13 @@ def predict(model, files: list[Path], top_k: int, batch_size: int) -> list[dict]
     return entries
 
 
-_PART_NAMES = {
-    "zero_shot": "zero-shot",
-    "image_cache": "image cache",
-    "text_cache": "text cache",
-    "adapter": "adapter",
-}
-
-
 def _text(entry: dict) -> str:
     lines = [
         entry["image"] + (f"  (affinity ratio {entry['affinity_ratio']:.3f})" if "affinity_ratio" in entry else "")
     ]
     width = max(len(p["label"]) for p in entry["predictions"])
     for rank, p in enumerate(entry["predictions"], 1):
-        parts = " + ".join(f"{_PART_NAMES.get(name, name)} {value:.3f}" for name, value in p["parts"].items())
+        parts = " + ".join(f"{name.replace('_', ' ')} {value:.3f}" for name, value in p["parts"].items())
         lines.append(f"  {rank}. {p['label']:<{width}}  {100 * p['score']:5.1f}%  logit {p['logit']:.3f} = {parts}")
     return "\n".join(lines)
 

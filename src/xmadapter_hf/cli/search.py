@@ -42,7 +42,7 @@ def add_arguments(parser) -> None:
 
 def _validation(args, adapter_dir: Path):
     """(validation dataset, where it comes from) for the search."""
-    from ..splits import FewShotSplit
+    from ..data.splits import FewShotSplit
 
     data = open_data(args.data) if args.data else None
     if args.validation:

@@ -118,8 +118,7 @@ def compare_methods(
     """
     from transformers import AutoProcessor, CLIPModel
 
-    from xmadapter_hf import XMAdapterForImageClassification, fit
-    from xmadapter_hf.extraction import extract_embeddings
+    from xmadapter_hf import XMAdapterForImageClassification, extract_embeddings, fit
 
     from .checkpoint import demo_clip_path
     from .task import DEMO_CLASSES, demo_task

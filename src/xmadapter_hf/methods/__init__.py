@@ -1,31 +1,43 @@
-"""The method registry: each method is a small module over embeddings, registered by name."""
+"""The methods: one file each, registered by name; `base.py` holds the registry and the protocol, `cache.py` the one
+implementation of the cache term ``A L``. A new method is one new file here (registered with `register_method`)."""
 
 from .base import (
     AdapterMethod,
     CacheState,
+    CacheTerm,
     MethodOutput,
-    chunked_cache_logits,
+    SearchSpace,
+    TrainingRecipe,
     get_method_class,
+    method_config_fields,
     register_method,
     registered_methods,
 )
 from .clip_adapter import ClipAdapter
 from .multimodal import MultiModalAdapter
-from .tip_adapter import TipAdapter, TipAdapterF, ZeroShot
+from .tip_adapter import TipAdapter, TipAdapterF
 from .xmadapter import XMAdapter
+from .zero_shot import ZeroShot
+
+#: The methods this library ships (`config.method` may also name any method registered with `register_method`).
+METHODS = tuple(registered_methods())
 
 __all__ = [
+    "METHODS",
     "AdapterMethod",
     "CacheState",
+    "CacheTerm",
     "ClipAdapter",
     "MethodOutput",
     "MultiModalAdapter",
+    "SearchSpace",
     "TipAdapter",
     "TipAdapterF",
+    "TrainingRecipe",
     "XMAdapter",
     "ZeroShot",
-    "chunked_cache_logits",
     "get_method_class",
+    "method_config_fields",
     "register_method",
     "registered_methods",
 ]

@@ -1,37 +1,70 @@
-"""The method registry and what every method shares: the cache state it reads and the output it returns."""
+"""What every method shares: the registry, the protocol of hooks the rest of the library calls, and the types those
+hooks exchange (the cache state a method reads, the output it returns, its training recipe, its search space).
 
-from __future__ import annotations
+A method is one `AdapterMethod` subclass in one file, registered by name. The rest of the package never names a
+method: it asks the method. The hooks, each with a default that fits a method without them:
 
+- ``config_fields``: a `strict` dataclass of the method's fields of [`XMAdapterConfig`] (defaults, types, validators
+  and docs); the config validates them through the registry, at construction and at assignment.
+- ``validate_config(config)``: checks between fields; ``measures_disagreement(config)``: whether the method returns
+  the cross-modal disagreement the `disagreement` hard-sample criterion needs.
+- ``recipe``: the [`TrainingRecipe`] of a trainable method (`None`: training-free); ``parameter_groups(lr, wd)``:
+  its optimiser groups.
+- ``search_space(image_embeds, state)``: what the validation search tunes (`None`: nothing).
+- ``logit_parts(output)``: what each term of the logits adds (zero-shot, the caches), for readouts such as
+  `xmadapter predict`.
+- ``export_constants(state)`` and ``export_forward(image_embeds, state, constants)``: what `export.export_onnx`
+  traces (the eval forward with inference-time tensors held as graph constants, no loop over the batch).
+- ``cache_parameters``: the names of parameters with one row per cache entry (learned keys): they are resized and
+  initialised with the cache (``resize_cache``, ``init_from_cache``; growing keeps the old rows, which is how classes
+  are added), stored in the cache dtype after `half_cache()` (``cast_cache``), and written in it on save.
+"""
+
+import dataclasses
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
-
-from .. import functional as Fn
-from ..configuration import XMAdapterConfig
+from transformers.utils import ModelOutput
 
 __all__ = [
     "AdapterMethod",
     "CacheState",
+    "CacheTerm",
     "MethodOutput",
+    "SearchSpace",
+    "TrainingRecipe",
     "adapter_linear",
     "as_input_of",
-    "chunked_cache_logits",
     "get_method_class",
+    "method_config_fields",
     "register_method",
     "registered_methods",
 ]
 
-_REGISTRY: dict[str, type[AdapterMethod]] = {}
+_REGISTRY: dict[str, type["AdapterMethod"]] = {}
+_FIELDS_SEEN: list = [-1, {}]  # (registry size, method_config_fields()) of the last computation
 
 
 def register_method(name: str):
-    """Class decorator registering an [`AdapterMethod`] under ``name`` (a value of `config.method`)."""
+    """Class decorator registering an [`AdapterMethod`] under ``name`` (a value of `config.method`).
+
+    The method's `config_fields` join the config's fields; a field name that another registered method declares
+    differently is refused.
+    """
 
     def wrap(cls: type[AdapterMethod]) -> type[AdapterMethod]:
         if name in _REGISTRY:
             raise ValueError(f"A method named {name!r} is already registered ({_REGISTRY[name].__name__}).")
+        known = method_config_fields()
+        for field in _fields_of(cls):
+            other = known.get(field.name)
+            if other is not None and other[1] is not field:
+                raise ValueError(
+                    f"Method {name!r} declares the config field `{field.name}`, which {other[0].__name__} declares "
+                    "differently: give it another name, or inherit the other method's fields."
+                )
         cls.name = name
         _REGISTRY[name] = cls
         return cls
@@ -39,7 +72,7 @@ def register_method(name: str):
     return wrap
 
 
-def get_method_class(name: str) -> type[AdapterMethod]:
+def get_method_class(name: str) -> type["AdapterMethod"]:
     """The class registered under ``name``; `ValueError` naming the registered methods otherwise."""
     if name not in _REGISTRY:
         raise ValueError(
@@ -52,6 +85,23 @@ def get_method_class(name: str) -> type[AdapterMethod]:
 def registered_methods() -> list[str]:
     """The names of all registered methods, sorted."""
     return sorted(_REGISTRY)
+
+
+def _fields_of(cls) -> tuple[dataclasses.Field, ...]:
+    return dataclasses.fields(cls.config_fields) if cls.config_fields is not None else ()
+
+
+def method_config_fields() -> dict[str, tuple[type, dataclasses.Field]]:
+    """Every config field that a registered method declares: name -> (its `config_fields` class, the field)."""
+    if _FIELDS_SEEN[0] != len(_REGISTRY):  # the registry only grows: recompute when it did
+        fields = {}
+        for cls in _REGISTRY.values():
+            for field in _fields_of(cls):
+                owners = cls.config_fields.__mro__
+                owner = next(c for c in owners if field.name in c.__dict__.get("__annotations__", {}))
+                fields.setdefault(field.name, (owner, field))
+        _FIELDS_SEEN[:] = [len(_REGISTRY), fields]
+    return _FIELDS_SEEN[1]
 
 
 def adapter_linear(in_features: int, out_features: int, bias: bool = True, zero_init: bool = False) -> nn.Linear:
@@ -79,12 +129,15 @@ class CacheState:
         cache_labels (`torch.LongTensor` of shape `(NK,)`): the class of each cache entry.
         logit_scale (`float` or 0-dim `torch.Tensor`): `s` (a tensor when read from the backbone, so that forward
             never synchronises with the device to read it).
+        shots (`int`, *optional*): `K` when the cache holds K entries per class sorted by class (label ``i // K`` at
+            position ``i``): class sums are then a reshape and a sum; `None` for any other layout (an index-add).
     """
 
     class_embeds: torch.Tensor
     cache_embeds: torch.Tensor
     cache_labels: torch.Tensor
     logit_scale: float | torch.Tensor
+    shots: int | None = None
 
     @property
     def num_classes(self) -> int:
@@ -92,11 +145,13 @@ class CacheState:
 
 
 @dataclass
-class MethodOutput:
-    """What a method returns; the model wraps it into [`XMAdapterImageClassifierOutput`]."""
+class MethodOutput(ModelOutput):
+    """What a method returns: the fields of [`XMAdapterImageClassifierOutput`] but `loss` and `image_embeds`, under the
+    same names, so that the model's output is ``XMAdapterImageClassifierOutput(loss=..., image_embeds=...,
+    **method_output)``. Shapes: `(B, N)` for the logits, `(B,)` for `affinity_ratio` and `disagreement`."""
 
-    logits: torch.Tensor
-    zero_shot_logits: torch.Tensor
+    logits: torch.Tensor | None = None
+    zero_shot_logits: torch.Tensor | None = None
     cache_logits: torch.Tensor | None = None
     image_cache_logits: torch.Tensor | None = None
     text_cache_logits: torch.Tensor | None = None
@@ -104,68 +159,152 @@ class MethodOutput:
     disagreement: torch.Tensor | None = None
 
 
-def chunked_cache_logits(
-    queries: torch.Tensor,
-    keys: torch.Tensor,
-    cache_labels: torch.Tensor,
-    num_classes: int,
-    sharpness: float,
-    chunk_size: int,
-    normalize_keys: bool = False,
-) -> torch.Tensor:
-    """``exp(-beta (1 - q K^T)) L`` computed over chunks of cache entries, so memory is O(B * chunk + B * N).
+@dataclass(frozen=True)
+class TrainingRecipe:
+    """How a method trains, from its authors' code (docs/methods.md cites each source).
 
-    Keys are cast to float32 chunk by chunk (the cache may be stored in half precision); ``normalize_keys``
-    renormalises each key first.
+    `training.recipe_arguments` turns it into `TrainingArguments` (so every field can be overridden there) and
+    `training.fit` trains with those arguments.
+
+    Attributes:
+        optimizer (`str`): `"adamw"` (decoupled weight decay) or `"adam"` (weight decay added to the gradient, L2).
+        learning_rate (`float`), weight_decay (`float`), eps (`float`), betas (`tuple[float, float]`): its settings.
+        lr_scheduler_type (`str`): a transformers schedule name (`"cosine"`: per step, to zero).
+        warmup_steps (`int`): linear warm-up steps.
+        max_grad_norm (`float`): gradient clipping; 0 = none.
+        epochs (`int`): passes over the few-shot set.
+        batch_size (`int`): at most this many items per step ...
+        min_steps_per_epoch (`int`): ... and at least this many steps per epoch (a few-shot set of 160 images at batch
+            256 would take one step an epoch), see `training.steps_batch_size`.
     """
-    out = queries.new_zeros(queries.shape[0], num_classes, dtype=torch.float32)
-    for start in range(0, keys.shape[0], chunk_size):
-        k = keys[start : start + chunk_size].float()
-        if normalize_keys:
-            k = Fn.l2_normalize(k)
-        a = Fn.affinity(queries, k, sharpness)  # (B, chunk)
-        # in place: an out-of-place index_add allocates a fresh (B, N) tensor per chunk (100 MB at B = 256 and
-        # N = 100k, page-faulted anew every time); autograd supports the in-place form (it keeps only the index)
-        out.index_add_(1, cache_labels[start : start + chunk_size], a)  # (B, chunk) -> (B, N)
-    return out
+
+    optimizer: str = "adamw"
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    eps: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    lr_scheduler_type: str = "cosine"
+    warmup_steps: int = 0
+    max_grad_norm: float = 0.0
+    epochs: int = 20
+    batch_size: int = 256
+    min_steps_per_epoch: int = 8
+
+
+@dataclass
+class CacheTerm:
+    """One cache of a [`SearchSpace`]: its query-key cosines, its weight in the fusion, and the sharpness it searches.
+
+    Attributes:
+        cosines (`torch.Tensor` of shape `(M, NK)`): float32 cosines of the validation queries with the cache keys.
+        sharpness_field (`str`): the config field holding this cache's sharpness.
+        weight (`torch.Tensor` of shape `(M, 1)` or `(1, 1)`, *optional*): its weight in the fused affinity
+            (XMAdapter's ``gamma`` / ``1 - gamma``); `None` = 1.
+    """
+
+    cosines: torch.Tensor
+    sharpness_field: str
+    weight: torch.Tensor | None = None
+
+
+@dataclass
+class SearchSpace:
+    """What the validation search scores: ``logits = zero_shot + alpha * sum_t weight_t exp(-beta_t (1 - cos_t)) L``.
+
+    The search picks the first term's sharpness jointly with ``alpha`` (`residual_ratio_field`), then each other term's
+    sharpness on its own 1-D grid (coordinate-wise), and writes the chosen values into those config fields.
+    """
+
+    zero_shot_logits: torch.Tensor
+    cache_labels: torch.Tensor
+    terms: list[CacheTerm]
+    residual_ratio_field: str = "residual_ratio"
+    shots: int | None = None
 
 
 class AdapterMethod(nn.Module):
-    """Base class of a method: a small module mapping normalised image embeddings to logits.
+    """Base class of a method: a small module mapping normalised image embeddings `(B, C)` to a [`MethodOutput`].
 
-    Subclasses set `trainable` and implement `forward(image_embeds, state, labels=None, cache_index=None)`.
-    Methods whose parameters depend on the cache shape override `resize_cache(num_entries)` and
-    `init_from_cache(state)`; `build_cache` calls both before any optimiser exists.
+    Subclasses set the class attributes below, implement `forward(image_embeds, state, labels=None,
+    cache_index=None)`, and override the hooks they need (see the module docstring).
     """
 
     name: ClassVar[str] = ""
     trainable: ClassVar[bool] = False
     uses_cache: ClassVar[bool] = False
+    config_fields: ClassVar[type | None] = None
+    recipe: ClassVar[TrainingRecipe | None] = None
+    cache_parameters: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, config: XMAdapterConfig, embed_dim: int):
+    def __init__(self, config, embed_dim: int):
         super().__init__()
         self.config = config
         self.embed_dim = embed_dim
 
+    # ------------------------------------------------------------------------------------------------- config
     @classmethod
-    def measures_disagreement(cls, config: XMAdapterConfig) -> bool:
-        """Whether the method returns the cross-modal disagreement ``d`` under ``config`` (the `disagreement`
-        hard-sample criterion needs it). `False` unless a method says otherwise."""
+    def validate_config(cls, config) -> None:
+        """Checks between fields of ``config`` beyond each field's own validators (none by default)."""
+
+    @classmethod
+    def measures_disagreement(cls, config) -> bool:
+        """Whether the method returns the cross-modal disagreement ``d`` under ``config`` (`False` by default)."""
         return False
 
+    # ------------------------------------------------------------------------------------------------- cache
     def resize_cache(self, num_entries: int) -> None:
-        """(Re)creates cache-shaped parameters for ``num_entries`` entries (no-op by default)."""
+        """Makes every `cache_parameters` tensor ``num_entries`` rows long, keeping the rows it has (new rows: zero),
+        its dtype and whether it trains."""
+        for name in self.cache_parameters:
+            old = getattr(self, name)
+            if old.shape[0] == num_entries:
+                continue
+            new = old.new_zeros(num_entries, *old.shape[1:])  # (NK, ...) in the storage dtype (no float32 transient)
+            keep = min(num_entries, old.shape[0])
+            new[:keep] = old.detach()[:keep]
+            setattr(self, name, nn.Parameter(new, requires_grad=old.requires_grad))
 
-    def init_from_cache(self, state: CacheState) -> None:
-        """Initialises cache-shaped parameters from the freshly built cache (no-op by default)."""
+    def init_from_cache(self, state: CacheState, start: int = 0) -> None:
+        """Sets rows ``start:`` of every `cache_parameters` tensor from the cache embeddings (the initial keys)."""
+        with torch.no_grad():
+            for name in self.cache_parameters:
+                getattr(self, name)[start:].copy_(state.cache_embeds[start:])  # casts in place
 
     def cast_cache(self, dtype: torch.dtype) -> None:
-        """Stores cache-shaped parameters in ``dtype``; half types freeze them (see `half_cache`). No-op by default."""
+        """Stores the `cache_parameters` in ``dtype``: float32 ones train, half-precision ones are frozen storage."""
+        for name in self.cache_parameters:
+            old = getattr(self, name)
+            if old.dtype != dtype:
+                setattr(self, name, nn.Parameter(old.detach().to(dtype), requires_grad=dtype == torch.float32))
 
-    def parameter_groups(self, learning_rate: float) -> list[dict]:
-        """Optimiser parameter groups; one group at ``learning_rate`` unless a method needs more."""
+    # ---------------------------------------------------------------------------------------------- training
+    def parameter_groups(self, learning_rate: float, weight_decay: float) -> list[dict[str, Any]]:
+        """Optimiser parameter groups: every trainable parameter at ``learning_rate`` and ``weight_decay``."""
         params = [p for p in self.parameters() if p.requires_grad]
-        return [{"params": params, "lr": learning_rate}] if params else []
+        return [{"params": params, "lr": learning_rate, "weight_decay": weight_decay}] if params else []
+
+    def search_space(self, image_embeds: torch.Tensor, state: CacheState) -> SearchSpace | None:
+        """What the validation search tunes on normalised validation embeddings `(M, C)`; `None`: nothing."""
+        return None
+
+    def logit_parts(self, output: MethodOutput) -> dict[str, torch.Tensor]:
+        """What each named term adds to ``output.logits``: name -> `(B, N)` float32 (zero-shot CLIP by default). The
+        terms sum to the logits, or a reader takes what remains as the adapter's own term."""
+        return {"zero_shot": output.zero_shot_logits.float()}
+
+    # ------------------------------------------------------------------------------------------------ export
+    def export_constants(self, state: CacheState) -> dict[str, torch.Tensor]:
+        """Inference-time tensors that an exported graph holds as constants rather than computing them at every call
+        (called in eval mode without autograd); none by default."""
+        return {}
+
+    def export_forward(
+        self, image_embeds: torch.Tensor, state: CacheState, constants: dict[str, torch.Tensor]
+    ) -> MethodOutput:
+        """The eval-mode forward that `torch.export` traces for ONNX: the outputs of `forward`, reading
+        ``constants`` (from `export_constants`), with no Python loop whose count depends on the batch size (the
+        exporter would fix the batch axis to the example's). By default `forward` itself."""
+        return self(image_embeds, state)
 
     def forward(self, image_embeds, state: CacheState, labels=None, cache_index=None) -> MethodOutput:
         raise NotImplementedError

@@ -1,18 +1,51 @@
-"""Multi-Modal Adapter (Seputis et al., 2024; docs/methods.md): attention over class texts and image at once."""
+"""Multi-Modal Adapter (Seputis et al., 2024; docs/methods.md): attention over the class texts and the image."""
 
-from __future__ import annotations
+from dataclasses import dataclass
 
 import torch
+from huggingface_hub.dataclasses import strict, validated_field
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .. import functional as Fn
-from .base import AdapterMethod, CacheState, MethodOutput, as_input_of, register_method
+from ..validation import at_least, in_interval, one_of
+from .base import AdapterMethod, CacheState, MethodOutput, TrainingRecipe, as_input_of, register_method
 
-__all__ = ["MMA_NUM_HEADS", "MultiModalAdapter", "mma_attention_mask", "mma_dims"]
+__all__ = [
+    "MMA_MASKS",
+    "MMA_NUM_HEADS",
+    "MultiModalAdapter",
+    "MultiModalAdapterFields",
+    "mma_attention_mask",
+    "mma_dims",
+]
 
 #: Attention heads of the authors' code.
 MMA_NUM_HEADS = 4
+#: The attention masks `mma_mask` can name (see [`mma_attention_mask`]).
+MMA_MASKS = ("additive", "cross-modal")
+
+
+@strict
+@dataclass(kw_only=True)
+class MultiModalAdapterFields:
+    r"""The Multi-Modal Adapter's fields of [`XMAdapterConfig`].
+
+    Args:
+        mma_blend (`float`, *optional*, defaults to 0.2):
+            `lambda`, the blend `x' = normalise(lambda * adapter(x) + (1 - lambda) * x)`, in [0, 1].
+        mma_mask (`str`, *optional*, defaults to `"additive"`):
+            `additive` (the authors' code: a float 0/1 mask added to the attention scores, nothing blocked) or
+            `cross-modal` (the image token sees all tokens; each text token sees itself and the image token).
+        mma_chunk_size (`int`, *optional*, defaults to 32):
+            Images per chunk of the attention (its memory grows as B * (N + 1)^2).
+    """
+
+    mma_blend: int | float = validated_field(
+        in_interval("mma_blend", 0.0, 1.0), default=0.2, metadata={"symbol": "lambda"}
+    )
+    mma_mask: str = validated_field(one_of("mma_mask", MMA_MASKS), default="additive")
+    mma_chunk_size: int = validated_field(at_least("mma_chunk_size", 1), default=32)
 
 
 def mma_dims(embed_dim: int, num_heads: int = MMA_NUM_HEADS) -> tuple[int, int]:
@@ -55,7 +88,7 @@ def mma_attention_mask(num_classes: int, kind: str, device: torch.device | str |
         blocked[:, n] = False  # every token sees the image
         blocked[n, :] = False  # the image sees every token
         return blocked
-    raise ValueError(f"`mma_mask` must be 'additive' or 'cross-modal'; got {kind!r}.")
+    raise ValueError(f"`mma_mask` must be one of {', '.join(MMA_MASKS)}; got {kind!r}.")
 
 
 @register_method("multimodal-adapter")
@@ -80,7 +113,12 @@ class MultiModalAdapter(AdapterMethod):
     then about one chunk's forward and backward.
 
     Note: the key bias of the attention's input projection gets no gradient (a per-query constant added to every
-    score leaves the softmax unchanged); this is a property of attention, not of this implementation.
+    score leaves the softmax unchanged); this is a property of attention, not of this implementation. In floats its
+    gradient is rounding noise, which Adam (it divides by the gradient's own scale) would turn into steps of up to the
+    learning rate, different from run to run: the noise is dropped (a gradient hook zeroes that slice).
+
+    Recipe: the authors' Adam (weight decay added to the gradient) at lr 5e-3, weight decay 1e-4, 200 epochs, batch
+    256, cosine schedule.
 
     Args:
         config ([`XMAdapterConfig`]): reads `mma_blend` (``lambda``), `mma_mask` and `mma_chunk_size`.
@@ -88,6 +126,8 @@ class MultiModalAdapter(AdapterMethod):
     """
 
     trainable = True
+    config_fields = MultiModalAdapterFields
+    recipe = TrainingRecipe(optimizer="adam", learning_rate=5e-3, eps=1e-8, weight_decay=1e-4, epochs=200)
 
     def __init__(self, config, embed_dim: int):
         super().__init__(config, embed_dim)
@@ -96,6 +136,9 @@ class MultiModalAdapter(AdapterMethod):
         # The authors' down-sampler is two linear layers without an activation between them.
         self.downsampler = nn.Sequential(nn.Linear(embed_dim, bottleneck), nn.Linear(bottleneck, attention_dim))
         self.attention = nn.MultiheadAttention(attention_dim, MMA_NUM_HEADS, batch_first=True)
+        keys = torch.zeros(3 * attention_dim, dtype=torch.bool)
+        keys[attention_dim : 2 * attention_dim] = True  # in_proj_bias = [query bias, key bias, value bias]
+        self.attention.in_proj_bias.register_hook(lambda grad: grad.masked_fill(keys.to(grad.device), 0.0))
         self.upsampler = nn.Sequential(
             nn.Linear(attention_dim, bottleneck), nn.GELU(), nn.Linear(bottleneck, embed_dim)
         )
@@ -153,20 +196,30 @@ class MultiModalAdapter(AdapterMethod):
             return torch.bmm(text.float(), image.float().unsqueeze(-1)).squeeze(-1)  # (b, N, C) @ (b, C, 1) -> (b, N)
 
     def forward(self, image_embeds, state: CacheState, labels=None, cache_index=None) -> MethodOutput:
+        return self._forward(image_embeds, state, self.config.mma_chunk_size)
+
+    def export_forward(self, image_embeds, state: CacheState, constants: dict[str, torch.Tensor]) -> MethodOutput:
+        """The whole batch at once: the loop over chunks of it would make `torch.export` fix the batch size. The mask
+        is built in the graph (as a constant it would take (N+1)^2 floats: 400 MB at N = 10k)."""
+        return self._forward(image_embeds, state, None)
+
+    def _forward(self, image_embeds, state: CacheState, chunk: int | None) -> MethodOutput:
+        """The forward over chunks of ``chunk`` images (`None`: the whole batch in one)."""
         image = image_embeds.float()  # (B, C)
         class_embeds = Fn.l2_normalize(state.class_embeds.float())  # (N, C)
         zs = Fn.zero_shot_logits(image, class_embeds, state.logit_scale)  # (B, N)
         mask = mma_attention_mask(class_embeds.shape[0], self.config.mma_mask, device=image.device)
-        chunk = self.config.mma_chunk_size
+        if chunk is None:
+            cosines = self._chunk_cosines(image, class_embeds, mask)  # (B, N)
+            return MethodOutput(logits=state.logit_scale * cosines, zero_shot_logits=zs)
         # Without checkpointing, every chunk's activations would stay alive until backward: no memory saved.
         trainable = any(p.requires_grad for p in self.parameters())
         recompute = torch.is_grad_enabled() and trainable and image.shape[0] > chunk
-        cosines = []
+        parts = []
         for start in range(0, image.shape[0], chunk):
             part = image[start : start + chunk]  # (b, C)
             if recompute:
-                cosines.append(checkpoint(self._chunk_cosines, part, class_embeds, mask, use_reentrant=False))
+                parts.append(checkpoint(self._chunk_cosines, part, class_embeds, mask, use_reentrant=False))
             else:
-                cosines.append(self._chunk_cosines(part, class_embeds, mask))
-        logits = state.logit_scale * torch.cat(cosines, dim=0)  # (B, N)
-        return MethodOutput(logits=logits, zero_shot_logits=zs)
+                parts.append(self._chunk_cosines(part, class_embeds, mask))
+        return MethodOutput(logits=state.logit_scale * torch.cat(parts, dim=0), zero_shot_logits=zs)  # (B, N)

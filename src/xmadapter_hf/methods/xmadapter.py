@@ -1,19 +1,59 @@
-"""XMAdapter (docs/methods.md): an image cache and a text cache, fused with an adaptive affinity ratio."""
-
-from __future__ import annotations
+"""XMAdapter (Yang et al., ICME 2024; docs/methods.md): an image and a text cache, fused with an adaptive ratio."""
 
 import math
-import weakref
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+from huggingface_hub.dataclasses import strict, validated_field
 from torch import nn
 
 from .. import functional as Fn
-from .base import CacheState, MethodOutput, adapter_linear, as_input_of, chunked_cache_logits, register_method
-from .tip_adapter import TipAdapterF
+from ..validation import at_least, in_interval
+from . import cache
+from .base import CacheState, CacheTerm, MethodOutput, SearchSpace, adapter_linear, as_input_of, register_method
+from .tip_adapter import TipAdapterF, TipAdapterFFields, sharpness_validator
 
-__all__ = ["XMAdapter"]
+__all__ = ["XMAdapter", "XMAdapterFields"]
+
+
+@strict
+@dataclass(kw_only=True)
+class XMAdapterFields(TipAdapterFFields):
+    r"""XMAdapter's fields of [`XMAdapterConfig`]: Tip-Adapter-F's, and
+
+    Args:
+        text_sharpness (`float`, *optional*, defaults to 1.0):
+            `beta_txt`, the text cache's sharpness, in (0, 100]. Searched on validation after (beta, alpha).
+        text_dim (`int`, *optional*):
+            `D`, the dimension of the shared text space. `None` = projection dim // 4.
+        meta_reduction (`int`, *optional*, defaults to 16):
+            `r`, MetaNet's bottleneck `C -> max(C / r, 8) -> C` (as CoCoOp's meta-net; at least 8 hidden units so that
+            a tiny backbone's ReLUs cannot all be dead).
+        use_text_cache (`bool`, *optional*, defaults to `True`):
+            The text cache. `False` builds none of the text-side modules: XMAdapter is then Tip-Adapter-F.
+        affinity_ratio_init (`float`, *optional*, defaults to 0.5):
+            `gamma_0`, the initial weight of the image cache, in (0, 1).
+        dynamic_affinity_ratio (`bool`, *optional*, defaults to `False`):
+            `gamma = sigmoid(gamma_logit + gate(f))` with a linear gate on the query embedding.
+        affinity_ratio_lr_multiplier (`float`, *optional*, defaults to 10.0):
+            Learning-rate multiplier of the affinity-ratio logit (a single scalar barely moves at the base rate).
+    """
+
+    text_sharpness: int | float = validated_field(
+        sharpness_validator("text_sharpness"), default=1.0, metadata={"symbol": "beta_txt"}
+    )
+    text_dim: int | None = validated_field(at_least("text_dim", 1), default=None, metadata={"symbol": "D"})
+    meta_reduction: int = validated_field(at_least("meta_reduction", 1), default=16)
+    use_text_cache: bool = True
+    affinity_ratio_init: int | float = validated_field(
+        in_interval("affinity_ratio_init", 0.0, 1.0, low_open=True, high_open=True),
+        default=0.5,
+        metadata={"symbol": "gamma_0"},
+    )
+    dynamic_affinity_ratio: bool = False
+    affinity_ratio_lr_multiplier: int | float = validated_field(
+        in_interval("affinity_ratio_lr_multiplier", 0.0, math.inf, low_open=True, high_open=True), default=10.0
+    )
 
 
 @register_method("xmadapter")
@@ -27,16 +67,19 @@ class XMAdapter(TipAdapterF):
     gamma  = sigmoid(gamma_logit [+ gate(f)])
     logits = s f W^T + alpha * (gamma * A_img L + (1 - gamma) * A_txt L)
     ```
-    With `use_text_cache=False` none of the text-side modules exist and this is exactly Tip-Adapter-F. Since
-    ``L`` is linear, the fused cache logits are computed as the fusion of the per-modality cache logits, which the
-    output reports separately. The text keys depend only on weights and buffers: in an eager forward without autograd
-    they are computed once and reused until a tensor they depend on changes (see [`text_keys`]); under autograd and
-    inside `torch.compile` they are computed in the forward itself.
+    With `use_text_cache=False` none of the text-side modules exist and this is exactly Tip-Adapter-F. Since ``L`` is
+    linear, the fused cache logits are the fusion of the per-modality cache logits, which the output reports.
+
+    The text keys depend on weights and buffers only. Without autograd they are remembered (`text_keys`): kept in a
+    buffer with a fingerprint of what they were built from, and rebuilt when the fingerprint changes, in eager mode
+    and inside `torch.compile` alike. Recipe: Tip-Adapter-F's, the affinity-ratio logit at
+    `affinity_ratio_lr_multiplier` times the learning rate.
     """
+
+    config_fields = XMAdapterFields
 
     def __init__(self, config, embed_dim: int):
         super().__init__(config, embed_dim)
-        self._text_keys_memo: _TextKeysMemo | None = None
         self.text_key_computations = 0  # how often the text keys were built in eager mode (tests check the memo)
         if not config.use_text_cache:
             return
@@ -54,6 +97,10 @@ class XMAdapter(TipAdapterF):
         )
         self.affinity_ratio_logit = nn.Parameter(torch.tensor(0.0))
         self.affinity_gate = adapter_linear(embed_dim, 1, zero_init=True) if config.dynamic_affinity_ratio else None
+        # The remembered text keys and a fingerprint of their inputs (never saved; float32 whatever the model's dtype)
+        self.register_buffer("memo_keys", torch.zeros(config.cache_size, text_dim), persistent=False)
+        self.register_buffer("memo_inputs", torch.zeros(self._fingerprint_size(config.cache_size)), persistent=False)
+        self.reset_memo()
         self.reset_own_parameters()
 
     def reset_own_parameters(self) -> None:
@@ -67,54 +114,113 @@ class XMAdapter(TipAdapterF):
     def measures_disagreement(cls, config) -> bool:
         return config.use_text_cache
 
-    def parameter_groups(self, learning_rate: float) -> list[dict]:
+    def parameter_groups(self, learning_rate: float, weight_decay: float) -> list[dict]:
         ratio = [p for n, p in self.named_parameters() if n == "affinity_ratio_logit" and p.requires_grad]
         rest = [p for n, p in self.named_parameters() if n != "affinity_ratio_logit" and p.requires_grad]
-        groups = [{"params": rest, "lr": learning_rate}]
+        groups = [{"params": rest, "lr": learning_rate, "weight_decay": weight_decay}]
         if ratio:
-            groups.append({"params": ratio, "lr": learning_rate * self.config.affinity_ratio_lr_multiplier})
+            multiplier = self.config.affinity_ratio_lr_multiplier
+            groups.append({"params": ratio, "lr": learning_rate * multiplier, "weight_decay": weight_decay})
         return groups
 
-    # ------------------------------------------------------------------------------------------------ text side
+    # ----------------------------------------------------------------------------------------------- text keys
     def compute_text_keys(self, state: CacheState) -> torch.Tensor:
         """``T = normalise(P_t normalise(W[y] + MetaNet(E)))``, (NK, D) float32, always recomputed.
 
-        MetaNet and ``P_t`` run in their weights' dtype; the sums and normalisations in float32.
+        MetaNet and ``P_t`` run in their weights' dtype; the sums and normalisations in float32. In chunks of entries:
+        float32 (NK, C) intermediates of a 1.6M-entry cache would take 3 GiB each, the keys themselves (NK, D).
         """
         if not torch.compiler.is_compiling():  # a Python counter would be a recompiling guard under torch.compile
             self.text_key_computations += 1
         class_embeds = state.class_embeds.float()  # (N, C)
         chunk, keys = self.config.cache_chunk_size, []
-        # In chunks of entries: float32 (NK, C) intermediates of a 1.6M-entry cache would take 3 GiB each, while the
-        # keys themselves are (NK, D) with D = C / 4.
         for start in range(0, state.cache_embeds.shape[0], chunk):
-            cache = state.cache_embeds[start : start + chunk].float()  # (chunk, C)
+            entries = state.cache_embeds[start : start + chunk].float()  # (chunk, C)
             class_text = class_embeds[state.cache_labels[start : start + chunk]]  # (chunk, C)
-            conditioned = Fn.l2_normalize(class_text + self.meta_net(as_input_of(self.meta_net, cache)).float())
+            conditioned = Fn.l2_normalize(class_text + self.meta_net(as_input_of(self.meta_net, entries)).float())
             projected = self.text_projection(as_input_of(self.text_projection, conditioned))  # (chunk, D)
             keys.append(Fn.l2_normalize(projected.float()))
         return keys[0] if len(keys) == 1 else torch.cat(keys)  # (NK, D)
 
     def text_keys(self, state: CacheState) -> torch.Tensor:
-        """The text keys: recomputed under autograd and inside `torch.compile`, memoised in an eager no-grad forward.
+        """The text keys `(NK, D)`: computed in the forward under autograd, remembered without it.
 
-        The memo is reused only while (a) every tensor it was built from is the same object, not modified in place
-        (version counter), with the same dtype, device and shape, and (b) the text-side weights (MetaNet, ``P_t``),
-        the class text embeddings ``W`` and the cache labels equal, value for value, a copy taken when it was built.
-        (b) is what sees writes through `.data` (an EMA update), which bypass version counters. The frozen cache ``E``
-        is checked by (a) only (a copy would double its memory): `set_cache`, `load_state_dict` and in-place ops on it
-        are seen, a write through `cache_embeds.data` is not. The check costs one comparison of about
-        C * (2 C / r + D) + N * C + NK values, against NK * C * (2 C / r + D) multiply-adds to rebuild the keys; on
-        a GPU the comparison is one host synchronisation. Compiled code skips the memo (a data-dependent branch
-        would break the graph or synchronise with the device) and computes the keys in the graph, always current.
+        The remembered keys are reused while a fingerprint of their inputs is unchanged: the text-side weights and the
+        cache labels value for value, and, per cache entry, ``W[y] . v`` and ``E . v`` for a fixed vector ``v`` to
+        within float rounding (1e-5 relative: eager and compiled code round these sums differently), so a change to
+        ``W`` or ``E`` is seen unless it is orthogonal to ``v`` or below rounding. Writes through `.data` (an EMA
+        update), in-place ops, `load_state_dict` and new tensors are all seen, because values are compared, not
+        version counters. The check costs about C (2C/r + D) + N C + 2 NK C multiply-adds against NK C (2C/r + D) to
+        rebuild the keys. The decision is a tensor: eagerly it is one host synchronisation on an accelerator; inside
+        `torch.compile` it is a `torch.cond`, so a compiled forward rebuilds the keys only when they changed and never
+        breaks the graph. Under `torch.export` (ONNX) the keys are computed in the graph, from constants.
         """
-        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        if torch.is_grad_enabled() or torch.compiler.is_exporting():
             return self.compute_text_keys(state)
-        memo = self._text_keys_memo
-        if memo is None or not memo.matches(self, state):
-            self._text_keys_memo = memo = _TextKeysMemo(self, state, self.compute_text_keys(state))
-        return memo.keys
+        inputs = self._fingerprint(state)  # (P + 3 NK,): the exact part, then the projections
+        exact, memo = self._fingerprint_size(state.cache_labels.shape[0], exact_only=True), self.memo_inputs
+        moved = (inputs[exact:] - memo[exact:]).abs() > 1e-5 * (1.0 + memo[exact:].abs())
+        changed = (inputs[:exact] != memo[:exact]).any() | moved.any()  # NaN (a fresh memo) differs from everything
+        if torch.compiler.is_compiling():
+            keys = torch.cond(
+                changed,
+                lambda E, W, y, memo: self.compute_text_keys(CacheState(W, E, y, 1.0)),
+                lambda E, W, y, memo: memo.clone(),
+                (state.cache_embeds, state.class_embeds, state.cache_labels, self.memo_keys),
+            )
+            self.memo_keys.copy_(keys)
+            self.memo_inputs.copy_(inputs)
+            return keys
+        if bool(changed):
+            keys = self.compute_text_keys(state)
+            if self.memo_keys.is_inference() and not torch.is_inference_mode_enabled():
+                self.memo_keys, self.memo_inputs = keys.clone(), inputs.clone()  # made in inference mode: replace
+            else:
+                self.memo_keys.copy_(keys)
+                self.memo_inputs.copy_(inputs)
+        return self.memo_keys
 
+    def _text_side_weights(self) -> list[torch.Tensor]:
+        return [*self.meta_net.parameters(), *self.text_projection.parameters()]
+
+    def _fingerprint_size(self, num_entries: int, exact_only: bool = False) -> int:
+        """P weights and NK labels compared exactly, then 2 NK projections compared to within rounding."""
+        return sum(p.numel() for p in self._text_side_weights()) + (1 if exact_only else 3) * num_entries
+
+    def _fingerprint(self, state: CacheState) -> torch.Tensor:
+        """What the text keys are built from, condensed: `(P + 3 NK,)` float32 (see `text_keys`)."""
+        direction = self._probe_direction(state.class_embeds.device)  # (C,)
+        weights = [p.detach().reshape(-1).float() for p in self._text_side_weights()]
+        classes = (state.class_embeds.float() @ direction)[state.cache_labels]  # (NK,)
+        chunk = self.config.cache_chunk_size
+        entries = [part.float() @ direction for part in state.cache_embeds.split(chunk)]  # (NK,) chunk by chunk
+        return torch.cat([*weights, state.cache_labels.float(), classes, *entries])
+
+    def _probe_direction(self, device) -> torch.Tensor:
+        """A fixed direction ``v`` (C,) with no special structure (cosines of multiples of the golden angle)."""
+        return torch.cos(torch.arange(self.embed_dim, device=device, dtype=torch.float32) * 2.399963229728653)
+
+    def reset_memo(self) -> None:
+        """Forgets the remembered text keys (the next forward without autograd rebuilds them)."""
+        if self.config.use_text_cache:
+            self.memo_inputs.fill_(float("nan"))
+
+    def resize_cache(self, num_entries: int) -> None:
+        super().resize_cache(num_entries)
+        if self.config.use_text_cache and self.memo_keys.shape[0] != num_entries:
+            device = self.memo_keys.device
+            self.memo_keys = torch.zeros(num_entries, self.memo_keys.shape[1], device=device)
+            self.memo_inputs = torch.full((self._fingerprint_size(num_entries),), float("nan"), device=device)
+
+    def _apply(self, fn, recurse=True):
+        # `model.to(dtype)` casts buffers: the memo stays float32 (the affinity maths is float32) and is rebuilt.
+        super()._apply(fn, recurse)
+        if self.config.use_text_cache and self.memo_keys.dtype != torch.float32:
+            self.memo_keys, self.memo_inputs = self.memo_keys.float(), self.memo_inputs.float()
+        self.reset_memo() if self.config.use_text_cache and not self.memo_inputs.is_meta else None
+        return self
+
+    # --------------------------------------------------------------------------------------------- the query side
     def affinity_ratio(self, image_embeds: torch.Tensor) -> torch.Tensor:
         """``gamma`` per query, (B, 1), float32."""
         logit = self.affinity_ratio_logit.float().expand(image_embeds.shape[0], 1)
@@ -127,27 +233,49 @@ class XMAdapter(TipAdapterF):
         """``g = normalise(Img2TxtNet(f))``, (B, C) -> (B, D) float32."""
         return Fn.l2_normalize(self.img2txt(as_input_of(self.img2txt, image_embeds.float())).float())
 
-    # ------------------------------------------------------------------------------------------------- forward
+    # -------------------------------------------------------------------------------------------------- forward
     def forward(self, image_embeds, state: CacheState, labels=None, cache_index=None) -> MethodOutput:
-        zs = Fn.zero_shot_logits(image_embeds, state.class_embeds, state.logit_scale)
-        image_cache = self.image_cache_logits(image_embeds, state)  # (B, N)
         if not self.config.use_text_cache:
-            logits = zs + self.config.residual_ratio * image_cache
-            return MethodOutput(logits, zs, cache_logits=image_cache, image_cache_logits=image_cache)
-        text_keys = self.text_keys(state)
-        query = self.query_text_embeds(image_embeds)
-        n, chunk = state.num_classes, self.config.cache_chunk_size
-        text_cache = chunked_cache_logits(query, text_keys, state.cache_labels, n, self.config.text_sharpness, chunk)
+            return super().forward(image_embeds, state)
+        return self._fused_forward(image_embeds, state, self.text_keys(state), labels, cache_index)
+
+    def export_constants(self, state: CacheState) -> dict[str, torch.Tensor]:
+        """The text keys, computed once: inside `torch.export` they would be rebuilt at every call."""
+        return {"text_keys": self.text_keys(state).detach()} if self.config.use_text_cache else {}
+
+    def export_forward(self, image_embeds, state: CacheState, constants: dict[str, torch.Tensor]) -> MethodOutput:
+        if not self.config.use_text_cache:
+            return super().export_forward(image_embeds, state, constants)
+        return self._fused_forward(image_embeds, state, constants["text_keys"])
+
+    def _fused_forward(self, image_embeds, state: CacheState, text_keys, labels=None, cache_index=None):
+        """The forward with both caches, given the text keys `(NK, D)`."""
+        zs = Fn.zero_shot_logits(image_embeds, state.class_embeds, state.logit_scale)  # (B, N)
+        image_cache = self.image_cache_logits(image_embeds, state)  # (B, N)
+        query = self.query_text_embeds(image_embeds)  # (B, D)
+        text_cache = cache.cache_logits(
+            query, text_keys, state.cache_labels, state.num_classes, self.config.text_sharpness,
+            self.config.cache_chunk_size, shots=state.shots,
+        )  # fmt: skip
         gamma = self.affinity_ratio(image_embeds)  # (B, 1)
-        cache = Fn.fuse_affinities(image_cache, text_cache, gamma)  # fusing A then L == fusing A L (L is linear)
-        logits = zs + self.config.residual_ratio * cache
+        fused = Fn.fuse_affinities(image_cache, text_cache, gamma)  # fusing A then L == fusing A L (L is linear)
+        logits = zs + self.config.residual_ratio * fused
         disagreement = None
         if labels is not None and self.config.hard_sample_strength > 0:
             if self.config.hard_sample_criterion == "disagreement":
                 disagreement = self.disagreement(
                     image_embeds, query, text_keys, image_cache, text_cache, state, labels, cache_index
                 )
-        return MethodOutput(logits, zs, cache, image_cache, text_cache, gamma.squeeze(-1), disagreement)
+        return MethodOutput(logits, zs, fused, image_cache, text_cache, gamma.squeeze(-1), disagreement)
+
+    def logit_parts(self, output: MethodOutput) -> dict[str, torch.Tensor]:
+        """Zero-shot, ``alpha gamma A_img L`` (the image cache) and ``alpha (1 - gamma) A_txt L`` (the text cache)."""
+        alpha, gamma = self.config.residual_ratio, output.affinity_ratio.float().unsqueeze(-1)  # (B, 1)
+        return {
+            "zero_shot": output.zero_shot_logits.float(),
+            "image_cache": alpha * gamma * output.image_cache_logits.float(),
+            "text_cache": alpha * (1 - gamma) * output.text_cache_logits.float(),
+        }
 
     @torch.no_grad()
     def disagreement(self, image_embeds, query, text_keys, image_cache, text_cache, state, labels, cache_index):
@@ -156,57 +284,30 @@ class XMAdapter(TipAdapterF):
         A training image is also a cache entry, so its own entry (affinity close to 1) is removed from both caches'
         class scores before comparing them. Entries with ``cache_index < 0`` are not in the cache.
         """
-        image_cache, text_cache = image_cache.detach().clone(), text_cache.detach().clone()
+        image_cache, text_cache = image_cache.detach(), text_cache.detach()
         if cache_index is not None:
-            index = cache_index.long()
-            inside = index >= 0
-            safe = index.clamp(min=0)
-            keys = self.keys(state)[safe].float()
-            if self.config.normalize_keys:
-                keys = Fn.l2_normalize(keys)
-            self_img = torch.exp(-self.config.sharpness * (1 - (image_embeds.float() * keys).sum(-1)))
-            self_txt = torch.exp(-self.config.text_sharpness * (1 - (query * text_keys[safe]).sum(-1)))
-            own = F.one_hot(state.cache_labels[safe], state.num_classes).float() * inside[:, None].float()
-            image_cache = image_cache - own * self_img[:, None]
-            text_cache = text_cache - own * self_txt[:, None]
+            labels_of = state.cache_labels
+            image_cache = cache.remove_own_entries(
+                image_cache, image_embeds, self.keys(state), labels_of, cache_index, self.config.sharpness,
+                normalize_keys=self.normalizes_keys,
+            )  # fmt: skip
+            text_cache = cache.remove_own_entries(
+                text_cache, query, text_keys, labels_of, cache_index, self.config.text_sharpness
+            )
         tau = self.config.hard_sample_temperature
         valid = labels.clamp(min=0)[:, None]
         p_img = torch.softmax(image_cache / tau, dim=-1).gather(1, valid).squeeze(1)
         p_txt = torch.softmax(text_cache / tau, dim=-1).gather(1, valid).squeeze(1)
         return (p_img - p_txt).abs()
 
-
-class _TextKeysMemo:
-    """XMAdapter's text keys with what they were built from (see `XMAdapter.text_keys`).
-
-    Every input is compared by identity, version counter, dtype, device and shape; the text-side weights, the class
-    text embeddings and the cache labels also by value, with a copy (writes through `.data` bypass version counters).
-    The frozen cache ``E`` is too large to copy: it is compared by identity and version only. Tensors are held by weak
-    reference, so that a replaced cache is freed rather than kept alive by the memo.
-    """
-
-    def __init__(self, method: XMAdapter, state: CacheState, keys: torch.Tensor):
-        self.keys = keys
-        tensors = self._inputs(method, state)
-        self.described = [self._describe(t) for t in tensors]
-        self.values = [t.detach().clone() for t in tensors[1:]]  # all but E
-
-    @staticmethod
-    def _inputs(method: XMAdapter, state: CacheState) -> list[torch.Tensor]:
-        weights = [*method.meta_net.parameters(), *method.text_projection.parameters()]
-        return [state.cache_embeds, state.class_embeds, state.cache_labels, *weights]
-
-    @staticmethod
-    def _describe(tensor: torch.Tensor) -> tuple:
-        # tensors made under `torch.inference_mode` have no version counter (and cannot change outside it)
-        version = None if tensor.is_inference() else tensor._version
-        return weakref.ref(tensor), version, tensor.dtype, tensor.device, tuple(tensor.shape)
-
-    def matches(self, method: XMAdapter, state: CacheState) -> bool:
-        tensors = self._inputs(method, state)
-        if len(tensors) != len(self.described):
-            return False
-        for described, tensor in zip(self.described, tensors):
-            if described[0]() is not tensor or described[1:] != self._describe(tensor)[1:]:
-                return False
-        return all(torch.equal(t, copy) for t, copy in zip(tensors[1:], self.values))
+    def search_space(self, image_embeds: torch.Tensor, state: CacheState) -> SearchSpace:
+        """The residual ratio and the image cache's sharpness jointly, then the text cache's sharpness."""
+        space = super().search_space(image_embeds, state)
+        if not self.config.use_text_cache:
+            return space
+        gamma = self.affinity_ratio(image_embeds).float()  # (M, 1)
+        with Fn.full_precision(image_embeds):
+            text_cosines = self.query_text_embeds(image_embeds) @ self.text_keys(state).t()  # (M, NK)
+        space.terms[0].weight = gamma
+        space.terms.append(CacheTerm(text_cosines, "text_sharpness", 1.0 - gamma))
+        return space

@@ -1,7 +1,7 @@
 """The evaluation protocols of the papers, built on the readers' splits.
 
 - **Few-shot** ([`few_shot_task`]): K training images per class from the train split, drawn from the seed alone
-  (``xmadapter_hf.splits.sample_few_shot``, with repeats only for a class short of K images), never read from
+  (``xmadapter_hf.data.splits.sample_few_shot``, with repeats only for a class short of K images), never read from
   CoOp's pickled subsets. Validation follows one of two rules, recorded in the task: ``"coop"``, min(K, 4) images
   per class from the val split (CoOp); ``"tip-adapter"``, the whole val split (Tip-Adapter). ImageNet has no val
   split (CoOp and Tip-Adapter validate on its test set): there, validation is min(K, 4) images per class from the
@@ -21,7 +21,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from ..splits import sample_few_shot
+from ..data.splits import sample_few_shot
 from ._data import load_data
 from .records import BenchmarkDataset, ImageSplit
 
@@ -100,7 +100,7 @@ def few_shot_task(dataset: BenchmarkDataset, shots: int, seed: int, *, validatio
     """Draws the few-shot task of ``dataset`` for ``(shots, seed)``; the same arguments give the same images.
 
     Each class's K images are drawn by ``numpy.random.default_rng(draw_seed(seed, label))`` from the class's images
-    in the train split (``xmadapter_hf.splits.sample_few_shot``); a class with fewer than K images uses each once,
+    in the train split (``xmadapter_hf.data.splits.sample_few_shot``); a class with fewer than K images uses each once,
     then random repeats (CoOp repeats too). The ``"coop"`` rule draws min(K, 4) validation images per class from
     the val split with the same seed; ``"tip-adapter"`` keeps the whole val split. Datasets without a val split
     (ImageNet) draw min(K, 4) per class from the train split, disjoint from the K training images, under either

@@ -3,7 +3,7 @@
 - ``"clip"``: CLIP's own templates (``data/prompts.md`` of openai/CLIP; ImageNet and its variants: the 80 templates
   of its ImageNet prompt-engineering notebook).
 - ``"tip-adapter"``: Tip-Adapter's (one template per dataset, ImageNet a 7-template ensemble); Meta-Adapter uses
-  the same ones. These are also the ``prompt_templates`` of [`xmadapter_hf.dataset_defaults.dataset_defaults`].
+  the same ones. These are also the ``prompt_templates`` of [`xmadapter_hf.data.defaults.dataset_defaults`].
 - ``"coop"``: the single template per dataset of CoOp's zero-shot CLIP baseline.
 """
 

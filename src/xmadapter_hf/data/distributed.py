@@ -2,22 +2,29 @@
 
 Extraction is the costly part of the embedding fast path (V augmented views of every image through the backbone), so
 under `accelerate launch` / `torchrun` each process runs the one extraction pipeline (`extract_embeddings`) on its
-own shard of item indices. Since every augmentation draw is a function of (seed, item index, view), a shard gives
-the embeddings a single process would give for those items; the shards are then gathered with tensor collectives
-(padded to a common length, as collectives need equal shapes; never pickled objects) and put back in dataset order.
+own shard. A shard is a run of whole backbone batches (the batches one process would run, split as accelerate's
+`split_between_processes` splits a list: the first processes take one more), and every augmentation draw is a function
+of (seed, item index, view), so each item goes through the backbone in the very batch a single process would use: the
+result is bit-identical to one process. The shards are gathered with accelerate's `gather` (padded to a common
+length, as collectives need equal shapes; never pickled objects) and put back in dataset order.
 """
 
 from __future__ import annotations
 
+import inspect
+import math
 from collections.abc import Sequence
 
 import torch
 from accelerate.utils import gather
 
-from .backbone import projection_dim
+from ..backbone import projection_dim
 from .extraction import ExtractedEmbeddings, extract_embeddings
 
 __all__ = ["extract_embeddings_distributed", "shard_bounds"]
+
+#: `extract_embeddings`' default batch size (the shards are runs of whole batches).
+_BATCH_SIZE = inspect.signature(extract_embeddings).parameters["batch_size"].default
 
 
 def shard_bounds(num_items: int, num_processes: int, process_index: int) -> tuple[int, int]:
@@ -31,6 +38,12 @@ def shard_bounds(num_items: int, num_processes: int, process_index: int) -> tupl
     base, extra = divmod(num_items, num_processes)
     start = process_index * base + min(process_index, extra)
     return start, start + base + (1 if process_index < extra else 0)
+
+
+def _item_bounds(num_items: int, batch_size: int, num_processes: int, process_index: int) -> tuple[int, int]:
+    """``[start, stop)`` items of a process's shard of whole batches of ``batch_size`` items."""
+    first, last = shard_bounds(math.ceil(num_items / batch_size), num_processes, process_index)  # in batches
+    return min(first * batch_size, num_items), min(last * batch_size, num_items)
 
 
 def extract_embeddings_distributed(
@@ -49,7 +62,7 @@ def extract_embeddings_distributed(
     Args:
         accelerator (`accelerate.Accelerator` or `accelerate.PartialState`): the distributed context (its
             `num_processes`, `process_index` and `device`). With one process this is plain `extract_embeddings`.
-        backbone, image_processor, dataset: as for [`~xmadapter_hf.extraction.extract_embeddings`].
+        backbone, image_processor, dataset: as for [`~xmadapter_hf.data.extraction.extract_embeddings`].
         augment_views (`int`, *optional*, defaults to 10): augmented views per item (0 = the plain view).
         indices (`Sequence[int]`, *optional*): the items to embed, in the order wanted (default: all of them).
         show_progress (`bool`, *optional*): progress bar; by default on the main process only.
@@ -57,9 +70,8 @@ def extract_embeddings_distributed(
             `label_column`, `autocast_dtype`); every process must pass the same values.
 
     Returns:
-        [`~xmadapter_hf.extraction.ExtractedEmbeddings`]: embeddings `(V, M, C)` and labels `(M,)` in the order of
-        ``indices``, identical on every process (and, up to float rounding of differently sized backbone batches,
-        to a one-process run).
+        [`~xmadapter_hf.data.extraction.ExtractedEmbeddings`]: embeddings `(V, M, C)` and labels `(M,)` in the order of
+        ``indices``, identical on every process and bit-identical to a one-process run with the same `batch_size`.
     """
     indices = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
     if not indices:
@@ -73,8 +85,10 @@ def extract_embeddings_distributed(
             show_progress=show_progress, **kwargs,
         )  # fmt: skip
 
-    start, stop = shard_bounds(len(indices), world, rank)
-    longest = shard_bounds(len(indices), world, 0)[1]  # shard 0 is never shorter than any other
+    batch = kwargs.get("batch_size", _BATCH_SIZE)
+    bounds = [_item_bounds(len(indices), batch, world, process) for process in range(world)]
+    start, stop = bounds[rank]
+    longest = max(last - first for first, last in bounds)
     views, dim = max(augment_views, 1), projection_dim(backbone)
     if stop > start:
         mine = extract_embeddings(
@@ -92,8 +106,7 @@ def extract_embeddings_distributed(
     all_embeds = gather(embeds.contiguous().to(device)).cpu()  # (world * longest, V, C), process-major
     all_labels = gather(labels.to(device)).cpu()
     keep = []
-    for process in range(world):
-        first, last = shard_bounds(len(indices), world, process)
+    for process, (first, last) in enumerate(bounds):
         offset = process * longest
         keep.extend(range(offset, offset + last - first))
     keep = torch.tensor(keep, dtype=torch.long)

@@ -1,7 +1,13 @@
-"""`XMAdapterForImageClassification`: a frozen CLIP backbone plus one registered adapter method."""
+"""`XMAdapterForImageClassification`: a frozen CLIP backbone plus one registered adapter method.
 
-from __future__ import annotations
+The model holds the backbone (`clip.`), the method (`method.`) and the tensors every method reads (class text
+embeddings, the cache, the backbone's probe embeddings); its forward normalises the image embeddings, asks the method
+for logits and adds the loss. Cache building (`caches.py`), text encoding (`prompts.py`), checkpoints
+(`checkpoint.py`), the validation search (`training/search.py`) and the Hub (`hub.py`) live in their own modules; the
+methods below that reach them are the transformers-style entry points.
+"""
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -11,15 +17,17 @@ from transformers import initialization as init
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from . import backbone as bb
+from . import caches, checkpoint, prompts
 from . import functional as Fn
-from . import serialization
-from .configuration import XMAdapterConfig
-from .extraction import class_label_names, extract_embeddings, read_labels
-from .losses import hard_sample_weights, weighted_cross_entropy
-from .methods import AdapterMethod, CacheState, get_method_class
-from .prompts import DEFAULT_TEMPLATES, class_text_embeddings
+from .configuration_xmadapter import XMAdapterConfig
+from .methods import AdapterMethod, CacheState, MethodOutput, get_method_class, registered_methods
+from .training.losses import hard_sample_weights, weighted_cross_entropy
+from .validation import describe
 
 __all__ = ["XMAdapterForImageClassification", "XMAdapterImageClassifierOutput"]
+
+#: A method's output fields, which the model's output carries under the same names.
+_METHOD_OUTPUT_FIELDS = tuple(field.name for field in dataclasses.fields(MethodOutput))
 
 
 @dataclass
@@ -59,8 +67,8 @@ class XMAdapterForImageClassification(PreTrainedModel):
     r"""A frozen `CLIPModel` (under the prefix `clip.`) with a cache-based few-shot adapter on its embeddings.
 
     Build one with [`~XMAdapterForImageClassification.from_clip`], fill its cache with
-    [`~XMAdapterForImageClassification.build_cache`], train it (trainable methods) with the HF `Trainer`, and save
-    the adapter alone with `save_pretrained`. Which method runs is `config.method`.
+    [`~XMAdapterForImageClassification.build_cache`], train it (trainable methods) with `xmadapter_hf.fit` or the HF
+    `Trainer`, and save the adapter alone with `save_pretrained`. Which method runs is `config.method`.
 
     Example (the tiny random CLIP of the tests stands in for `openai/clip-vit-base-patch16`):
 
@@ -79,7 +87,7 @@ class XMAdapterForImageClassification(PreTrainedModel):
     base_model_prefix = "xmadapter"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
-    # forward normalises the loss by Trainer's `num_items_in_batch` itself (see losses.py)
+    # forward normalises the loss by Trainer's `num_items_in_batch` itself (see training/losses.py)
     accepts_loss_kwargs = True
     _no_split_modules = []
 
@@ -111,8 +119,8 @@ class XMAdapterForImageClassification(PreTrainedModel):
         self.processor = processor
         for name, (shape, dtype) in _own_buffers(config, dim).items():
             self.register_buffer(name, torch.zeros(shape, dtype=dtype))
-        # The adapter's initial weights are a function of `config.seed` alone, not of the global RNG state
-        # (docs/design.md, decision 6): two builds with the same seed are bit-identical.
+        # The adapter's initial weights are a function of `config.seed` alone, not of the global RNG state: two
+        # builds with the same seed are bit-identical.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed if config.seed is not None else 0)
             self.method: AdapterMethod = get_method_class(config.method)(config, dim)
@@ -121,6 +129,8 @@ class XMAdapterForImageClassification(PreTrainedModel):
         # Trainer loads its checkpoints (adapter only) with `strict=False` and stays quiet about missing keys only
         # when they are exactly `_keys_to_ignore_on_save`: every backbone key of this instance.
         self._keys_to_ignore_on_save = {key for key in self.state_dict() if key.startswith("clip.")}
+        self.cache_shots: int | None = None  # K of a cache sorted by class with K per class (`refresh_cache_layout`)
+        self.register_load_state_dict_post_hook(lambda module, keys: module.refresh_cache_layout())
         config.projection_dim = dim
         if config.backbone_config is None:
             config.backbone_config = bb.backbone_config(clip_model)
@@ -175,7 +185,17 @@ class XMAdapterForImageClassification(PreTrainedModel):
         return self.class_embeds.shape[1]
 
     def cache_state(self) -> CacheState:
-        return CacheState(self.class_embeds, self.cache_embeds, self.cache_labels, self._logit_scale())
+        """The tensors the method reads (see [`~xmadapter_hf.methods.CacheState`])."""
+        return CacheState(
+            self.class_embeds, self.cache_embeds, self.cache_labels, self._logit_scale(), self.cache_shots
+        )
+
+    def refresh_cache_layout(self) -> None:
+        """Records whether the cache is sorted by class with K entries each (class sums by reshape, see
+        `methods/cache.py`). Called whenever the cache labels are set or loaded; edit the cache through `set_cache`."""
+        if self.cache_labels.is_meta:
+            return
+        self.cache_shots = caches.cache_layout(self.cache_labels, self.config.num_classes)
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         """Every tensor that `save_pretrained` writes: the adapter's parameters and buffers, no backbone tensor, and
@@ -192,13 +212,13 @@ class XMAdapterForImageClassification(PreTrainedModel):
         class_names,
         processor=None,
         templates=None,
-        method: str = "xmadapter",
+        method: str | None = None,
         *,
         revision: str | None = None,
         base_model_name_or_path: str | None = None,
         text_batch_size: int = 256,
         **config_overrides,
-    ) -> XMAdapterForImageClassification:
+    ) -> "XMAdapterForImageClassification":
         """Builds an adapter over a CLIP backbone: validates the config, then encodes the class prompts into ``W``.
 
         Args:
@@ -206,23 +226,24 @@ class XMAdapterForImageClassification(PreTrainedModel):
             class_names (`list[str]`): the classes, in label order.
             processor (`CLIPProcessor`, *optional*): tokenizer + image processor; loaded from the path if omitted.
             templates (`list[str]`, *optional*): prompt templates with `{}` (default `["a photo of a {}."]`).
-            method (`str`, *optional*, defaults to `"xmadapter"`): a registered method.
+            method (`str`, *optional*): a registered method (default: the config's default, XMAdapter).
             revision (`str`, *optional*): the backbone revision to load (recorded in the config).
             base_model_name_or_path (`str`, *optional*): the Hub id to record when the backbone object was loaded from
                 elsewhere (defaults to the backbone's `name_or_path`).
             config_overrides: any other [`XMAdapterConfig`] field.
         """
         # Validate everything the user gave before loading or encoding anything.
+        if method is not None:
+            config_overrides["method"] = method
         config = XMAdapterConfig(
-            method=method,
             class_names=list(class_names) if not isinstance(class_names, str) else class_names,
-            prompt_templates=list(templates) if templates is not None else list(DEFAULT_TEMPLATES),
+            prompt_templates=list(templates) if templates is not None else list(prompts.DEFAULT_TEMPLATES),
             base_model_revision=revision,
             **config_overrides,
         )
         if isinstance(clip_model_or_path, (str, os.PathLike)):
-            clip_model = serialization.load_backbone(str(clip_model_or_path), revision=revision)
-            processor = processor or serialization.load_processor(str(clip_model_or_path), revision=revision)
+            clip_model = checkpoint.load_backbone(str(clip_model_or_path), revision=revision)
+            processor = processor or checkpoint.load_processor(str(clip_model_or_path), revision=revision)
             base_model_name_or_path = base_model_name_or_path or str(clip_model_or_path)
         else:
             clip_model = clip_model_or_path
@@ -233,24 +254,15 @@ class XMAdapterForImageClassification(PreTrainedModel):
                 raise ValueError(
                     "Pass `processor=` (a CLIPProcessor): the backbone object does not say where it came from."
                 )
-            processor = serialization.load_processor(base_model_name_or_path, revision=revision)
+            processor = checkpoint.load_processor(base_model_name_or_path, revision=revision)
         if getattr(processor, "tokenizer", None) is None:
             raise TypeError(f"`processor` must carry a tokenizer (a CLIPProcessor); got {type(processor).__name__}.")
         config.base_model_name_or_path = base_model_name_or_path
         model = cls(config, clip_model=clip_model, processor=processor)
-        device = next(clip_model.parameters()).device
-        model.to(device)
-        weights = class_text_embeddings(
-            clip_model, processor.tokenizer, config.class_names, config.prompt_templates, text_batch_size
-        )
-        probe = Fn.l2_normalize(bb.encode_texts(clip_model, processor.tokenizer, [bb.PROBE_TEXT]))[0]
-        with torch.no_grad():
-            model.class_embeds.copy_(weights)
-            model.probe_text_embed.copy_(probe)
-        config.backbone_fingerprint = {"architecture_hash": bb.architecture_hash(clip_model)}
+        model.to(next(clip_model.parameters()).device)
+        prompts.encode_class_texts(model, batch_size=text_batch_size)
         return model.eval()
 
-    @torch.no_grad()
     def build_cache(
         self,
         dataset,
@@ -264,13 +276,13 @@ class XMAdapterForImageClassification(PreTrainedModel):
         show_progress: bool = True,
         cache_dir: str | os.PathLike | None = None,
         autocast_dtype: torch.dtype | None = None,
-    ) -> XMAdapterForImageClassification:
+    ) -> "XMAdapterForImageClassification":
         """Fills the cache from a labelled few-shot image set (`datasets.Dataset` or a torch `Dataset`).
 
         Keys average the raw embeddings of ``augment_views`` augmented views (RandomResizedCrop scale 0.5-1 +
         horizontal flip; 0 = the plain view), then normalise; labels are stored as integers. Creates (or resizes)
         the method's cache-shaped parameters and sets `config.cache_size`: build optimisers after this call.
-        ``cache_dir`` and ``autocast_dtype`` go to [`~xmadapter_hf.extraction.extract_embeddings`] (an on-disk
+        ``cache_dir`` and ``autocast_dtype`` go to [`~xmadapter_hf.data.extraction.extract_embeddings`] (an on-disk
         extraction cache that a rerun reuses without a backbone forward; mixed precision for the backbone).
 
         Before any image goes through the backbone, the labels are read and checked: a `ClassLabel` column must
@@ -278,75 +290,29 @@ class XMAdapterForImageClassification(PreTrainedModel):
         ``from_clip(clip, dataset.features["label"].names, ...)``), every label must be a class id and every class
         must have an image.
         """
-        processor = processor or self.processor
-        if processor is None:
-            raise ValueError("`build_cache` needs an image processor: pass `processor=` or build with `from_clip`.")
-        label_names = class_label_names(dataset, label_column)
-        if label_names is not None and label_names != self.config.class_names:
-            raise ValueError(_class_names_differ(label_names, self.config.class_names))
-        self._check_labels(read_labels(dataset, image_column, label_column))
-        extracted = extract_embeddings(
-            self.clip,
-            processor,
-            dataset,
-            augment_views=augment_views,
-            seed=seed,
-            batch_size=batch_size,
-            image_column=image_column,
-            label_column=label_column,
-            show_progress=show_progress,
-            cache_dir=cache_dir,
-            autocast_dtype=autocast_dtype,
-        )
-        self.set_cache(extracted.embeds.mean(dim=0), extracted.labels)
-        self.config.augment_views, self.config.seed = augment_views, seed
-        return self
+        return caches.build_cache(
+            self, dataset, augment_views, batch_size, seed, image_column=image_column, label_column=label_column,
+            processor=processor, show_progress=show_progress, cache_dir=cache_dir, autocast_dtype=autocast_dtype,
+        )  # fmt: skip
 
-    def search_hyperparameters(self, validation, labels=None, **kwargs):
-        """Chooses `sharpness`, `residual_ratio` (and `text_sharpness`) on a validation split; see
-        [`xmadapter_hf.tuning.search_on_validation`]. The choice and the split size are written into the config."""
-        from .tuning import search_on_validation
-
-        return search_on_validation(self, validation, labels, **kwargs)
-
-    @torch.no_grad()
     def set_cache(self, embeds: torch.Tensor, labels: torch.Tensor) -> None:
         """Sets the cache from raw embeddings (NK, C) (normalised here) and integer labels (NK,).
 
-        Validates everything before changing any state; then resizes and initialises the method's parameters.
+        Validates everything before changing any state; then resizes and initialises the method's cache parameters.
         """
-        embeds, labels = self._validate_cache(embeds, labels)
-        device = self.class_embeds.device
-        # Normalise chunk by chunk straight into the storage dtype: float32 copies of a whole 1.6M x 512 cache (and
-        # of its normalised version) would add 6 GiB of transients to the 1.6 GiB fp16 cache itself.
-        keys = torch.empty(embeds.shape, dtype=getattr(torch, self.config.cache_dtype), device=device)  # (NK, C)
-        step = self.config.cache_chunk_size
-        for start in range(0, embeds.shape[0], step):
-            keys[start : start + step] = Fn.l2_normalize(embeds[start : start + step].to(device).float())
-        self.cache_embeds = keys
-        self.cache_labels = labels.to(device)
-        self.probe_image_embed.zero_()  # the keys come from the backbone in use: `vision_fingerprint` takes its own
-        self.config.cache_size = keys.shape[0]
-        counts = torch.bincount(labels, minlength=self.config.num_classes)
-        self.config.shots = int(counts.max()) if bool((counts == counts[0]).all()) else None
-        self.method.resize_cache(keys.shape[0])
-        self.method.to(device)
-        self.method.init_from_cache(self.cache_state())
+        caches.set_cache(self, embeds, labels)
 
-    @torch.no_grad()
-    def half_cache(self, dtype: torch.dtype | str | None = None) -> XMAdapterForImageClassification:
+    def half_cache(self, dtype: torch.dtype | str | None = None) -> "XMAdapterForImageClassification":
         """Stores the whole cache in half precision for inference, learned keys included.
 
-        `config.cache_dtype` already stores the frozen cache ``E`` in fp16/bf16; the learned keys ``F`` of
-        `tip-adapter-f` and `xmadapter` stay float32 parameters for training. This call casts both to ``dtype``
-        (default: `config.cache_dtype` if it is a half type, else `float16`) and records it in `config.cache_dtype`:
-        a 100k-class, 16-shot cache at C = 512 then takes 1.6 GiB per tensor instead of 3.1 GiB. The affinity maths
-        stays float32 and chunked (each chunk of keys is cast up on the fly), so logits move by the rounding of the
-        keys only. The learned keys become frozen: training refuses to run until [`float_cache`] makes them float32
-        parameters again (the rounding stays). `save_pretrained` then writes half-precision keys and
-        `from_pretrained` gives them back in half precision. Called before `set_cache`, the learned keys are created
-        in half precision directly (no float32 copy is ever allocated), which is how an inference-only model of a
-        very large cache is built.
+        `config.cache_dtype` already stores the frozen cache ``E`` in fp16/bf16; a method's learned keys stay float32
+        parameters for training. This call casts both to ``dtype`` (default: `config.cache_dtype` if it is a half
+        type, else `float16`) and records it in `config.cache_dtype`: a 100k-class, 16-shot cache at C = 512 then takes
+        1.6 GiB per tensor instead of 3.1 GiB. The affinity maths stays float32 and chunked, so logits move by the
+        rounding of the keys only. The learned keys become frozen: training refuses to run until [`float_cache`]
+        makes them float32 parameters again (the rounding stays). `save_pretrained` then writes half-precision keys
+        and `from_pretrained` gives them back in half precision. Called before `set_cache`, the learned keys are
+        created in half precision directly, which is how an inference-only model of a very large cache is built.
 
         Example:
 
@@ -360,87 +326,49 @@ class XMAdapterForImageClassification(PreTrainedModel):
         (torch.float16, torch.float16)
         ```
         """
-        if dtype is None:
-            dtype = self.config.cache_dtype if self.config.cache_dtype != "float32" else "float16"
-        names = {torch.float16: "float16", torch.bfloat16: "bfloat16", "float16": "float16", "bfloat16": "bfloat16"}
-        if not isinstance(dtype, (str, torch.dtype)) or dtype not in names:
-            raise ValueError(f"`half_cache` stores the cache in float16 or bfloat16; got {dtype!r}.")
-        name = names[dtype]
-        self.cache_embeds = self.cache_embeds.to(getattr(torch, name))
-        self.method.cast_cache(getattr(torch, name))
-        self.config.cache_dtype = name
+        caches.half_cache(self, dtype)
         return self
 
-    @torch.no_grad()
-    def cast_adapter(self, dtype: torch.dtype) -> XMAdapterForImageClassification:
-        """Casts the adapter's floating tensors (the method's weights and the model's buffers) to ``dtype``, leaving
-        the backbone as it is (`from_pretrained(dtype=...)` with a `clip_model=` the caller owns)."""
-        self.method.to(dtype)
-        for name, buffer in list(self.named_buffers(recurse=False)):
-            if buffer.is_floating_point():
-                setattr(self, name, buffer.to(dtype))
-        return self
-
-    @torch.no_grad()
-    def float_cache(self) -> XMAdapterForImageClassification:
+    def float_cache(self) -> "XMAdapterForImageClassification":
         """Undoes [`half_cache`] for the learned keys: float32 trainable parameters again (the rounding stays).
 
         The frozen cache ``E`` keeps `config.cache_dtype`, which is a storage choice that training accepts.
         """
-        self.method.cast_cache(torch.float32)
+        with torch.no_grad():
+            self.method.cast_cache(torch.float32)
         return self
 
-    def _validate_cache(self, embeds, labels):
-        if not isinstance(embeds, torch.Tensor) or not isinstance(labels, torch.Tensor):
-            raise TypeError("Cache embeddings and labels must be torch tensors.")
-        if embeds.ndim != 2 or embeds.shape[1] != self.embed_dim:
-            raise ValueError(f"Cache embeddings must have shape (NK, {self.embed_dim}); got {tuple(embeds.shape)}.")
-        if embeds.shape[0] == 0:
-            raise ValueError("The cache would be empty: the few-shot set has no images.")
-        if labels.shape != (embeds.shape[0],) or labels.dtype.is_floating_point:
-            raise ValueError(
-                f"Cache labels must be integers of shape ({embeds.shape[0]},); got {tuple(labels.shape)}."
-            )
-        # per row, chunk by chunk: a (NK, C) boolean mask of a 100k-class cache would be 0.8 GiB
-        finite = torch.cat([torch.isfinite(part).all(dim=1) for part in embeds.split(self.config.cache_chunk_size)])
-        if not finite.all():
-            bad = (~finite).nonzero().flatten().tolist()[:10]
-            raise ValueError(f"Cache embeddings contain NaN or Inf (rows {bad}); check the images or the backbone.")
-        labels = labels.long()
-        self._check_labels(labels)
-        return embeds, labels
+    def cast_adapter(self, dtype: torch.dtype) -> "XMAdapterForImageClassification":
+        """Casts the adapter's floating tensors (the method's weights and the model's buffers) to ``dtype``, leaving
+        the backbone as it is (`from_pretrained(dtype=...)` with a `clip_model=` the caller owns)."""
+        caches.cast_adapter(self, dtype)
+        return self
 
-    def _check_labels(self, labels: torch.Tensor) -> None:
-        """Every label is a class id and every class has at least one cache image."""
-        n = self.config.num_classes
-        if labels.min() < 0 or labels.max() >= n:
-            raise ValueError(
-                f"Cache labels must lie in [0, {n - 1}]; got values in [{int(labels.min())}, {int(labels.max())}]."
-            )
-        counts = torch.bincount(labels, minlength=n)
-        missing = [self.config.class_names[i] for i in (counts == 0).nonzero().flatten().tolist()]
-        if missing:
-            raise ValueError(
-                f"Every class needs at least one cache image; none for {missing[:10]} ({len(missing)} classes)."
-            )
+    def search_hyperparameters(self, validation, labels=None, **kwargs):
+        """Chooses what the method's search space tunes (Tip-Adapter: `sharpness` and `residual_ratio`; XMAdapter also
+        `text_sharpness`) on a validation split; see [`xmadapter_hf.training.search.search_on_validation`]. The choice
+        and the split size are written into the config."""
+        from .training.search import search_on_validation
+
+        return search_on_validation(self, validation, labels, **kwargs)
 
     # ------------------------------------------------------------------------------------------------ forward
     def embed_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Raw backbone embeddings of pixel values (no gradient reaches the frozen backbone)."""
         return bb.encode_images(self.clip, pixel_values)
 
-    def _check_inputs(self, pixel_values, image_embeds, labels, cache_index):
+    def _check_inputs(self, pixel_values, image_embeds, labels, cache_index) -> None:
         if (pixel_values is None) == (image_embeds is None):
             raise ValueError("Pass exactly one of `pixel_values` (B, 3, H, W) and `image_embeds` (B, C).")
         if pixel_values is not None:
             if not isinstance(pixel_values, torch.Tensor) or not pixel_values.is_floating_point():
-                raise TypeError(f"`pixel_values` must be a floating-point tensor; got {_describe(pixel_values)}.")
+                raise TypeError(f"`pixel_values` must be a floating-point tensor; got {describe(pixel_values)}.")
             if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
                 raise ValueError(f"`pixel_values` must have shape (B, 3, H, W); got {tuple(pixel_values.shape)}.")
             batch = pixel_values.shape[0]
         else:
             if not isinstance(image_embeds, torch.Tensor) or not image_embeds.is_floating_point():
-                raise TypeError(f"`image_embeds` must be a floating-point tensor; got {_describe(image_embeds)}.")
+                raise TypeError(f"`image_embeds` must be a floating-point tensor; got {describe(image_embeds)}.")
             if image_embeds.ndim != 2 or image_embeds.shape[1] != self.embed_dim:
                 raise ValueError(
                     f"`image_embeds` must have shape (B, {self.embed_dim}); got {tuple(image_embeds.shape)}."
@@ -450,7 +378,7 @@ class XMAdapterForImageClassification(PreTrainedModel):
             raise ValueError(f"Method {self.config.method!r} needs a cache: call `model.build_cache(dataset)` first.")
         if labels is not None:
             if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.shape != (batch,):
-                raise ValueError(f"`labels` must be an integer tensor of shape ({batch},); got {_describe(labels)}.")
+                raise ValueError(f"`labels` must be an integer tensor of shape ({batch},); got {describe(labels)}.")
             valid = labels[labels != -100]
             if valid.numel() and (valid.min() < 0 or valid.max() >= self.config.num_classes):
                 raise ValueError(
@@ -460,23 +388,28 @@ class XMAdapterForImageClassification(PreTrainedModel):
         if cache_index is not None:
             if not isinstance(cache_index, torch.Tensor) or cache_index.shape != (batch,):
                 raise ValueError(
-                    f"`cache_index` must be an integer tensor of shape ({batch},); got {_describe(cache_index)}."
+                    f"`cache_index` must be an integer tensor of shape ({batch},); got {describe(cache_index)}."
                 )
             if cache_index.numel() and cache_index.max() >= self.config.cache_size:
                 raise ValueError(f"`cache_index` must be < cache_size ({self.config.cache_size}), or -1 for none.")
-        training = self.training and labels is not None and torch.is_grad_enabled()
-        if training and not self.method.trainable:
+        if self.training and labels is not None and torch.is_grad_enabled():
+            self._check_trainable()
+
+    def _check_trainable(self) -> None:
+        if not self.method.trainable:
+            trainable = [name for name in registered_methods() if get_method_class(name).trainable]
             raise ValueError(
-                f"Method {self.config.method!r} is training-free: it has no trainable parameters. Train "
-                "'tip-adapter-f', 'xmadapter', 'clip-adapter' or 'multimodal-adapter', or evaluate without training."
+                f"Method {self.config.method!r} is training-free: it has no trainable parameters. Train one of "
+                f"{', '.join(map(repr, trainable))}, or evaluate without training."
             )
-        learned = getattr(self.method, "cache_keys", None)
         # `half_cache()` freezes the learned keys; `model.to(torch.bfloat16)` keeps them trainable in bf16
-        if training and learned is not None and not learned.requires_grad:
-            raise ValueError(
-                f"The learned cache keys are stored in {learned.dtype} for inference (`half_cache()`); call "
-                "`model.float_cache()` before training."
-            )
+        for name in self.method.cache_parameters:
+            learned = getattr(self.method, name)
+            if not learned.requires_grad:
+                raise ValueError(
+                    f"The learned cache keys are stored in {learned.dtype} for inference (`half_cache()`); call "
+                    "`model.float_cache()` before training."
+                )
 
     def forward(
         self,
@@ -509,39 +442,23 @@ class XMAdapterForImageClassification(PreTrainedModel):
                 out.disagreement, config.hard_sample_focal_power,
             )  # fmt: skip
             loss = weighted_cross_entropy(out.logits, labels, weights, kwargs.get("num_items_in_batch"))
-        output = XMAdapterImageClassifierOutput(
-            loss=loss,
-            logits=out.logits,
-            zero_shot_logits=out.zero_shot_logits,
-            cache_logits=out.cache_logits,
-            image_cache_logits=out.image_cache_logits,
-            text_cache_logits=out.text_cache_logits,
-            affinity_ratio=out.affinity_ratio,
-            disagreement=out.disagreement,
-            image_embeds=image,
-        )
+        fields = {name: getattr(out, name) for name in _METHOD_OUTPUT_FIELDS}  # the same names: a mechanical mapping
+        output = XMAdapterImageClassifierOutput(loss=loss, image_embeds=image, **fields)
         return output if return_dict is not False else output.to_tuple()
 
     # -------------------------------------------------------------------------------------------- save / load
     def save_pretrained(self, save_directory, is_main_process: bool = True, state_dict=None, **kwargs):
-        """Writes `config.json`, `model.safetensors` (adapter tensors only) and the processor's image settings.
+        """Writes `config.json`, `model.safetensors` (adapter tensors only) and the processor's image settings, each
+        moved into place atomically (see [`xmadapter_hf.checkpoint.save_adapter`]).
 
-        Called by Trainer with the full model's ``state_dict``: backbone tensors are filtered out either way. Each file
-        is written to a temporary name and moved into place; other files in the directory are left alone.
+        Called by Trainer with the full model's ``state_dict``: backbone tensors are filtered out either way; other
+        files in the directory are left alone.
         """
         if kwargs.pop("push_to_hub", False):
             raise ValueError(
                 "Use `model.push_to_hub(repo_id)` to push; `save_pretrained(push_to_hub=True)` is not supported."
             )
-        if state_dict is None:
-            state_dict = self.state_dict()
-        tensors = {k: v for k, v in state_dict.items() if not k.startswith("clip.")}
-        # As transformers does under a process group: only rank 0 writes, whatever the caller passed.
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        if not is_main_process or (distributed and torch.distributed.get_rank() != 0):
-            return
-        tensors["probe_image_embed"] = self.vision_fingerprint()
-        serialization.save_adapter(self, save_directory, tensors)
+        checkpoint.save_adapter(self, save_directory, state_dict=state_dict, is_main_process=is_main_process)
 
     @torch.no_grad()
     def vision_fingerprint(self) -> torch.Tensor:
@@ -550,8 +467,7 @@ class XMAdapterForImageClassification(PreTrainedModel):
 
         A loaded model keeps the fingerprint it was saved with, until `set_cache` clears it (the cache keys then come
         from the backbone in use). Where none is held, it is taken from the backbone in use when asked for (by
-        `save_pretrained` and `adapter_state_dict`), without storing it: building a model and its cache costs no
-        extra backbone forward, and saving changes nothing in memory (on every process alike).
+        `save_pretrained` and `adapter_state_dict`), without storing it.
         """
         if torch.any(self.probe_image_embed != 0):
             return self.probe_image_embed
@@ -576,7 +492,7 @@ class XMAdapterForImageClassification(PreTrainedModel):
         dtype=None,
         device_map=None,
         **kwargs,
-    ) -> XMAdapterForImageClassification:
+    ) -> "XMAdapterForImageClassification":
         """Loads an adapter: its config and tensors from ``pretrained_model_name_or_path`` (a directory or a Hub id),
         the backbone from `config.base_model_name_or_path` at `config.base_model_revision` (or ``clip_model=``).
 
@@ -586,10 +502,10 @@ class XMAdapterForImageClassification(PreTrainedModel):
         it wins over `config.cache_dtype` in memory, while `save_pretrained` still writes the cache in
         `config.cache_dtype` and every other tensor in float32. A passed ``config`` is copied, never changed.
 
-        Integrity: the config's sizes are compared with the tensor shapes in the safetensors header before any
-        adapter tensor is allocated; missing or unexpected adapter tensors are refused (a checkpoint of version
-        0.1.0 lacks the vision fingerprint: it loads with a warning); a backbone checkpoint with weights missing is
-        refused (they would be random). The backbone is checked against the one the adapter was built on
+        Integrity (`xmadapter_hf.integrity`): the config's sizes are compared with the tensor shapes in the
+        safetensors header before any adapter tensor is allocated; missing or unexpected adapter tensors are refused
+        (a checkpoint of version 0.1.0 lacks the vision fingerprint: it loads with a warning); a backbone checkpoint
+        with weights missing is refused. The backbone is checked against the one the adapter was built on
         (architecture hash; the embeddings of a probe text and a probe image, compared by cosine);
         `rebuild_text_embeddings=True` re-encodes the class prompts with the given backbone instead of refusing a
         different text encoder, `check_backbone=False` skips the checks. `output_loading_info=True` returns
@@ -597,7 +513,7 @@ class XMAdapterForImageClassification(PreTrainedModel):
         """
         if model_args:
             raise TypeError(f"from_pretrained takes no positional arguments beyond the path; got {len(model_args)}.")
-        return serialization.load_adapter(
+        return checkpoint.load_adapter(
             cls, pretrained_model_name_or_path, config=config, clip_model=clip_model, processor=processor,
             dtype=dtype, device_map=device_map, **kwargs,
         )  # fmt: skip
@@ -625,24 +541,3 @@ def _backbone_of(config: XMAdapterConfig):
             "`clip_model=`."
         )
     return bb.backbone_from_config(config.backbone_config)
-
-
-def _class_names_differ(label_names: list[str], class_names: list[str]) -> str:
-    first = next((i for i, (a, b) in enumerate(zip(label_names, class_names)) if a != b), None)
-    first = min(len(label_names), len(class_names)) if first is None else first
-    return (
-        f"The dataset's ClassLabel names differ from the model's `class_names` from position {first} on, so its "
-        f"labels would be read as the wrong classes.\n  dataset ({len(label_names)}): {_some(label_names)}\n"
-        f"  model   ({len(class_names)}): {_some(class_names)}\nBuild the model with the dataset's names, "
-        '`from_clip(clip, dataset.features["label"].names, ...)`, or cast the label column to the model\'s order.'
-    )
-
-
-def _some(names: list[str], limit: int = 20) -> str:
-    return repr(names) if len(names) <= limit else repr(names[:limit])[:-1] + f", ... ({len(names) - limit} more)]"
-
-
-def _describe(value) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
-    return type(value).__name__

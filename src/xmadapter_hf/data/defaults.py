@@ -1,7 +1,7 @@
 """Per-dataset defaults of the papers' 11 few-shot benchmarks, kept as data in ``data/datasets.json``.
 
-The values are Tip-Adapter's configs (its `configs/*.yaml`): ``search_scale`` is ``[sharpness_max,
-residual_ratio_max]`` for [`~xmadapter_hf.search.search_hyperparameters`] (the residual ratio's range is for
+The values are Tip-Adapter's configs (docs/methods.md): ``search_scale`` is ``[sharpness_max,
+residual_ratio_max]`` for [`~xmadapter_hf.training.search.search_hyperparameters`] (the residual ratio's range is for
 ``s = 100``), ``search_step`` ``[200, 20]``, ``init_residual_ratio`` Tip-Adapter's initial alpha,
 ``init_sharpness`` 1, ``augment_views`` 10, ``learning_rate`` 1e-3 and ``epochs`` 20 (EuroSAT 100). The prompt
 templates are Tip-Adapter's / CoOp's: one per dataset, a 7-template ensemble for ImageNet.
@@ -34,7 +34,7 @@ def list_datasets() -> list[str]:
     Example:
 
     ```python
-    >>> from xmadapter_hf.dataset_defaults import list_datasets
+    >>> from xmadapter_hf.data.defaults import list_datasets
     >>> list_datasets()[:3]
     ['caltech101', 'dtd', 'eurosat']
     ```
@@ -62,7 +62,7 @@ def dataset_defaults(name: str) -> dict[str, Any]:
     Example:
 
     ```python
-    >>> from xmadapter_hf.dataset_defaults import dataset_defaults
+    >>> from xmadapter_hf.data.defaults import dataset_defaults
     >>> defaults = dataset_defaults("ImageNet")
     >>> defaults["search_scale"], defaults["init_residual_ratio"], len(defaults["prompt_templates"])
     ([7.0, 3.0], 1.17, 7)

@@ -5,6 +5,11 @@ purpose: it drops alpha onto black (so a transparent logo becomes a black square
 scaling them (so a 16-bit PNG turns almost white), and truncates float images. :func:`to_rgb` fixes those cases so
 the same picture gives the same embedding whichever format it was saved in, and :func:`load_image` turns unreadable
 files and decompression bombs into errors that name the file instead of failing deep inside a training loop.
+
+Why not `datasets.Image(mode="RGB")` and the image processor's own conversion: they agree with this module on 8-bit
+RGB pictures, and use PIL's `convert("RGB")` for the rest, with the three faults above (a test shows each), and
+`datasets` raises its decoder's error without the file's name. So extraction reads a `datasets` image column undecoded
+(`decode=False`) and decodes it here.
 """
 
 from __future__ import annotations

@@ -147,7 +147,7 @@ def augment_view(image: Image.Image, size: int, seed: int) -> Image.Image:
     ``torch.Generator().manual_seed(seed)``. Use :func:`draw_seed` to derive per-item, per-view seeds.
 
     Args:
-        image (`PIL.Image.Image`): the source image; converted with :func:`~xmadapter_hf.images.to_rgb` first.
+        image (`PIL.Image.Image`): the source image; converted with :func:`~xmadapter_hf.data.images.to_rgb` first.
         size (`int`): side of the square output, in pixels.
         seed (`int`): seed of the generator, in ``[0, 2**64)``. The same seed gives identical pixels.
 

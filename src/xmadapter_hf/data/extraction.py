@@ -1,11 +1,19 @@
-"""The one extraction pipeline (docs/design.md, decision 7): images -> augmented views -> raw backbone embeddings.
+"""The one extraction pipeline: images -> augmented views -> raw backbone embeddings.
 
-The cache, the embedding fast path and the benchmarks all call `extract_embeddings`. Every random draw is a
-function of (seed, item index, view), so the result does not depend on batch size, order or process count.
+The cache, the embedding fast path, distributed extraction and the benchmarks all call `extract_embeddings`. Every
+random draw is a function of (seed, item index, view), so the result does not depend on batch size, order or process
+count.
 
 With ``cache_dir=`` the embeddings are also kept on disk, as safetensors shards under a key that names everything
 they depend on (see [`extraction_cache_key`]): a second run with the same backbone, data and settings reads them back
-without a single backbone forward, and an interrupted run resumes at the first shard it had not finished.
+without a single backbone forward, and an interrupted run resumes at the first shard it had not finished. A
+`datasets.Dataset` is identified by `datasets`' own public `Hasher` (what its caching hashes datasets with).
+
+Why not `datasets.Dataset.map(..., cache_file_name=...)` and `save_to_disk` for this cache: an interrupted `map`
+starts again from its first item (it writes one file and renames it at the end), while a long extraction should resume
+where it stopped; the pipeline also serves torch datasets (lists of (image, label) pairs), which have no Arrow table
+to map over; and reading a (V, C) float list per row back from Arrow into a (V, M, C) tensor is a conversion copy,
+where a safetensors shard is memory-mapped as it is.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,8 +33,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from ..backbone import architecture_hash, encode_images
 from .augment import augment_view, draw_seed
-from .backbone import architecture_hash, encode_images
 from .images import load_image
 
 __all__ = [
@@ -206,17 +215,19 @@ def _dataset_fingerprint(dataset, given: str | None) -> dict:
         if not isinstance(given, str) or not given:
             raise TypeError(f"`dataset_fingerprint` must be a non-empty string, got {given!r}.")
         return {"fingerprint": given, "length": len(dataset)}
-    fingerprint = getattr(dataset, "_fingerprint", None)
-    if not isinstance(fingerprint, str):
+    datasets = sys.modules.get("datasets")  # a `datasets.Dataset` means `datasets` is imported
+    if datasets is None or not isinstance(dataset, datasets.Dataset):
         raise ValueError(
             f"`cache_dir` needs to know which data it caches: a {type(dataset).__name__} has no fingerprint (a "
             "`datasets.Dataset` has one). Pass `dataset_fingerprint=`, a string that changes whenever the data does."
         )
-    # A transform changes what `dataset[i]` returns; datasets gives it a new fingerprint, and we also record which
-    # function it is (by name: an address would change every run).
+    from datasets.fingerprint import Hasher  # noqa: I001 (datasets is imported already)
+
+    # A transform changes what `dataset[i]` returns: the hash covers the dataset's format and transform, and we also
+    # record which function it is (by name: an address would change every run).
     form = getattr(dataset, "format", None) or {}
     described = json.dumps(form, sort_keys=True, default=lambda o: getattr(o, "__qualname__", type(o).__name__))
-    return {"fingerprint": fingerprint, "length": len(dataset), "format": described}
+    return {"fingerprint": Hasher.hash(dataset), "length": len(dataset), "format": described}
 
 
 def _processor_settings(image_processor) -> str:
@@ -241,8 +252,8 @@ def extraction_cache_key(
     """The key under which `extract_embeddings(..., cache_dir=...)` stores its shards, and what it is made of.
 
     The key is a hash of: the backbone's `name_or_path`, [`~xmadapter_hf.backbone.architecture_hash`], a fingerprint
-    of its weights ([`backbone_weights_fingerprint`]) and its dtype; the dataset's fingerprint (`dataset._fingerprint`
-    of a `datasets.Dataset`, its format, its length, or the ``dataset_fingerprint`` given); the item indices; the
+    of its weights ([`backbone_weights_fingerprint`]) and its dtype; the dataset's hash (`datasets.fingerprint.Hasher`
+    of a `datasets.Dataset`, its format and length, or the ``dataset_fingerprint`` given); the item indices; the
     augmentation (views, seed, crop size, recipe); the image processor's settings; the columns; the autocast dtype.
     Batch size, progress bar and device are left out: they do not change the embeddings beyond float rounding.
 
@@ -385,7 +396,7 @@ def extract_embeddings(
 
     ```python
     >>> import tempfile
-    >>> from xmadapter_hf.extraction import extract_embeddings
+    >>> from xmadapter_hf.data.extraction import extract_embeddings
     >>> from xmadapter_hf.testing import tiny_clip, tiny_image_dataset
     >>> clip, processor = tiny_clip()
     >>> data = tiny_image_dataset(num_classes=2, shots=2)

@@ -1,0 +1,1 @@
+"""Data: images, augmentation, extraction, views, splits, per-dataset defaults."""

@@ -1,0 +1,343 @@
+"""`fit`: adapt a model to a few-shot task in one call, on cached embeddings, with the library's one training path.
+
+1. extract ``augment_views`` augmented views of every training image once (the only backbone work; with
+   ``cache_dir`` a rerun reuses them from disk) and the plain view of every validation image;
+2. build the cache (keys: the mean of the views, normalised);
+3. search the training-free values on validation (training starts from them: docs/training.md);
+4. train trainable methods with [`XMAdapterTrainer`] and [`recipe_arguments`] (the method's recipe) on one draw per
+   image and epoch from its cached views ([`EmbeddingViewsDataset`]);
+5. search again. The chosen values end up in `model.config` (`search_result`).
+
+`fit` changes the model only if it succeeds: when anything raises (an interrupt included), the model's adapter
+tensors, its config and its mode are put back as they were before the call.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import PrinterCallback, ProgressCallback, TrainerCallback
+
+from ..data.extraction import ExtractedEmbeddings, extract_embeddings
+from ..data.views import VIEW_SAMPLINGS, EmbeddingViewsDataset
+from ..validation import check_choice, check_int, check_number, check_tensor
+from .trainer import XMAdapterTrainer, recipe_arguments, recipe_of
+
+__all__ = ["FitReport", "fit"]
+
+
+@dataclass
+class FitReport:
+    """What [`fit`] did and chose (accuracies are on the validation split; `None` where a step did not run).
+
+    Attributes:
+        method (`str`): `config.method`.
+        num_train (`int`): few-shot images (= cache entries).
+        num_validation (`int`): validation images.
+        augment_views (`int`): views extracted per training image.
+        view_sampling (`str`): how training embeddings were drawn from the views (`"gaussian"` or `"view"`).
+        epochs (`int`), batch_size (`int`), steps (`int`): the training schedule (0 epochs for training-free methods).
+        zero_shot_accuracy (`float`): zero-shot CLIP.
+        training_free_accuracy (`float`): after the first search, before training (Tip-Adapter for cache methods).
+        accuracy (`float`): the final model.
+        search_before (`dict`), search_after (`dict`): the searched values and their validation accuracy.
+        final_loss (`float`): mean training loss of the last epoch.
+        extraction_seconds (`float`), training_seconds (`float`): wall times.
+    """
+
+    method: str
+    num_train: int
+    num_validation: int
+    augment_views: int
+    view_sampling: str = "gaussian"
+    epochs: int = 0
+    batch_size: int = 0
+    steps: int = 0
+    zero_shot_accuracy: float | None = None
+    training_free_accuracy: float | None = None
+    accuracy: float | None = None
+    search_before: dict | None = None
+    search_after: dict | None = None
+    final_loss: float | None = None
+    extraction_seconds: float = 0.0
+    training_seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        """A summary that names the split of every accuracy (all of them are on the validation split)."""
+        training = (
+            f", {self.epochs} epochs (batch {self.batch_size}, {self.steps} steps, final loss {self.final_loss:.4f})"
+            if self.epochs
+            else ", no training"
+        )
+        lines = [f"fit {self.method}: {self.num_train} training images x {self.augment_views} views{training}"]
+        if self.accuracy is None:
+            lines.append("no validation split: no accuracy measured")
+        else:
+            free = "" if self.training_free_accuracy is None else f", training-free {self.training_free_accuracy:.4f}"
+            lines.append(
+                f"validation accuracy ({self.num_validation} images): {self.accuracy:.4f} "
+                f"(zero-shot {self.zero_shot_accuracy:.4f}{free})"
+            )
+        chosen = self.search_after or self.search_before
+        if chosen:
+            text = "" if chosen["text_sharpness"] is None else f", text sharpness {chosen['text_sharpness']:.4g}"
+            lines.append(
+                f"searched on the validation split: sharpness {chosen['sharpness']:.4g}, residual ratio "
+                f"{chosen['residual_ratio']:.4g}{text}"
+            )
+        lines.append(f"extraction {self.extraction_seconds:.1f} s, training {self.training_seconds:.1f} s")
+        return "\n".join(lines)
+
+
+def fit(
+    model,
+    train_dataset,
+    validation_dataset,
+    *,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    augment_views: int = 10,
+    seed: int = 0,
+    search_scale: tuple[float, float] | None = None,
+    search_step: tuple[int, int] = (200, 20),
+    dataset_name: str | None = None,
+    learning_rate: float | None = None,
+    validation_labels: torch.Tensor | None = None,
+    extraction_batch_size: int = 32,
+    cache_dir=None,
+    autocast_dtype: torch.dtype | None = None,
+    view_sampling: str = "gaussian",
+    show_progress: bool = True,
+    search: bool = True,
+    training_arguments: dict | None = None,
+):
+    r"""Adapts ``model`` to a few-shot task in one call (see the module docstring for the steps).
+
+    Args:
+        model ([`XMAdapterForImageClassification`]): built with `from_clip` (its processor reads the images).
+        train_dataset: the few-shot images (a `datasets.Dataset` with image and label columns, or a torch dataset of
+            (image, label)), or an [`~xmadapter_hf.data.extraction.ExtractedEmbeddings`] already extracted.
+        validation_dataset: validation images, or raw validation embeddings `(M, C)` with ``validation_labels``.
+            Never the test split: the search chooses on it.
+        epochs (`int`, *optional*): defaults to the method's recipe.
+        batch_size (`int`, *optional*): defaults to the recipe's, capped for >= 8 steps per epoch.
+        augment_views (`int`, *optional*, defaults to 10): views per training image (0 = the plain image).
+        seed (`int`, *optional*, defaults to 0): seed of the augmentations, view draws, shuffles and training.
+        search_scale (`(float, float)`, *optional*): [sharpness max, residual-ratio max] of the search; defaults to
+            the dataset's (``dataset_name``) or (7, 3). A random tiny CLIP needs about (50, 50).
+        search_step (`(int, int)`, *optional*, defaults to `(200, 20)`): the search grid sizes.
+        dataset_name (`str`, *optional*): one of Tip-Adapter's datasets, for its search defaults.
+        learning_rate (`float`, *optional*): overrides the recipe's.
+        validation_labels (`torch.Tensor`, *optional*): with validation embeddings.
+        extraction_batch_size (`int`, *optional*, defaults to 32): images per backbone forward.
+        cache_dir (`str` or `os.PathLike`, *optional*): on-disk extraction cache (see `extract_embeddings`).
+        autocast_dtype (`torch.dtype`, *optional*): mixed precision for the backbone forward.
+        view_sampling (`str`, *optional*, defaults to `"gaussian"`): see [`EmbeddingViewsDataset`].
+        show_progress (`bool`, *optional*, defaults to `True`): progress bars.
+        search (`bool`, *optional*, defaults to `True`): run the validation searches. `False` keeps the config's
+            residual ratio and sharpness (and lets a cache method fit without a validation split).
+        training_arguments (`dict`, *optional*): any other `TrainingArguments` field, over the recipe's (the same
+            arguments as [`recipe_arguments`]; e.g. `{"lr_scheduler_type": "linear", "max_grad_norm": 1.0}`).
+
+    Returns:
+        `tuple[XMAdapterForImageClassification, FitReport]`: the adapted model (in eval mode) and the report.
+
+    Example (the tiny random CLIP needs a far sharper search range than real CLIP weights):
+
+    ```python
+    >>> from xmadapter_hf import XMAdapterForImageClassification, fit
+    >>> from xmadapter_hf.testing import tiny_clip, tiny_image_dataset
+    >>> clip, processor = tiny_clip()
+    >>> names = [f"class {i}" for i in range(4)]
+    >>> model = XMAdapterForImageClassification.from_clip(clip, names, processor=processor, method="tip-adapter-f")
+    >>> train = tiny_image_dataset(4, shots=8, noise=0.85)
+    >>> validation = tiny_image_dataset(4, shots=4, noise=0.85, start_index=1000)
+    >>> model, report = fit(model, train, validation, epochs=2, augment_views=2, search_scale=(50, 50),
+    ...                     search_step=(20, 10), show_progress=False)
+    >>> report.steps, report.batch_size
+    (16, 4)
+    ```
+    """
+    # ---- validate everything before extracting or changing anything
+    from ..modeling_xmadapter import XMAdapterForImageClassification
+
+    if not isinstance(model, XMAdapterForImageClassification):
+        raise TypeError(f"`model` must be an XMAdapterForImageClassification, got {type(model).__name__}.")
+    check_int("epochs", epochs, 1, allow_none=True)
+    check_int("batch_size", batch_size, 1, allow_none=True)
+    check_int("augment_views", augment_views, 0)
+    check_int("seed", seed, -(2**62))
+    check_int("extraction_batch_size", extraction_batch_size, 1)
+    check_choice("view_sampling", view_sampling, VIEW_SAMPLINGS)
+    check_number("learning_rate", learning_rate, 0.0, low_open=True, allow_none=True)
+    method = model.method
+    if method.uses_cache and search and validation_dataset is None:
+        raise ValueError(
+            f"Method {model.config.method!r} searches its residual ratio and sharpness on a validation split: pass "
+            "`validation_dataset` (images, or raw embeddings with `validation_labels`), or `search=False`."
+        )
+    if isinstance(validation_dataset, torch.Tensor):
+        if validation_labels is None:
+            raise ValueError("Pass the validation labels with validation embeddings: (M,) integers.")
+        check_tensor("validation_dataset", validation_dataset, 2, cols=model.embed_dim)
+    if not isinstance(train_dataset, ExtractedEmbeddings) or not isinstance(validation_dataset, torch.Tensor):
+        if model.processor is None:
+            raise ValueError("`fit` reads images with the model's processor: build the model with `from_clip`.")
+    if method.trainable:
+        recipe_of(model)  # raises for a trainable method without a recipe, before any work
+
+    # ---- 1. extraction (the only backbone work)
+    started = time.perf_counter()
+    common = dict(batch_size=extraction_batch_size, cache_dir=cache_dir, autocast_dtype=autocast_dtype,
+                  show_progress=show_progress)  # fmt: skip
+    if isinstance(train_dataset, ExtractedEmbeddings):
+        views = train_dataset
+        augment_views = views.embeds.shape[0]  # what was extracted, whatever `augment_views` says
+    else:
+        views = extract_embeddings(
+            model.clip, model.processor, train_dataset, augment_views=augment_views, seed=seed, **common
+        )
+    if validation_dataset is None:
+        val_embeds, val_labels = None, None
+    elif isinstance(validation_dataset, torch.Tensor):
+        val_embeds, val_labels = validation_dataset, torch.as_tensor(validation_labels).long()
+    else:
+        extracted = extract_embeddings(model.clip, model.processor, validation_dataset, augment_views=0, **common)
+        val_embeds, val_labels = extracted.embeds[0], extracted.labels
+    report = FitReport(
+        method=model.config.method, num_train=views.embeds.shape[1],
+        num_validation=0 if val_embeds is None else val_embeds.shape[0], augment_views=augment_views,
+        view_sampling=view_sampling, extraction_seconds=time.perf_counter() - started,
+    )  # fmt: skip
+    search_args = dict(search_scale=search_scale, search_step=search_step, dataset_name=dataset_name)
+    overrides = dict(training_arguments or {})
+    if epochs is not None:
+        overrides["num_train_epochs"] = epochs
+    if batch_size is not None:
+        overrides["per_device_train_batch_size"] = batch_size
+    if learning_rate is not None:
+        overrides["learning_rate"] = learning_rate
+
+    with _all_or_nothing(model):
+        # ---- 2. cache: keys average the views (raw), then normalise (in set_cache)
+        model.set_cache(views.embeds.mean(dim=0), views.labels)  # (V, M, C) -> (M, C)
+        model.config.augment_views, model.config.seed = augment_views, seed
+        model.eval()
+        if val_embeds is not None:
+            report.training_free_accuracy, report.zero_shot_accuracy = _accuracy(model, val_embeds, val_labels)
+        # ---- 3. training-free search first: training starts from the searched values
+        if method.uses_cache and search:
+            result = model.search_hyperparameters(val_embeds, val_labels, **search_args)
+            report.search_before = _search_summary(result)
+            report.training_free_accuracy = float(result.accuracy)
+        # ---- 4. train on one draw per image and epoch from its cached views
+        if method.trainable:
+            data = EmbeddingViewsDataset(views.embeds, views.labels, seed=seed, view_sampling=view_sampling)
+            _train(model, data, seed, overrides, show_progress, report)
+        # ---- 5. search again on the trained model
+        if method.uses_cache and method.trainable and search:
+            report.search_after = _search_summary(model.search_hyperparameters(val_embeds, val_labels, **search_args))
+        if val_embeds is not None:
+            report.accuracy = _accuracy(model, val_embeds, val_labels)[0]
+    return model, report
+
+
+def _train(model, data: EmbeddingViewsDataset, seed: int, overrides: dict, show_progress: bool, report) -> None:
+    """Trains with `XMAdapterTrainer` on the recipe's arguments; fills the report's schedule, loss and time."""
+    started = time.perf_counter()
+    device = model.class_embeds.device
+    with tempfile.TemporaryDirectory(prefix="xmadapter-fit-") as output, _preserved_global_rng():
+        arguments = dict(
+            seed=seed, data_seed=seed, save_strategy="no", logging_strategy="epoch", disable_tqdm=True,
+            use_cpu=device.type == "cpu", dataloader_num_workers=0, dataloader_pin_memory=False, report_to="none",
+        )  # fmt: skip
+        args = recipe_arguments(model, output, num_items=len(data), **{**arguments, **overrides})
+        trainer = XMAdapterTrainer(model, args, train_dataset=data)
+        trainer.remove_callback(PrinterCallback)  # quiet: fit reports what it did in its FitReport
+        trainer.remove_callback(ProgressCallback)
+        if show_progress:
+            trainer.add_callback(_EpochBar(args.num_train_epochs))
+        trainer.train()
+    model.eval()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    report.epochs, report.batch_size = int(args.num_train_epochs), args.per_device_train_batch_size
+    report.steps, report.final_loss = trainer.state.global_step, (losses[-1] if losses else None)
+    report.training_seconds = time.perf_counter() - started
+
+
+class _EpochBar(TrainerCallback):
+    """A tqdm bar of epochs for `fit`."""
+
+    def __init__(self, epochs):
+        self.bar = tqdm(total=int(epochs), desc="train", unit="epoch")
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.bar.update(1)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.bar.close()
+
+
+@contextmanager
+def _all_or_nothing(model):
+    """Puts the adapter (the method, the model's buffers), the config and the mode back if the block raises."""
+    method, config = copy.deepcopy(model.method), copy.deepcopy(model.config.__dict__)
+    buffers = {name: buffer.clone() for name, buffer in model.named_buffers(recurse=False)}
+    training, layout = model.training, model.cache_shots
+    try:
+        yield
+    except BaseException:
+        model.method = method
+        for name, buffer in buffers.items():
+            setattr(model, name, buffer)
+        model.config.__dict__.clear()
+        model.config.__dict__.update(config)
+        model.cache_shots = layout
+        model.train(training)
+        raise
+
+
+@contextmanager
+def _preserved_global_rng():
+    """Trainer seeds Python's, numpy's and torch's global generators; `fit` leaves the caller's as they were."""
+    python, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_initialized() else []):
+        try:
+            yield
+        finally:
+            random.setstate(python)
+            np.random.set_state(numpy_state)
+
+
+def _accuracy(model, embeds: torch.Tensor, labels: torch.Tensor, batch_size: int = 1024) -> tuple[float, float]:
+    """(final, zero-shot) top-1 accuracy of raw embeddings (M, C)."""
+    device = model.class_embeds.device
+    hits = zero_shot_hits = 0
+    with torch.no_grad():
+        for start in range(0, embeds.shape[0], batch_size):
+            out = model(image_embeds=embeds[start : start + batch_size].to(device))
+            truth = labels[start : start + batch_size].to(device)
+            hits += int((out.logits.argmax(-1) == truth).sum())
+            zero_shot_hits += int((out.zero_shot_logits.argmax(-1) == truth).sum())
+    return hits / embeds.shape[0], zero_shot_hits / embeds.shape[0]
+
+
+def _search_summary(result) -> dict:
+    return {
+        "accuracy": float(result.accuracy),
+        "sharpness": float(result.sharpness),
+        "residual_ratio": float(result.residual_ratio),
+        "text_sharpness": None if result.text_sharpness is None else float(result.text_sharpness),
+    }
