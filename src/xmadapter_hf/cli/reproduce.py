@@ -1,0 +1,106 @@
+"""`xmadapter reproduce`: a paper's protocol in one command (few-shot, base-to-novel, domain generalisation).
+
+Reads the datasets under --data-root (CoOp's layouts, or class-folder trees), extracts each dataset's embeddings
+once (kept under OUTPUT/features, keyed by image identity, shared by every method, shot count and seed), fits every
+method at every shot count and seed with its defaults, evaluates on the test split, and writes OUTPUT/results.csv,
+results.json, results.md (mean ± std over seeds, the published numbers beside ours) and few_shot_curves.png (with
+the `plot` extra). Run it again with the same OUTPUT to continue an interrupted run: finished cells are read back,
+not redone. A run whose settings differ from those recorded in OUTPUT stops (--overwrite discards the old cells).
+See docs/reproduce.md.
+"""
+
+from __future__ import annotations
+
+from .common import CLIError, Command, add_progress_argument, add_threads_argument, positive_int, set_threads
+
+PROTOCOLS = ("few-shot", "base-to-novel", "domain-generalisation")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--data-root", required=True, help="the folder holding the datasets (docs/reproduce.md)")
+    parser.add_argument(
+        "--datasets", nargs="+", required=True, metavar="NAME", help="benchmark names (e.g. dtd eurosat "
+        "oxford_pets) or class-folder trees under --data-root; domain-generalisation: imagenet, then targets",
+    )  # fmt: skip
+    parser.add_argument("--methods", nargs="+", required=True, metavar="METHOD", help="registered method names")
+    parser.add_argument("--shots", nargs="+", type=positive_int, default=[1, 2, 4, 8, 16], help="default 1 2 4 8 16")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3], help="default 1 2 3 (CoOp's)")
+    parser.add_argument(
+        "--model", default="demo", help="the backbone: a CLIP Hub id or local path, `demo`, or "
+        "open_clip:ARCH/PRETRAINED (the open_clip extra), e.g. open_clip:RN50/openai (default: demo)",
+    )  # fmt: skip
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="few-shot", help="default: %(default)s")
+    parser.add_argument("--output", required=True, help="the results folder (a rerun continues it)")
+    parser.add_argument("--overwrite", action="store_true", help="discard cells written with other settings")
+    parser.add_argument(
+        "--validation", choices=("coop", "tip-adapter"), default="coop",
+        help="coop: min(K, 4) validation images per class; tip-adapter: the whole val split (default: coop)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--templates", choices=("tip-adapter", "clip", "coop"), default="tip-adapter",
+        help="prompt templates per dataset (default: tip-adapter)",
+    )  # fmt: skip
+    parser.add_argument("--augment-views", type=int, default=10, help="augmented views per training image (10)")
+    parser.add_argument("--epochs", type=positive_int, help="training epochs (default: each method's recipe)")
+    parser.add_argument(
+        "--search-scale", type=float, nargs=2, metavar=("SHARPNESS_MAX", "RATIO_MAX"),
+        help="the search range (default: the dataset's, else (7, 3))",
+    )  # fmt: skip
+    parser.add_argument("--search-step", type=positive_int, nargs=2, default=[200, 20], help="default 200 20")
+    parser.add_argument("--backbone-name", help="the backbone's name in the report, e.g. RN50 (default: from --model)")
+    parser.add_argument("--feature-dir", help="the embedding store (default OUTPUT/features)")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="images per backbone forward (32)")
+    parser.add_argument("--no-plot", action="store_true", help="do not draw the few-shot curves")
+    add_threads_argument(parser)
+    add_progress_argument(parser)
+
+
+def run(args) -> int:
+    from ..reproduce.harness import ReproduceError, run_protocol
+
+    if args.augment_views < 0:
+        raise CLIError(f"--augment-views must be 0 or more, got {args.augment_views}", status=2)
+    set_threads(args.threads)
+
+    def report(cell, rows, skipped):
+        what = "done before" if skipped else f"{rows[0]['seconds']:.1f} s"
+        scores = ", ".join(f"{r['evaluated_on']} {r['accuracy']:.2f}" for r in rows)
+        print(f"{cell['dataset']} {cell['method']} {cell['shots']}-shot seed {cell['seed']}: {scores} ({what})",
+              flush=True)  # fmt: skip
+
+    try:
+        result = run_protocol(
+            args.data_root, args.datasets, args.methods, output_dir=args.output, model=args.model,
+            protocol=args.protocol, shots=args.shots, seeds=args.seeds, validation=args.validation,
+            templates=args.templates, augment_views=args.augment_views, epochs=args.epochs,
+            search_scale=tuple(args.search_scale) if args.search_scale else None, search_step=tuple(args.search_step),
+            backbone_name=args.backbone_name, feature_dir=args.feature_dir, batch_size=args.batch_size,
+            overwrite=args.overwrite, plot=not args.no_plot, on_cell=report, show_progress=_progress(args),
+        )  # fmt: skip
+    except ReproduceError as error:
+        raise CLIError(str(error)) from error
+    print(f"cells: {result.cells_run} run, {result.cells_skipped} read back; images embedded: "
+          f"{result.images_embedded}")  # fmt: skip
+    from ..reproduce.harness import markdown_table
+
+    print(markdown_table(result.summary))
+    for kind, path in result.files.items():
+        print(f"wrote {kind}: {path}")
+    if "plot" not in result.files and args.protocol == "few-shot" and not args.no_plot:
+        print("no plot: matplotlib is not installed (pip install 'xmadapter-hf[plot]')")
+    return 0
+
+
+def _progress(args) -> bool:
+    from .common import show_progress
+
+    return show_progress(args)
+
+
+COMMAND = Command(
+    name="reproduce",
+    help="run a paper's protocol (few-shot, base-to-novel, domain generalisation) and write its tables",
+    description=__doc__,
+    add_arguments=add_arguments,
+    run=run,
+)
