@@ -535,8 +535,11 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 def _published(method: str, dataset: str, shots: int, protocol: str) -> list:
     if protocol != "few-shot":
         return []
-    return published_results(method=method, dataset=dataset, shots=0 if method == "zero-shot" else shots,
-                             protocol="few-shot")  # fmt: skip
+    try:
+        return published_results(method=method, dataset=dataset, shots=0 if method == "zero-shot" else shots,
+                                 protocol="few-shot")  # fmt: skip
+    except (KeyError, ValueError):  # not a benchmark dataset (a class-folder tree of one's own): nothing published
+        return []
 
 
 def summarize(rows: list[dict], *, protocol: str, backbone: str) -> list[dict]:
