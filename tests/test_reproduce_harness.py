@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import statistics
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -251,7 +252,8 @@ def test_domain_generalisation_scores_target_classes(data_root, counting, tmp_pa
     assert rows["imagenet"]["num_train"] == rows["imagenet_a"]["num_train"] == 4  # 1 shot x 4 ImageNet classes
 
 
-def test_reproduce_command_and_bad_inputs(data_root, tmp_path, capsys):
+def test_reproduce_command_and_bad_inputs(data_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "open_clip", None)  # open_clip not importable, whether installed or not
     clip, processor = tiny_clip()
     model_dir = tmp_path / "tiny-clip"
     clip.save_pretrained(model_dir)

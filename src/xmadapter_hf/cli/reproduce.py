@@ -77,7 +77,7 @@ def run(args) -> int:
             backbone_name=args.backbone_name, feature_dir=args.feature_dir, batch_size=args.batch_size,
             overwrite=args.overwrite, plot=not args.no_plot, on_cell=report, show_progress=_progress(args),
         )  # fmt: skip
-    except ReproduceError as error:
+    except (ReproduceError, ImportError) as error:  # ImportError: the open_clip extra (its message names it)
         raise CLIError(str(error)) from error
     print(f"cells: {result.cells_run} run, {result.cells_skipped} read back; images embedded: "
           f"{result.images_embedded}")  # fmt: skip

@@ -508,6 +508,9 @@ def run_protocol(
                     if on_cell is not None:
                         on_cell(cell, cell_rows, found is not None)
     notes = _notes(protocol, settings, label)
+    plain = [d.name for d in [*read, *targets] if _templates(d.name, templates) == ["a photo of a {}."]]
+    if plain:
+        notes.append(f"{', '.join(plain)}: no shipped {templates} templates; prompt 'a photo of a {{}}.'")
     summary = summarize(rows, protocol=protocol, backbone=label)
     files = write_reports(output, rows, summary, settings, notes, plot=plot)
     return ReproduceResult(rows, summary, files, run, skipped, store.images_embedded, notes)
@@ -654,6 +657,8 @@ def _plot(path: Path, summary: list[dict]) -> str | None:
             xs, means, stds = zip(*points)
             axis.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=method)
         axis.set_xscale("log", base=2)
+        ticks = sorted({e["shots"] for e in summary if e["dataset"] == dataset})
+        axis.set_xticks(ticks, [str(k) for k in ticks])
         axis.set_title(dataset)
         axis.set_xlabel("shots per class")
         axis.set_ylabel("top-1 accuracy (%)")
