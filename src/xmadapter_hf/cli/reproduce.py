@@ -11,7 +11,15 @@ See docs/reproduce.md.
 
 from __future__ import annotations
 
-from .common import CLIError, Command, add_progress_argument, add_threads_argument, positive_int, set_threads
+from .common import (
+    CLIError,
+    Command,
+    add_progress_argument,
+    add_threads_argument,
+    nonnegative_int,
+    positive_int,
+    set_threads,
+)
 
 PROTOCOLS = ("few-shot", "base-to-novel", "domain-generalisation")
 
@@ -40,7 +48,7 @@ def add_arguments(parser) -> None:
         "--templates", choices=("tip-adapter", "clip", "coop"), default="tip-adapter",
         help="prompt templates per dataset (default: tip-adapter)",
     )  # fmt: skip
-    parser.add_argument("--augment-views", type=int, default=10, help="augmented views per training image (10)")
+    parser.add_argument("--augment-views", type=nonnegative_int, default=10, help="views per training image (10)")
     parser.add_argument("--epochs", type=positive_int, help="training epochs (default: each method's recipe)")
     parser.add_argument(
         "--search-scale", type=float, nargs=2, metavar=("SHARPNESS_MAX", "RATIO_MAX"),
@@ -58,8 +66,6 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from ..reproduce.harness import ReproduceError, run_protocol
 
-    if args.augment_views < 0:
-        raise CLIError(f"--augment-views must be 0 or more, got {args.augment_views}", status=2)
     set_threads(args.threads)
 
     def report(cell, rows, skipped):
