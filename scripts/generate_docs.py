@@ -137,24 +137,27 @@ def _rows(entries) -> list[str]:
 
 
 def method_field_groups() -> list[tuple[type, list[str], list[tuple[str, str, str]]]]:
-    """(the `config_fields` class that declares them, the methods that have them, its entries) per declaring class,
-    in registration order: the registry, not this script, knows which method has which fields."""
-    from xmadapter_hf.methods import get_method_class, method_config_fields, registered_methods
+    """(the `config_fields` class that declares them, the shipped methods that have them, its entries) per declaring
+    class, in the order of `xmadapter_hf.METHODS`: the registry, not this script, knows which method has which
+    fields (methods registered at run time, as the tests do, are not the package's and are left out)."""
+    import dataclasses
 
-    owners: dict[type, list[str]] = {}
-    for owner, _ in method_config_fields().values():
-        owners.setdefault(owner, [])
-    for name in registered_methods():
+    from xmadapter_hf.methods import METHODS, get_method_class
+
+    groups: dict[type, tuple[list[str], list[str]]] = {}
+    for name in METHODS:
         fields = get_method_class(name).config_fields
-        for owner in owners:
-            if fields is not None and owner in fields.__mro__:
-                owners[owner].append(name)
-    groups = []
-    for owner, methods in owners.items():
-        declared = [f for f, (o, _) in method_config_fields().items() if o is owner]
-        entries = [entry for entry in config_fields(owner.__doc__) if entry[0] in declared]
-        groups.append((owner, methods, entries))
-    return groups
+        for field in dataclasses.fields(fields) if fields is not None else ():
+            owner = next(c for c in fields.__mro__ if field.name in c.__dict__.get("__annotations__", {}))
+            methods, declared = groups.setdefault(owner, ([], []))
+            if name not in methods:
+                methods.append(name)
+            if field.name not in declared:
+                declared.append(field.name)
+    return [
+        (owner, methods, [entry for entry in config_fields(owner.__doc__) if entry[0] in declared])
+        for owner, (methods, declared) in groups.items()
+    ]
 
 
 def config_reference() -> str:

@@ -17,6 +17,7 @@ __all__ = [
     "plot_affinity_ratio",
     "plot_confusion_matrix",
     "plot_few_shot_curve",
+    "plot_few_shot_panels",
     "require_matplotlib",
 ]
 
@@ -41,15 +42,42 @@ def require_matplotlib():
 
 
 def _save(figure, path: str | os.PathLike) -> Path:
+    """Writes the PNG atomically (a temporary file renamed over `path`: an interrupted run leaves no half PNG)."""
+    import uuid
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.png")
+    figure.savefig(temporary, dpi=120)
     figure.clf()
     import matplotlib.pyplot as plt
 
     plt.close(figure)
+    os.replace(temporary, path)
     return path
+
+
+def _draw_curves(axes, curves: Mapping[str, Mapping[int, tuple[float, float]]], flat: Mapping[str, float]) -> None:
+    """One line per method of accuracy against shots (log2 axis, ticks at the shot counts), std as a band."""
+    for name, value in flat.items():
+        axes.axhline(value, linestyle="--", color="gray", label=name)
+    shots_seen: set[int] = set()
+    for name, points in curves.items():
+        shots = sorted(points)
+        shots_seen.update(shots)
+        means = [points[k][0] for k in shots]
+        stds = [points[k][1] for k in shots]
+        (line,) = axes.plot(shots, means, marker="o", label=name)
+        if any(s > 0 for s in stds):
+            low = [m - s for m, s in zip(means, stds)]
+            high = [m + s for m, s in zip(means, stds)]
+            axes.fill_between(shots, low, high, alpha=0.15, color=line.get_color())
+    axes.set_xscale("log", base=2)
+    axes.set_xticks(sorted(shots_seen), [str(k) for k in sorted(shots_seen)])
+    axes.set_xlabel("shots per class")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
 
 
 def plot_few_shot_curve(
@@ -70,26 +98,37 @@ def plot_few_shot_curve(
     """
     plt = require_matplotlib()
     figure, axes = plt.subplots(figsize=(6.4, 4.4))
-    for name, value in (flat or {}).items():
-        axes.axhline(value, linestyle="--", color="gray", label=name)
-    shots_seen: set[int] = set()
-    for name, points in curves.items():
-        shots = sorted(points)
-        shots_seen.update(shots)
-        means = [points[k][0] for k in shots]
-        stds = [points[k][1] for k in shots]
-        (line,) = axes.plot(shots, means, marker="o", label=name)
-        if any(s > 0 for s in stds):
-            low = [m - s for m, s in zip(means, stds)]
-            high = [m + s for m, s in zip(means, stds)]
-            axes.fill_between(shots, low, high, alpha=0.15, color=line.get_color())
-    axes.set_xscale("log", base=2)
-    axes.set_xticks(sorted(shots_seen), [str(k) for k in sorted(shots_seen)])
-    axes.set_xlabel("shots per class")
+    _draw_curves(axes, curves, flat or {})
     axes.set_ylabel(ylabel)
     axes.set_title(title)
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize="small")
+    return _save(figure, path)
+
+
+def plot_few_shot_panels(
+    panels: Mapping[str, Mapping[str, Mapping[int, tuple[float, float]]]],
+    path: str | os.PathLike,
+    *,
+    ylabel: str = "top-1 accuracy (%)",
+) -> Path:
+    """Few-shot curves of several datasets, one panel each (up to three a row), as `plot_few_shot_curve` draws one.
+
+    Args:
+        panels: title (a dataset) -> method -> {shots: (mean, std)}.
+        path: the PNG to write.
+        ylabel: the accuracy axis' label.
+    """
+    import math
+
+    plt = require_matplotlib()
+    columns = min(3, max(1, len(panels)))
+    rows = max(1, math.ceil(len(panels) / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 3.5 * rows), squeeze=False)
+    for axis, (title, curves) in zip(axes.flat, panels.items()):
+        _draw_curves(axis, curves, {})
+        axis.set_title(title)
+        axis.set_ylabel(ylabel)
+    for axis in list(axes.flat)[len(panels) :]:
+        axis.set_visible(False)
     return _save(figure, path)
 
 

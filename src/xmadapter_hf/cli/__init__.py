@@ -18,7 +18,7 @@ import os
 import sys
 import warnings
 
-from . import demo, evaluate, export, fit, predict, push, search
+from . import demo, evaluate, export, fit, predict, push, reproduce, search
 from .common import CLIError, Command, one_line
 
 __all__ = ["COMMANDS", "CLIError", "Command", "build_parser", "main"]
@@ -32,6 +32,7 @@ COMMANDS: tuple[Command, ...] = (
     search.COMMAND,
     push.COMMAND,
     export.COMMAND,
+    reproduce.COMMAND,
 )
 
 PROG = "xmadapter"

@@ -14,13 +14,16 @@ __all__ = [
     "CLIError",
     "Command",
     "add_progress_argument",
+    "add_search_arguments",
     "add_threads_argument",
+    "add_training_arguments",
     "default_method",
     "load_adapter",
     "method_names",
     "nonnegative_int",
     "one_line",
     "positive_int",
+    "search_scale",
     "set_threads",
     "show_progress",
     "write_json",
@@ -64,6 +67,34 @@ def nonnegative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
+
+
+def add_search_arguments(parser: argparse.ArgumentParser, *, step: bool = True) -> None:
+    """The validation search's options (`fit`, `search`, `demo`, `reproduce`): --search-scale, and --search-step."""
+    parser.add_argument(
+        "--search-scale", type=float, nargs=2, metavar=("SHARPNESS_MAX", "RATIO_MAX"),
+        help="the search range (default: the library's: a Tip-Adapter dataset's own, else (7, 3); the ratio is "
+        "scaled by the backbone's logit scale / 100)",
+    )  # fmt: skip
+    if step:
+        parser.add_argument(
+            "--search-step", type=positive_int, nargs=2, default=(200, 20), metavar=("SHARPNESS_STEPS", "RATIO_STEPS"),
+            help="grid sizes (200 20)",
+        )  # fmt: skip
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, *, epochs: bool = True, step: bool = False) -> None:
+    """What `fit` takes beside the data, shared by `fit`, `demo` and `reproduce`: --augment-views, --epochs (where
+    the command trains with one setting) and the search's options."""
+    parser.add_argument("--augment-views", type=nonnegative_int, default=10, help="augmented views per image (10)")
+    if epochs:
+        parser.add_argument("--epochs", type=positive_int, help="training epochs (default: the method's recipe)")
+    add_search_arguments(parser, step=step)
+
+
+def search_scale(args: argparse.Namespace) -> tuple[float, float] | None:
+    """--search-scale as `fit`'s `search_scale` (`None`: the library's default)."""
+    return tuple(args.search_scale) if args.search_scale else None
 
 
 def method_names() -> list[str]:

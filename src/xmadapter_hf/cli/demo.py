@@ -14,7 +14,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .common import CLIError, Command, add_progress_argument, add_threads_argument, method_names, show_progress
+from .common import (
+    CLIError,
+    Command,
+    add_progress_argument,
+    add_threads_argument,
+    add_training_arguments,
+    method_names,
+    search_scale,
+    show_progress,
+)
 
 #: torch threads of the demo: one thread per process was measured 5-20x faster on a busy 2-core machine for the
 #: demo CLIP's small matrices (docs/demo.md).
@@ -37,11 +46,7 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--seed", type=int, nargs="+", default=[0], help="one or more seeds (the table averages them)")
     parser.add_argument("--output", default="xmadapter-demo", help="where to write results and plots (%(default)s)")
-    parser.add_argument("--augment-views", type=int, default=10, help="augmented views per training image (10)")
-    parser.add_argument(
-        "--search-scale", type=float, nargs=2, metavar=("SHARPNESS_MAX", "RATIO_MAX"),
-        help="the validation search's range (default: the library's)",
-    )  # fmt: skip
+    add_training_arguments(parser, epochs=False)
     parser.add_argument("--no-plot", action="store_true", help="no PNGs (matplotlib not needed)")
     parser.add_argument("--export-images", metavar="DIR", help="write the demo task as an image folder and exit")
     add_threads_argument(parser, default=DEMO_THREADS)
@@ -57,8 +62,6 @@ def _check(args) -> None:
         raise CLIError(
             f"--shots {bad[0]}: expected 1 to {largest} (the demo task's training images per class)", status=2
         )
-    if args.augment_views < 0:
-        raise CLIError("--augment-views must be 0 or more", status=2)
     if any(seed < 0 for seed in args.seed):
         raise CLIError("--seed must be 0 or more", status=2)
 
@@ -127,7 +130,7 @@ def run(args) -> int:
             bar.set_postfix_str(f"{result.shots} shots {result.method}")
             bar.update()
 
-        search = {"default": tuple(args.search_scale) if args.search_scale else None}
+        search = {"default": search_scale(args)}
         results = compare_methods(
             args.model, seeds=args.seed, shots=args.shots, methods=methods, searches=search,
             augment_views=args.augment_views, on_result=advance,

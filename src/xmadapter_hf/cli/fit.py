@@ -18,10 +18,11 @@ from .common import (
     Command,
     add_progress_argument,
     add_threads_argument,
+    add_training_arguments,
     default_method,
     method_names,
-    nonnegative_int,
     positive_int,
+    search_scale,
     set_threads,
     show_progress,
     write_json,
@@ -58,12 +59,7 @@ def add_arguments(parser) -> None:
         "--no-search", action="store_true", help="no validation search: keep the config's residual ratio and "
         "sharpness (a warning says so); with no validation split, nothing is drawn for one",
     )  # fmt: skip
-    parser.add_argument("--augment-views", type=nonnegative_int, default=10, help="augmented views per image (10)")
-    parser.add_argument("--epochs", type=positive_int, help="training epochs (default: the method's recipe)")
-    parser.add_argument(
-        "--search-scale", type=float, nargs=2, metavar=("SHARPNESS_MAX", "RATIO_MAX"),
-        help="the search range (default: the library's, (7, 3) with the ratio scaled by s/100)",
-    )  # fmt: skip
+    add_training_arguments(parser)
     parser.add_argument(
         "--template", action="append", dest="templates", metavar="TEXT",
         help='a prompt template with {} (repeatable; default "a photo of a {}.")',
@@ -169,7 +165,7 @@ def run(args) -> int:
     started = time.perf_counter()
     model, report = fit(
         model, few_shot, validation, augment_views=args.augment_views, seed=args.seed, epochs=args.epochs,
-        search_scale=tuple(args.search_scale) if args.search_scale else None, show_progress=show_progress(args),
+        search_scale=search_scale(args), show_progress=show_progress(args),
         search=not args.no_search,
     )  # fmt: skip
     seconds = time.perf_counter() - started

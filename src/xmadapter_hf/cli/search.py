@@ -14,9 +14,10 @@ from .common import (
     CLIError,
     Command,
     add_progress_argument,
+    add_search_arguments,
     add_threads_argument,
     load_adapter,
-    positive_int,
+    search_scale,
     set_threads,
 )
 from .data import open_data, pick_split, relabel, resolve_split
@@ -27,14 +28,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("adapter", help="the adapter directory")
     parser.add_argument("--data", help="the data the adapter was fit on (for its split.json or validation split)")
     parser.add_argument("--validation", metavar="SRC", help="the validation images (see the description)")
-    parser.add_argument(
-        "--search-scale", type=float, nargs=2, metavar=("SHARPNESS_MAX", "RATIO_MAX"),
-        help="the search range (default: the library's)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--search-step", type=positive_int, nargs=2, default=(200, 20), metavar=("SHARPNESS_STEPS", "RATIO_STEPS"),
-        help="grid sizes (200 20)",
-    )  # fmt: skip
+    add_search_arguments(parser)
     parser.add_argument("--output", help="write the searched adapter here (default: update the adapter in place)")
     add_threads_argument(parser)
     add_progress_argument(parser)
@@ -71,7 +65,7 @@ def run(args) -> int:
     config = model.config
     before = (config.sharpness, config.residual_ratio, config.text_sharpness)
     result = model.search_hyperparameters(
-        validation, search_scale=tuple(args.search_scale) if args.search_scale else None,
+        validation, search_scale=search_scale(args),
         search_step=tuple(args.search_step),
     )  # fmt: skip
     text = "" if result.text_sharpness is None else f", text sharpness {before[2]:.4g} -> {config.text_sharpness:.4g}"
