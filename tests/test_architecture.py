@@ -31,13 +31,14 @@ def _sources(exclude: str | None = None) -> list[Path]:
 
 def _named_methods(path: Path, names: set[str]) -> list[str]:
     """String constants of a file equal to a method name, but the transformers model type (`model_type`,
-    `base_model_prefix`: the architecture's name, which the XMAdapter method shares)."""
+    `base_model_prefix`: the architecture's name, which the XMAdapter method shares) and the command's name (`PROG`
+    of `cli/`: `xmadapter`, the console script)."""
     tree = ast.parse(path.read_text())
     model_type = {
         id(node.value)
         for node in ast.walk(tree)
         if isinstance(node, ast.Assign)
-        and any(getattr(t, "id", "") in ("model_type", "base_model_prefix") for t in node.targets)
+        and any(getattr(t, "id", "") in ("model_type", "base_model_prefix", "PROG") for t in node.targets)
     }
     return [
         f"{path.relative_to(PACKAGE)}: {node.value!r}"

@@ -11,6 +11,8 @@ method: it asks the method. The hooks, each with a default that fits a method wi
 - ``recipe``: the [`TrainingRecipe`] of a trainable method (`None`: training-free); ``parameter_groups(lr, wd)``:
   its optimiser groups.
 - ``search_space(image_embeds, state)``: what the validation search tunes (`None`: nothing).
+- ``logit_parts(output)``: what each term of the logits adds (zero-shot, the caches), for readouts such as
+  `xmadapter predict`.
 - ``export_constants(state)`` and ``export_forward(image_embeds, state, constants)``: what `export.export_onnx`
   traces (the eval forward with inference-time tensors held as graph constants, no loop over the batch).
 - ``cache_parameters``: the names of parameters with one row per cache entry (learned keys): they are resized and
@@ -332,6 +334,11 @@ class AdapterMethod(nn.Module):
     def search_space(self, image_embeds: torch.Tensor, state: CacheState) -> SearchSpace | None:
         """What the validation search tunes on normalised validation embeddings `(M, C)`; `None`: nothing."""
         return None
+
+    def logit_parts(self, output: MethodOutput) -> dict[str, torch.Tensor]:
+        """What each named term adds to ``output.logits``: name -> `(B, N)` float32 (zero-shot CLIP by default). The
+        terms sum to the logits, or a reader takes what remains as the adapter's own term."""
+        return {"zero_shot": output.zero_shot_logits.float()}
 
     # ------------------------------------------------------------------------------------------------ export
     def export_constants(self, state: CacheState) -> dict[str, torch.Tensor]:
