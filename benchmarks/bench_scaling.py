@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -106,7 +107,7 @@ def main() -> None:
                 flush=True,
             )
     plot(results, Path(args.plot))
-    print(f"# plot written to {args.plot}")
+    print(f"# plot written to {os.path.relpath(args.plot)}")
     print(
         f"# a float16 key is {2 * DIM} bytes per entry; tip-adapter holds one (NK, C) tensor, tip-adapter-f and "
         "xmadapter two (E and F), xmadapter also (NK, C/4) float32 text keys; the class text embeddings W are "

@@ -19,6 +19,7 @@ import xmadapter_hf
 from xmadapter_hf import XMAdapterConfig, XMAdapterForImageClassification, XMAdapterImageClassifierOutput
 from xmadapter_hf.methods import METHODS, MethodOutput, registered_methods
 from xmadapter_hf.methods.clip_adapter import ClipAdapterFields
+from xmadapter_hf.methods.meta_adapter import MetaAdapterFields
 from xmadapter_hf.methods.multimodal import MultiModalAdapterFields
 
 PACKAGE = Path(xmadapter_hf.__file__).parent
@@ -30,13 +31,14 @@ def _sources(exclude: str | None = None) -> list[Path]:
 
 def _named_methods(path: Path, names: set[str]) -> list[str]:
     """String constants of a file equal to a method name, but the transformers model type (`model_type`,
-    `base_model_prefix`: the architecture's name, which the XMAdapter method shares)."""
+    `base_model_prefix`: the architecture's name, which the XMAdapter method shares) and the command's name (`PROG`
+    of `cli/`: `xmadapter`, the console script)."""
     tree = ast.parse(path.read_text())
     model_type = {
         id(node.value)
         for node in ast.walk(tree)
         if isinstance(node, ast.Assign)
-        and any(getattr(t, "id", "") in ("model_type", "base_model_prefix") for t in node.targets)
+        and any(getattr(t, "id", "") in ("model_type", "base_model_prefix", "PROG") for t in node.targets)
     }
     return [
         f"{path.relative_to(PACKAGE)}: {node.value!r}"
@@ -48,7 +50,7 @@ def _named_methods(path: Path, names: set[str]) -> list[str]:
 def test_no_method_is_named_outside_methods():
     """`reproduce/` is left out: it names the papers' protocols (Tip-Adapter's validation rule), not our methods."""
     names = set(registered_methods())
-    assert set(METHODS) <= names and len(METHODS) == 6
+    assert set(METHODS) <= names and len(METHODS) == 7
     named = [
         hit
         for path in _sources(exclude="methods")
@@ -87,7 +89,12 @@ def test_nothing_compares_config_method():
 
 
 @pytest.mark.parametrize(
-    "fields,home", [(ClipAdapterFields, "clip_adapter.py"), (MultiModalAdapterFields, "multimodal.py")]
+    "fields,home",
+    [
+        (ClipAdapterFields, "clip_adapter.py"),
+        (MultiModalAdapterFields, "multimodal.py"),
+        (MetaAdapterFields, "meta_adapter.py"),
+    ],
 )
 def test_a_method_is_one_file(fields, home):
     """Its config fields, module and recipe live in its own file: no other file of the package mentions a field."""

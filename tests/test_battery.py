@@ -21,7 +21,7 @@ def test_every_method_of_the_config_is_registered():
     from xmadapter_hf.methods import METHODS as CONFIG_METHODS
 
     assert sorted(CONFIG_METHODS) == METHODS
-    assert len(METHODS) == 6
+    assert len(METHODS) == 7
 
 
 def _args(tmp_path, batch, accumulation=1, steps=3):

@@ -30,7 +30,7 @@ FIELDS = {
     "epochs": int,
     "prompt_templates": list,
 }
-# METHOD.md, appendix: Tip-Adapter's search_scale [beta_max, alpha_max] and initial alpha.
+# Tip-Adapter's configs: search_scale [beta_max, alpha_max] and initial alpha.
 APPENDIX = {
     "caltech101": ([12, 5], 3),
     "dtd": ([13, 13], 2),

@@ -196,7 +196,9 @@ def test_affinity_maths_stays_float32_under_bf16_autocast(make_model, cache_embe
     assert ((reference - out.logits).abs().max() / reference.abs().max()).item() <= 0.02
 
 
-@pytest.mark.parametrize("method", ["zero-shot", "tip-adapter", "tip-adapter-f", "clip-adapter", "multimodal-adapter"])
+@pytest.mark.parametrize(
+    "method", ["zero-shot", "tip-adapter", "tip-adapter-f", "clip-adapter", "multimodal-adapter", "meta-adapter"]
+)
 def test_every_method_returns_float32_logits_under_bf16_autocast(make_model, cache_embeds, method):
     model = make_model(method)
     with torch.no_grad():

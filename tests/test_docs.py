@@ -40,6 +40,41 @@ def test_doc_code_blocks_compile(path):
         compile(block, path, "exec")
 
 
+def _tracked_text_files() -> list[Path]:
+    import subprocess
+
+    try:
+        listed = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout (e.g. an unpacked sdist)")
+    paths = [ROOT / line for line in listed.splitlines()]
+    return [p for p in paths if p.suffix in {".md", ".py", ".toml", ".sh", ".txt", ".cfg", ".json"} and p.is_file()]
+
+
+def test_nothing_cites_files_outside_the_repository_or_machine_paths():
+    """The design notes the project was built from are not shipped (the repository's docs/methods.md and
+    docs/design.md are the references), and no machine path of a developer's checkout belongs in it."""
+    outside = re.compile(r"(METHOD|ARCHITECTURE)\.md|\.\./shared|/work/|/home/\w|/Users/\w")
+    found = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in _tracked_text_files()
+        if path != Path(__file__).resolve()
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
+        if outside.search(line)
+    ]
+    assert not found, "\n".join(found)
+
+
+def test_relative_links_of_the_docs_resolve():
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" not in target and not target.startswith("mailto:") and not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(ROOT)} -> {target}")
+    assert not broken, broken
+
+
 def test_design_s_new_method_example_runs(tmp_path, monkeypatch):
     """docs/design.md's worked example: a method in one file (here one block), registered, fitted, saved, reloaded."""
     block = next(b for b in _blocks(ROOT / "docs" / "design.md") if "@register_method" in b)

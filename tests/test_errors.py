@@ -132,6 +132,17 @@ def _bomb(ctx):
         Image.MAX_IMAGE_PIXELS = old
 
 
+def _stale_step(ctx):
+    """A model of its own (the context's stay untouched): an optimiser, then `add_classes`, then a training step."""
+    model = ctx.build("tip-adapter-f")
+    model.set_cache(ctx.raw, ctx.labels)
+    optimizer, _ = build_optimizer(model, num_training_steps=1)
+    model.add_classes(["kiwi"], embeds=ctx.raw[:1], labels=torch.tensor([0]))
+    model.train()
+    model(image_embeds=ctx.raw, labels=ctx.labels).loss.backward()
+    optimizer.step()
+
+
 E = torch.zeros(2, 32)
 CASES = [
     # ---------------------------------------------------------------------------------------- forward inputs
@@ -193,6 +204,28 @@ CASES = [
          ValueError, lambda ctx: ctx.empty.build_cache(tiny_image_dataset(num_classes=5, shots=1))),
     Case("dataset-class-without-images", "cache", "a dataset without images of a class (before any backbone work)",
          ValueError, lambda ctx: ctx.empty.build_cache(tiny_image_dataset(num_classes=3, shots=1))),
+    # --------------------------------------------------------------------------------------------- classes
+    Case("add-existing-class", "classes", "add_classes with a name the model has", ValueError,
+         lambda ctx: ctx.model.add_classes(["blue sky"], embeds=ctx.raw[:1], labels=torch.tensor([0]))),
+    Case("add-repeated-class", "classes", "add_classes with a name twice", ValueError,
+         lambda ctx: ctx.model.add_classes(["kiwi", "kiwi"], embeds=ctx.raw[:2], labels=torch.tensor([0, 1]))),
+    Case("add-no-classes", "classes", "add_classes with an empty list", ValueError,
+         lambda ctx: ctx.model.add_classes([], embeds=ctx.raw[:1], labels=torch.tensor([0]))),
+    Case("add-class-name-string", "classes", "add_classes with a string instead of a list", TypeError,
+         lambda ctx: ctx.model.add_classes("kiwi", embeds=ctx.raw[:1], labels=torch.tensor([0]))),
+    Case("add-class-without-support", "classes", "add_classes to a model with a cache, without support images",
+         ValueError, lambda ctx: ctx.model.add_classes(["kiwi"])),
+    Case("add-empty-class", "classes", "add_classes with a new class that has no support image", ValueError,
+         lambda ctx: ctx.model.add_classes(["kiwi", "plum"], embeds=ctx.raw[:2], labels=torch.tensor([0, 0]))),
+    Case("add-support-wrong-dim", "classes", "add_classes with support embeddings of the wrong dim", ValueError,
+         lambda ctx: ctx.model.add_classes(["kiwi"], embeds=torch.zeros(2, 8), labels=torch.tensor([0, 0]))),
+    Case("add-support-label-out-of-range", "classes", "add_classes with a support label beyond the new classes",
+         ValueError, lambda ctx: ctx.model.add_classes(["kiwi"], embeds=ctx.raw[:2], labels=torch.tensor([0, 1]))),
+    Case("stale-optimizer", "classes", "an optimiser built before add_classes, stepped after it", RuntimeError,
+         _stale_step),
+    Case("load-with-repeated-class-names", "classes", "from_pretrained(class_names=) with a name twice", ValueError,
+         _load("checkpoint", lambda ctx: dict(clip_model=ctx.clip, processor=ctx.processor,
+                                              class_names=["kiwi", "kiwi"]))),
     # ----------------------------------------------------------------------------------------------- config
     Case("unknown-method", "config", "an unknown method", ValueError, _config(method="lora")),
     Case("zero-sharpness", "config", "zero sharpness", ValueError, _config(sharpness=0.0)),

@@ -29,6 +29,7 @@ EXPECTED_OUTPUTS = {
     "zero-shot": ["logits", "zero_shot_logits"],
     "clip-adapter": ["logits", "zero_shot_logits"],
     "multimodal-adapter": ["logits", "zero_shot_logits"],
+    "meta-adapter": ["logits", "zero_shot_logits"],
     "tip-adapter": ["logits", "zero_shot_logits", "cache_logits", "image_cache_logits"],
     "tip-adapter-f": ["logits", "zero_shot_logits", "cache_logits", "image_cache_logits"],
     "xmadapter": [
@@ -92,6 +93,29 @@ def test_onnx_matches_pytorch(exported, test_pixels, method, graph):
             assert got[name].shape == want.shape, (name, batch)
             error = np.abs(got[name] - want).max() / np.abs(want).max()
             assert error <= 1e-4, f"{method} {graph} {name} batch {batch}: relative error {error:.2e}"
+
+
+def test_grown_adapter_exports(clip_and_processor, cache_embeds, test_pixels, tmp_path):
+    """An adapter given two classes after training (`add_classes`, unequal K: the cache's general layout) exports:
+    the head gives PyTorch's logits over all six classes and `id2label` names the new ones."""
+    model = _model(clip_and_processor, cache_embeds, "xmadapter")
+    raw, labels = cache_embeds
+    model.add_classes(["purple grape", "white cloud"], embeds=raw[:3], labels=torch.tensor([0, 0, 1]))
+    assert model.cache_state().shots is None
+    files = export_onnx(model.eval(), tmp_path, what="head")
+    session = _session(files["head"])
+    names = [o.name for o in session.get_outputs()]
+    for batch in (1, 7):
+        embeds = model.embed_images(test_pixels[0][:batch])
+        with torch.no_grad():
+            want = model(image_embeds=embeds)
+        got = dict(zip(names, session.run(None, {"image_embeds": embeds.numpy()})))
+        for name in names:
+            expected = getattr(want, name).numpy()
+            assert got[name].shape == expected.shape == ((batch, 6) if name != "affinity_ratio" else (batch,))
+            assert np.abs(got[name] - expected).max() / np.abs(expected).max() <= 1e-4, (name, batch)
+    id2label = json.loads(session.get_modelmeta().custom_metadata_map["id2label"])
+    assert id2label == {str(i): name for i, name in enumerate([*CLASS_NAMES, "purple grape", "white cloud"])}
 
 
 def test_metadata_and_preprocessing_settings(exported, clip_and_processor):

@@ -22,7 +22,7 @@ from safetensors.torch import load, save_file
 
 from xmadapter_hf import XMAdapterForImageClassification
 from xmadapter_hf.hub import PUSHED_FILES, PushAdapterCallback
-from xmadapter_hf.testing import save_tiny_clip
+from xmadapter_hf.testing import save_tiny_clip, tiny_image_dataset
 
 BACKBONE_REPO = "local-user/tiny-clip"
 
@@ -164,3 +164,44 @@ def test_offline_loads_from_cache_and_names_a_missing_backbone(hub_with_backbone
     requests = len(hub.requests)
     _run(load, hub_env(hub, full, offline=True), tmp_path)
     assert len(hub.requests) == requests, "offline must not reach the server"
+
+
+def test_a_pushed_meta_adapter_is_applied_online_to_other_classes_in_a_fresh_process(
+    hub_with_backbone, few_shot_dataset, tmp_path
+):
+    """Meta-Adapter's online use over the Hub: pushed with its (meta-training) classes; a fresh process loads it by
+    repo id with other class names, builds the cache from their support images and predicts, with no training."""
+    hub, folder = hub_with_backbone
+    model = _adapter(folder, few_shot_dataset, method="meta-adapter")
+    with torch.no_grad():
+        for p in model.method.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # as if meta-trained
+    with patched_endpoint(hub, tmp_path / "home-push"):
+        model.push_to_hub("local-user/meta", base_model_id=BACKBONE_REPO)
+    novel = ["purple grape", "white cloud", "black night"]
+    support = tiny_image_dataset(num_classes=3, shots=2, seed=7)
+    support.save_to_disk(str(tmp_path / "support"))
+    probe = torch.nn.functional.normalize(torch.randn(5, model.embed_dim, generator=torch.Generator().manual_seed(0)))
+    save_file({"probe": probe}, tmp_path / "probe.safetensors")
+    code = textwrap.dedent(f"""
+        import torch
+        from datasets import load_from_disk
+        from safetensors.torch import load_file, save_file
+        from xmadapter_hf import XMAdapterForImageClassification
+        model = XMAdapterForImageClassification.from_pretrained("local-user/meta", class_names={novel!r})
+        model.build_cache(load_from_disk("support"), augment_views=1, show_progress=False)
+        with torch.no_grad():
+            logits = model(image_embeds=load_file("probe.safetensors")["probe"]).logits
+        save_file({{"logits": logits, "q": model.method.q_proj.weight}}, "online.safetensors")
+    """)
+    _run(code, hub_env(hub, tmp_path / "home-fresh"), tmp_path)
+    online = load((tmp_path / "online.safetensors").read_bytes())
+    assert online["logits"].shape == (5, 3)
+    assert torch.equal(online["q"], model.method.q_proj.weight), "the meta-trained weights arrive unchanged"
+    model.save_pretrained(tmp_path / "local")
+    here = XMAdapterForImageClassification.from_pretrained(
+        tmp_path / "local", clip_model=model.clip, processor=model.processor, class_names=novel
+    )
+    here.build_cache(support, augment_views=1, show_progress=False)
+    with torch.no_grad():
+        torch.testing.assert_close(online["logits"], here(image_embeds=probe).logits, atol=1e-5, rtol=0)

@@ -161,7 +161,7 @@ def test_training_lowers_held_out_loss_and_keeps_accuracy(clip_and_processor, tm
 
     loss_before, acc_before = evaluate(model)
     assert 0.2 <= acc_before <= 0.9, f"the task must be neither trivial nor hopeless (Tip-Adapter {acc_before:.2f})"
-    # Training draws one cached view per image and epoch (METHOD.md): 80 images x 4 views, batch 16 -> 5 steps/epoch.
+    # One cached view per image and epoch (docs/training.md): 80 images x 4 views, batch 16 -> 5 steps/epoch.
     epochs, batch = 20, 16
     items = []
     for epoch in range(epochs):

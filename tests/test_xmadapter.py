@@ -1,4 +1,4 @@
-"""Core II: XMAdapter and Tip-Adapter-F equal METHOD.md §1-2 line by line; the reductions; the weighted loss."""
+"""Core II: XMAdapter and Tip-Adapter-F equal docs/methods.md line by line; the reductions; the weighted loss."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def _norm(x):
 
 
 def reference_xmadapter(model, raw, labels, cache_index=None, params=None):
-    """METHOD.md §2, line by line, with dense one-hot L and no chunking; ``params`` overrides module weights."""
+    """docs/methods.md (XMAdapter) line by line, dense one-hot L, no chunking; ``params`` overrides module weights."""
     c = model.config
     m = model.method
     p = params or dict(m.named_parameters())

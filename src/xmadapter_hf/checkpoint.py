@@ -25,7 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_NAME
 
-from . import __version__, integrity, prompts
+from . import __version__, classes, integrity, prompts
 from . import backbone as bb
 from .configuration_xmadapter import XMAdapterConfig
 from .hub import resolve_file
@@ -167,6 +167,7 @@ def load_adapter(
     device_map=None,
     check_backbone: bool = True,
     rebuild_text_embeddings: bool = False,
+    class_names=None,
     output_loading_info: bool = False,
     **kwargs,
 ):
@@ -207,6 +208,8 @@ def load_adapter(
     if check_backbone:
         integrity.check_backbone_identity(model)
     integrity.warn_tolerated(model, path_or_repo, tolerated)
+    if class_names is not None:
+        classes.replace_classes(model, class_names)
     model.eval()
     return (model, info) if output_loading_info else model
 

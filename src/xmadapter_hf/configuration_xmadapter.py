@@ -166,6 +166,9 @@ class XMAdapterConfig(PreTrainedConfig):
             Augmented views per image averaged into the cache keys (recorded by `build_cache`); 0 = the plain view.
         shots (`int`, *optional*):
             `K`, images per class in the cache when every class has K (recorded by `build_cache`).
+        classes_added (`int`, *optional*, defaults to 0):
+            How many classes `add_classes` appended after the adapter was built (and, for a trainable method, trained):
+            the last `classes_added` classes were never trained on.
         seed (`int`, *optional*):
             The seed of the adapter's initial weights (`None` = 0), of the cache's augmentation draws (recorded by
             `build_cache`) and the default training seed.
@@ -211,6 +214,7 @@ class XMAdapterConfig(PreTrainedConfig):
     cache_dtype: str = validated_field(one_of("cache_dtype", CACHE_DTYPES), default="float32")
     augment_views: int = validated_field(at_least("augment_views", 0), default=10)
     shots: int | None = validated_field(at_least("shots", 1), default=None)
+    classes_added: int = validated_field(at_least("classes_added", 0), default=0)
     seed: int | None = None
     search_result: dict | None = None
     evaluation: dict | None = None

@@ -1,9 +1,10 @@
 """ONNX export of an adapter for inference servers: the head over embeddings and the whole model over pixels.
 
 Both graphs come from torch's own exporter (`torch.onnx.export` over a `torch.export` program, with a dynamic batch
-axis); nothing is written by hand. Inference-time constants (the class text embeddings ``W``, the cache, XMAdapter's
-text keys ``T``) are computed once in eval mode and stored in the graph as initializers; preprocessing stays outside
-the graph. See docs/export.md for the inputs, outputs, metadata and an onnxruntime example.
+axis); nothing is written by hand. Inference-time constants (the class text embeddings ``W``, the cache, and what
+each method's `export_constants` returns: XMAdapter's text keys ``T``, Meta-Adapter's adapted classifier) are computed
+once in eval mode and stored in the graph as initializers; preprocessing stays outside the graph. See docs/export.md
+for the inputs, outputs, metadata and an onnxruntime example.
 
 Requires the `export` extra: ``pip install "xmadapter-hf[export]"`` (onnx, onnxscript, onnxruntime).
 """

@@ -17,7 +17,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from . import backbone as bb
-from . import caches, checkpoint, prompts
+from . import caches, checkpoint, classes, prompts
 from . import functional as Fn
 from .configuration_xmadapter import XMAdapterConfig
 from .methods import AdapterMethod, CacheState, MethodOutput, get_method_class, registered_methods
@@ -302,6 +302,42 @@ class XMAdapterForImageClassification(PreTrainedModel):
         """
         caches.set_cache(self, embeds, labels)
 
+    def add_classes(
+        self,
+        class_names: list[str],
+        dataset=None,
+        *,
+        embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        augment_views: int | None = None,
+        batch_size: int = 32,
+        image_column: str | None = None,
+        label_column: str | None = None,
+        processor=None,
+        show_progress: bool = True,
+    ) -> "XMAdapterForImageClassification":
+        """Adds classes to a built (or trained) adapter without retraining it (docs/add-classes.md).
+
+        The new names are encoded with the adapter's templates and appended to ``W``, `class_names`, `id2label` and
+        `label2id`; their few-shot support images (``dataset``, whose labels 0..M-1 index ``class_names``, extracted
+        with the cache's `augment_views` and seed) or raw embeddings (``embeds`` `(M, C)` with ``labels`` `(M,)`)
+        are appended to the cache, and every cache-shaped parameter of the method grows through the method's
+        `add_classes` hook: old rows are kept bit for bit, new learned keys start from their embeddings,
+        class-agnostic weights and the searched hyperparameters are kept, a half-precision cache stays half
+        precision. `config.shots` becomes `None` when the classes no longer have equal K; `config.classes_added`
+        counts the classes added. A model without a cache takes names only.
+
+        Old classes' logits do not change for every method but the Multi-Modal Adapter (its attention runs over all
+        class tokens). Everything is checked before any state changes: a name the model has, a repeated or empty
+        name, an empty list, a new class without support images, support of the wrong shape. Parameters are
+        replaced: an optimiser or Trainer built before refuses its next step (build a new one).
+        """
+        return classes.add_classes(
+            self, class_names, dataset, embeds=embeds, labels=labels, augment_views=augment_views,
+            batch_size=batch_size, image_column=image_column, label_column=label_column, processor=processor,
+            show_progress=show_progress,
+        )  # fmt: skip
+
     def half_cache(self, dtype: torch.dtype | str | None = None) -> "XMAdapterForImageClassification":
         """Stores the whole cache in half precision for inference, learned keys included.
 
@@ -510,6 +546,10 @@ class XMAdapterForImageClassification(PreTrainedModel):
         `rebuild_text_embeddings=True` re-encodes the class prompts with the given backbone instead of refusing a
         different text encoder, `check_backbone=False` skips the checks. `output_loading_info=True` returns
         ``(model, info)`` with transformers' keys (`missing_keys`, ... ; backbone keys prefixed `clip.`).
+
+        `class_names=[...]` gives the loaded adapter other classes: its class-agnostic weights are kept, the class
+        prompts are encoded for the given names and the cache is emptied; fill it with `build_cache(support_set)`
+        (the online use of a meta-trained Meta-Adapter; docs/add-classes.md).
         """
         if model_args:
             raise TypeError(f"from_pretrained takes no positional arguments beyond the path; got {len(model_args)}.")

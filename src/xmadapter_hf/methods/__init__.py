@@ -14,6 +14,7 @@ from .base import (
     registered_methods,
 )
 from .clip_adapter import ClipAdapter
+from .meta_adapter import MetaAdapter
 from .multimodal import MultiModalAdapter
 from .tip_adapter import TipAdapter, TipAdapterF
 from .xmadapter import XMAdapter
@@ -28,6 +29,7 @@ __all__ = [
     "CacheState",
     "CacheTerm",
     "ClipAdapter",
+    "MetaAdapter",
     "MethodOutput",
     "MultiModalAdapter",
     "SearchSpace",

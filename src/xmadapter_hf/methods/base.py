@@ -11,11 +11,19 @@ method: it asks the method. The hooks, each with a default that fits a method wi
 - ``recipe``: the [`TrainingRecipe`] of a trainable method (`None`: training-free); ``parameter_groups(lr, wd)``:
   its optimiser groups.
 - ``search_space(image_embeds, state)``: what the validation search tunes (`None`: nothing).
+- ``logit_parts(output)``: what each term of the logits adds (zero-shot, the caches), for readouts such as
+  `xmadapter predict`.
 - ``export_constants(state)`` and ``export_forward(image_embeds, state, constants)``: what `export.export_onnx`
   traces (the eval forward with inference-time tensors held as graph constants, no loop over the batch).
 - ``cache_parameters``: the names of parameters with one row per cache entry (learned keys): they are resized and
   initialised with the cache (``resize_cache``, ``init_from_cache``; growing keeps the old rows, which is how classes
   are added), stored in the cache dtype after `half_cache()` (``cast_cache``), and written in it on save.
+- ``add_classes(state, old_classes, old_entries)``: the model gained classes (and their cache entries at the end of
+  the cache); the default grows the cache-shaped parameters keeping the old rows and starts the new rows from their
+  embeddings. A method with class-shaped parameters overrides it.
+
+A parameter that a hook replaces (a new `nn.Parameter`) is retired with [`retire_parameter`]: an optimiser built
+before and still holding it raises at its next step instead of silently training a tensor the model no longer uses.
 """
 
 import dataclasses
@@ -24,6 +32,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 from transformers.utils import ModelOutput
 
 __all__ = [
@@ -39,6 +48,7 @@ __all__ = [
     "method_config_fields",
     "register_method",
     "registered_methods",
+    "retire_parameter",
 ]
 
 _REGISTRY: dict[str, type["AdapterMethod"]] = {}
@@ -100,6 +110,31 @@ def method_config_fields() -> dict[str, tuple[type, dataclasses.Field]]:
                 fields.setdefault(field.name, (owner, field))
         _FIELDS_SEEN[:] = [len(_REGISTRY), fields]
     return _FIELDS_SEEN[1]
+
+
+_RETIRED = [0]  # parameters retired so far in this process (the optimiser hook is registered at the first)
+
+
+def retire_parameter(old: nn.Parameter, why: str) -> None:
+    """Marks ``old`` as replaced by a new parameter (``why``: what replaced it): an optimiser holding it refuses its
+    next `step()` (a global `torch.optim` step pre-hook, registered once; it reads one attribute per parameter)."""
+    old._xmadapter_retired = why
+    if not _RETIRED[0]:
+        register_optimizer_step_pre_hook(_refuse_retired)
+    _RETIRED[0] += 1
+
+
+def _refuse_retired(optimizer, args, kwargs) -> None:
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            why = getattr(param, "_xmadapter_retired", None)
+            if why is not None:
+                raise RuntimeError(
+                    f"This optimiser (or the Trainer, DDP wrapper or compiled graph holding it) was built before "
+                    f"{why} replaced the adapter's parameters of shape {tuple(param.shape)}: it would train tensors "
+                    "the model no longer uses. Build a new optimiser or Trainer (`build_optimizer`, `fit`, "
+                    "`Trainer(model=...)`) after changing the classes or the cache."
+                )
 
 
 def adapter_linear(in_features: int, out_features: int, bias: bool = True, zero_init: bool = False) -> nn.Linear:
@@ -277,6 +312,7 @@ class AdapterMethod(nn.Module):
             keep = min(num_entries, old.shape[0])
             new[:keep] = old.detach()[:keep]
             setattr(self, name, nn.Parameter(new, requires_grad=old.requires_grad))
+            retire_parameter(old, "a change of the cache (`build_cache`, `set_cache`, `add_classes`)")
 
     def init_from_cache(self, state: CacheState, start: int = 0) -> None:
         """Sets rows ``start:`` of every `cache_parameters` tensor from the cache embeddings (the initial keys)."""
@@ -290,6 +326,15 @@ class AdapterMethod(nn.Module):
             old = getattr(self, name)
             if old.dtype != dtype:
                 setattr(self, name, nn.Parameter(old.detach().to(dtype), requires_grad=dtype == torch.float32))
+                retire_parameter(old, "`half_cache()` or `float_cache()`")
+
+    def add_classes(self, state: CacheState, old_classes: int, old_entries: int) -> None:
+        """The model gained classes ``old_classes..N-1`` and cache entries ``old_entries..NK-1`` (appended; ``state``
+        is the grown cache): grows the `cache_parameters` keeping their old rows bit for bit and starts the new rows
+        from the new entries' embeddings. Class-agnostic weights stay as they are."""
+        self.resize_cache(state.cache_embeds.shape[0])
+        self.to(state.class_embeds.device)
+        self.init_from_cache(state, start=old_entries)
 
     # ---------------------------------------------------------------------------------------------- training
     def parameter_groups(self, learning_rate: float, weight_decay: float) -> list[dict[str, Any]]:
@@ -297,9 +342,19 @@ class AdapterMethod(nn.Module):
         params = [p for p in self.parameters() if p.requires_grad]
         return [{"params": params, "lr": learning_rate, "weight_decay": weight_decay}] if params else []
 
+    @classmethod
+    def searches(cls) -> bool:
+        """Whether the method says what a validation search tunes (it overrides `search_space`)."""
+        return cls.search_space is not AdapterMethod.search_space
+
     def search_space(self, image_embeds: torch.Tensor, state: CacheState) -> SearchSpace | None:
         """What the validation search tunes on normalised validation embeddings `(M, C)`; `None`: nothing."""
         return None
+
+    def logit_parts(self, output: MethodOutput) -> dict[str, torch.Tensor]:
+        """What each named term adds to ``output.logits``: name -> `(B, N)` float32 (zero-shot CLIP by default). The
+        terms sum to the logits, or a reader takes what remains as the adapter's own term."""
+        return {"zero_shot": output.zero_shot_logits.float()}
 
     # ------------------------------------------------------------------------------------------------ export
     def export_constants(self, state: CacheState) -> dict[str, torch.Tensor]:

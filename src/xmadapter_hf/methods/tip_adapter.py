@@ -86,6 +86,11 @@ class TipAdapter(AdapterMethod):
             logits=logits, zero_shot_logits=zs, cache_logits=image_cache, image_cache_logits=image_cache
         )
 
+    def logit_parts(self, output: MethodOutput) -> dict[str, torch.Tensor]:
+        """Zero-shot and ``alpha * A L`` (the image cache)."""
+        alpha = self.config.residual_ratio
+        return {"zero_shot": output.zero_shot_logits.float(), "image_cache": alpha * output.cache_logits.float()}
+
     def image_cosines(self, image_embeds: torch.Tensor, state: CacheState) -> torch.Tensor:
         """Cosines `(M, NK)` of normalised embeddings with the image keys, float32 (for the search)."""
         keys = self.keys(state).float()

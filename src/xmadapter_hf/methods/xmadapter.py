@@ -285,6 +285,15 @@ class XMAdapter(TipAdapterF):
                 )
         return MethodOutput(logits, zs, fused, image_cache, text_cache, gamma.squeeze(-1), disagreement)
 
+    def logit_parts(self, output: MethodOutput) -> dict[str, torch.Tensor]:
+        """Zero-shot, ``alpha gamma A_img L`` (the image cache) and ``alpha (1 - gamma) A_txt L`` (the text cache)."""
+        alpha, gamma = self.config.residual_ratio, output.affinity_ratio.float().unsqueeze(-1)  # (B, 1)
+        return {
+            "zero_shot": output.zero_shot_logits.float(),
+            "image_cache": alpha * gamma * output.image_cache_logits.float(),
+            "text_cache": alpha * (1 - gamma) * output.text_cache_logits.float(),
+        }
+
     @torch.no_grad()
     def disagreement(self, image_embeds, query, text_keys, image_cache, text_cache, state, labels, cache_index):
         """``d = |p_img[y] - p_txt[y]|`` with ``p = softmax(A L / tau)``; leave-one-out when ``cache_index`` is given.

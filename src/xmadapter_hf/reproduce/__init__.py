@@ -6,12 +6,15 @@
 - [`prompt_templates`]: CLIP's, Tip-Adapter's and CoOp's per-dataset templates.
 - [`few_shot_task`], [`base_to_novel_task`], [`domain_generalisation_task`], [`meta_adapter_task`]: the protocols.
 - [`published_result`] / [`published_results`]: the papers' numbers, each with its source.
+- [`run_protocol`]: a protocol over datasets x methods x shots x seeds, resumable, with its reports
+  (`xmadapter reproduce`).
 
 See docs/reproduce.md.
 """
 
 from __future__ import annotations
 
+from .harness import ReproduceError, ReproduceResult, run_protocol
 from .protocols import (
     DOMAIN_GENERALISATION_TARGETS,
     META_ADAPTER_DATASETS,
@@ -53,6 +56,8 @@ __all__ = [
     "ImageSplit",
     "MetaAdapterTask",
     "PublishedResult",
+    "ReproduceError",
+    "ReproduceResult",
     "base_novel_classes",
     "base_to_novel_task",
     "canonical_dataset_name",
@@ -71,6 +76,7 @@ __all__ = [
     "published_results",
     "read_dataset",
     "read_image_folder",
+    "run_protocol",
     "stable_image_id",
     "template_source",
 ]

@@ -74,6 +74,32 @@ class FitReport:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def __str__(self) -> str:
+        """A summary that names the split of every accuracy (all of them are on the validation split)."""
+        training = (
+            f", {self.epochs} epochs (batch {self.batch_size}, {self.steps} steps, final loss {self.final_loss:.4f})"
+            if self.epochs
+            else ", no training"
+        )
+        lines = [f"fit {self.method}: {self.num_train} training images x {self.augment_views} views{training}"]
+        if self.accuracy is None:
+            lines.append("no validation split: no accuracy measured")
+        else:
+            free = "" if self.training_free_accuracy is None else f", training-free {self.training_free_accuracy:.4f}"
+            lines.append(
+                f"validation accuracy ({self.num_validation} images): {self.accuracy:.4f} "
+                f"(zero-shot {self.zero_shot_accuracy:.4f}{free})"
+            )
+        chosen = self.search_after or self.search_before
+        if chosen:
+            text = "" if chosen["text_sharpness"] is None else f", text sharpness {chosen['text_sharpness']:.4g}"
+            lines.append(
+                f"searched on the validation split: sharpness {chosen['sharpness']:.4g}, residual ratio "
+                f"{chosen['residual_ratio']:.4g}{text}"
+            )
+        lines.append(f"extraction {self.extraction_seconds:.1f} s, training {self.training_seconds:.1f} s")
+        return "\n".join(lines)
+
 
 def fit(
     model,
@@ -95,6 +121,7 @@ def fit(
     autocast_dtype: torch.dtype | None = None,
     view_sampling: str = "gaussian",
     show_progress: bool = True,
+    search: bool = True,
     training_arguments: dict | None = None,
     early_stopping_patience: int | None = None,
     keep_best_epoch: bool | None = None,
@@ -132,6 +159,8 @@ def fit(
         autocast_dtype (`torch.dtype`, *optional*): mixed precision for the backbone forward.
         view_sampling (`str`, *optional*, defaults to `"gaussian"`): see [`EmbeddingViewsDataset`].
         show_progress (`bool`, *optional*, defaults to `True`): progress bars.
+        search (`bool`, *optional*, defaults to `True`): run the validation searches. `False` keeps the config's
+            residual ratio and sharpness (and lets a cache method fit without a validation split).
         training_arguments (`dict`, *optional*): any other `TrainingArguments` field, over the recipe's (the same
             arguments as [`recipe_arguments`]; e.g. `{"lr_scheduler_type": "linear", "max_grad_norm": 1.0}`).
 
@@ -170,10 +199,12 @@ def fit(
     check_choice("view_sampling", view_sampling, VIEW_SAMPLINGS)
     check_number("learning_rate", learning_rate, 0.0, low_open=True, allow_none=True)
     method = model.method
-    if method.uses_cache and validation_dataset is None:
+    # a cache method with a search space (Meta-Adapter reads its cache, tunes nothing), unless search=False
+    searches = method.searches() and search
+    if searches and validation_dataset is None:
         raise ValueError(
             f"Method {model.config.method!r} searches its residual ratio and sharpness on a validation split: pass "
-            "`validation_dataset` (images, or raw embeddings with `validation_labels`)."
+            "`validation_dataset` (images, or raw embeddings with `validation_labels`), or `search=False`."
         )
     if isinstance(validation_dataset, torch.Tensor):
         if validation_labels is None:
@@ -222,7 +253,7 @@ def fit(
         num_validation=0 if val_embeds is None else val_embeds.shape[0], augment_views=augment_views,
         view_sampling=view_sampling, extraction_seconds=time.perf_counter() - started,
     )  # fmt: skip
-    search = dict(
+    search_args = dict(
         search_grid=search_grid, search_scale=search_scale, search_step=search_step, dataset_name=dataset_name
     )
     overrides = dict(training_arguments or {})
@@ -241,8 +272,8 @@ def fit(
         if val_embeds is not None:
             report.training_free_accuracy, report.zero_shot_accuracy = _accuracy(model, val_embeds, val_labels)
         # ---- 3. training-free search first: training starts from the searched values
-        if method.uses_cache:
-            result = model.search_hyperparameters(val_embeds, val_labels, **search)
+        if searches:
+            result = model.search_hyperparameters(val_embeds, val_labels, **search_args)
             report.search_before = _search_summary(result)
             report.training_free_accuracy = float(result.accuracy)
         # ---- 4. train on one draw per image and epoch from its cached views
@@ -253,8 +284,8 @@ def fit(
             _train(model, data, seed, overrides, show_progress, report, validation, early_stopping_patience,
                    keep_best_epoch)  # fmt: skip
         # ---- 5. search again on the trained model
-        if method.uses_cache and method.trainable:
-            report.search_after = _search_summary(model.search_hyperparameters(val_embeds, val_labels, **search))
+        if searches and method.trainable:
+            report.search_after = _search_summary(model.search_hyperparameters(val_embeds, val_labels, **search_args))
         if val_embeds is not None:
             report.accuracy = _accuracy(model, val_embeds, val_labels)[0]
     return model, report

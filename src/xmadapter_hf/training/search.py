@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import functional as Fn
-from ..methods import AdapterMethod, CacheTerm, SearchSpace
+from ..methods import CacheTerm, SearchSpace
 from ..methods.cache import affinity_, class_sums
 from ..validation import check_choice, check_int, check_labels, check_number, check_pair, check_tensor
 
@@ -540,7 +540,7 @@ def search_on_validation(
         search_step (`(int, int)`, *optional*): its sizes; defaults to the dataset's or `(200, 20)`. An explicit
             argument always wins over the dataset's value.
     """
-    if type(model.method).search_space is AdapterMethod.search_space:  # the method does not say what to tune
+    if not model.method.searches():  # the method does not say what to tune
         raise ValueError(
             f"Method {model.config.method!r} has nothing to search: it has no cache, so no residual ratio or "
             "sharpness."

@@ -1,0 +1,182 @@
+"""What every subcommand shares: the `Command` record, one-line errors, argument types, threads, loading adapters."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "CLIError",
+    "Command",
+    "add_progress_argument",
+    "add_search_arguments",
+    "add_threads_argument",
+    "add_training_arguments",
+    "default_method",
+    "load_adapter",
+    "method_names",
+    "nonnegative_int",
+    "one_line",
+    "positive_int",
+    "search_scale",
+    "set_threads",
+    "show_progress",
+    "write_json",
+]
+
+
+class CLIError(Exception):
+    """A bad input, reported as one line; `status` is the exit status (2 for a bad argument, else 1)."""
+
+    def __init__(self, message: str, status: int = 1):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: `add_arguments(parser)` declares its options, `run(args)` runs it and returns the exit
+    status (`None` = 0)."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int | None]
+    description: str | None = None
+
+
+def one_line(text: str) -> str:
+    """`text` with every run of whitespace (newlines included) made one space."""
+    return " ".join(str(text).split())
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def add_search_arguments(parser: argparse.ArgumentParser, *, step: bool = True) -> None:
+    """The validation search's options (`fit`, `search`, `demo`, `reproduce`): --search-scale, and --search-step."""
+    parser.add_argument(
+        "--search-scale", type=float, nargs=2, metavar=("SHARPNESS_MAX", "RATIO_MAX"),
+        help="the search range (default: the library's: a Tip-Adapter dataset's own, else (7, 3); the ratio is "
+        "scaled by the backbone's logit scale / 100)",
+    )  # fmt: skip
+    if step:
+        parser.add_argument(
+            "--search-step", type=positive_int, nargs=2, default=(200, 20), metavar=("SHARPNESS_STEPS", "RATIO_STEPS"),
+            help="grid sizes (200 20)",
+        )  # fmt: skip
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, *, epochs: bool = True, step: bool = False) -> None:
+    """What `fit` takes beside the data, shared by `fit`, `demo` and `reproduce`: --augment-views, --epochs (where
+    the command trains with one setting) and the search's options."""
+    parser.add_argument("--augment-views", type=nonnegative_int, default=10, help="augmented views per image (10)")
+    if epochs:
+        parser.add_argument("--epochs", type=positive_int, help="training epochs (default: the method's recipe)")
+    add_search_arguments(parser, step=step)
+
+
+def search_scale(args: argparse.Namespace) -> tuple[float, float] | None:
+    """--search-scale as `fit`'s `search_scale` (`None`: the library's default)."""
+    return tuple(args.search_scale) if args.search_scale else None
+
+
+def method_names() -> list[str]:
+    """The registered methods, in the order of the demo table."""
+    from ..demo.compare import demo_methods
+
+    return demo_methods()
+
+
+def default_method() -> str:
+    """The config's default method."""
+    from .. import XMAdapterConfig
+
+    return XMAdapterConfig().method
+
+
+def add_threads_argument(parser: argparse.ArgumentParser, default: int | None = None) -> None:
+    what = f"default {default}" if default else "default: torch's choice"
+    parser.add_argument("--threads", type=positive_int, default=default, help=f"torch CPU threads ({what})")
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def add_progress_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bars (they are shown when stderr is a terminal)"
+    )
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    return not getattr(args, "no_progress", False) and sys.stderr.isatty()
+
+
+def write_json(path: str | os.PathLike, payload) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def _looks_like_repo_id(text: str) -> bool:
+    parts = text.split("/")
+    return len(parts) == 2 and all(parts) and not text.startswith((".", "~", "/"))
+
+
+def check_adapter(source: str) -> None:
+    """Raises a `CLIError` unless `source` is an adapter directory (or could be a Hub repo id)."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        if _looks_like_repo_id(source):
+            return  # a Hub repo id: from_pretrained says whether it exists
+        raise CLIError(f"adapter {source!r}: no such directory")
+    if not path.is_dir():
+        raise CLIError(f"adapter {source!r} is a file; expected an adapter directory (config.json, model.safetensors)")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise CLIError(
+            f"{source!r} is not an adapter directory: it has no config.json (write one with `xmadapter fit`)"
+        )
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except (ValueError, AttributeError) as error:
+        raise CLIError(f"{source!r}: config.json is not a JSON object ({error})") from error
+    from .. import XMAdapterConfig
+
+    if model_type != XMAdapterConfig.model_type:
+        raise CLIError(
+            f"{source!r} is not an xmadapter adapter directory: its config.json has model_type {model_type!r}"
+        )
+    if not (path / "model.safetensors").is_file():
+        raise CLIError(f"{source!r} is not a complete adapter directory: model.safetensors is missing")
+
+
+def load_adapter(source: str, **kwargs):
+    """The adapter at `source` (a directory or Hub id), checked first; its backbone is loaded by the name its config
+    records."""
+    from .. import XMAdapterForImageClassification
+
+    check_adapter(source)
+    return XMAdapterForImageClassification.from_pretrained(source, **kwargs)

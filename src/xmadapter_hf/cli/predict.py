@@ -1,0 +1,123 @@
+"""`xmadapter predict`: image files or folders -> each image's top-k classes, with what each part of the model added.
+
+Each class's logit is split into its parts, read from the model's output fields: zero-shot CLIP
+(`zero_shot_logits`); for the cache methods, the image cache (`residual_ratio x image_cache_logits`, times XMAdapter's
+`affinity_ratio`) and XMAdapter's text cache (`residual_ratio x (1 - affinity_ratio) x text_cache_logits`); for
+methods whose adapter changes the embeddings instead (CLIP-Adapter, the Multi-Modal Adapter), the adapter's change
+of the logit. The parts add up to the logit. Folders are searched recursively for image files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .common import CLIError, Command, add_threads_argument, load_adapter, positive_int, set_threads
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("adapter", help="the adapter directory (or Hub repo id)")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
+    parser.add_argument("--top-k", type=positive_int, default=3, help="classes shown per image (3)")
+    parser.add_argument("--json", action="store_true", help="print the predictions as JSON")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="images per forward (32)")
+    add_threads_argument(parser)
+
+
+def image_files(paths: list[str]) -> list[Path]:
+    """The files given, and the image files under the folders given (sorted), in order."""
+    from .data import image_extensions, images_under
+
+    found: list[Path] = []
+    for text in paths:
+        path = Path(text).expanduser()
+        if path.is_dir():
+            inside = images_under(path, image_extensions())
+            if not inside:
+                raise CLIError(f"{text!r}: no image files in this folder")
+            found += inside
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise CLIError(f"{text!r}: no such file or folder")
+    return found
+
+
+def logit_parts(model, out) -> dict:
+    """What zero-shot, the image cache, the text cache and any other adapter term add to each logit: name -> (B, N).
+
+    The method names its terms (`AdapterMethod.logit_parts`); they sum to `out.logits`, the adapter's own term being
+    what remains after the others."""
+    parts = model.method.logit_parts(out)
+    rest = out.logits.float() - sum(parts.values())
+    if bool((rest.abs() > 1e-4 * float(out.logits.abs().amax()) + 1e-6).any()):  # beyond float rounding
+        parts["adapter"] = rest
+    return parts
+
+
+def predict(model, files: list[Path], top_k: int, batch_size: int) -> list[dict]:
+    """One entry per file: its top-k classes with probability, logit and the logit's parts."""
+    import torch
+
+    from ..data.images import load_image
+
+    names = model.config.class_names
+    top_k = min(top_k, len(names))
+    entries = []
+    for start in range(0, len(files), batch_size):
+        batch = files[start : start + batch_size]
+        images = [load_image(path) for path in batch]
+        pixels = model.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            out = model(pixel_values=pixels.to(model.class_embeds.device))
+        probabilities = out.logits.float().softmax(-1)
+        parts = logit_parts(model, out)
+        best = probabilities.topk(top_k, dim=-1)
+        for row, path in enumerate(batch):
+            predictions = []
+            for score, label in zip(best.values[row].tolist(), best.indices[row].tolist()):
+                predictions.append(
+                    {
+                        "label": names[label],
+                        "score": score,
+                        "logit": float(out.logits[row, label]),
+                        "parts": {name: float(value[row, label]) for name, value in parts.items()},
+                    }
+                )
+            entry = {"image": str(path), "predictions": predictions}
+            if out.affinity_ratio is not None:
+                entry["affinity_ratio"] = float(out.affinity_ratio[row])
+            entries.append(entry)
+    return entries
+
+
+def _text(entry: dict) -> str:
+    lines = [
+        entry["image"] + (f"  (affinity ratio {entry['affinity_ratio']:.3f})" if "affinity_ratio" in entry else "")
+    ]
+    width = max(len(p["label"]) for p in entry["predictions"])
+    for rank, p in enumerate(entry["predictions"], 1):
+        parts = " + ".join(f"{name.replace('_', ' ')} {value:.3f}" for name, value in p["parts"].items())
+        lines.append(f"  {rank}. {p['label']:<{width}}  {100 * p['score']:5.1f}%  logit {p['logit']:.3f} = {parts}")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    files = image_files(args.images)
+    set_threads(args.threads)
+    model = load_adapter(args.adapter)
+    entries = predict(model, files, args.top_k, args.batch_size)
+    if args.json:
+        print(json.dumps(entries, indent=2))
+    else:
+        print("\n".join(_text(entry) for entry in entries))
+    return 0
+
+
+COMMAND = Command(
+    name="predict",
+    help="top-k classes of images, with what zero-shot, the image cache and the text cache contributed",
+    description=__doc__,
+    add_arguments=add_arguments,
+    run=run,
+)

@@ -1,0 +1,89 @@
+"""`xmadapter search`: re-run the validation search (residual ratio, sharpness, text sharpness) on a saved adapter.
+
+The validation images are `--validation` (a folder, a saved dataset, a `datasets` name, or a split name of
+`--data`); without it, with `--data`, the validation rows of the adapter's `split.json` (written by `xmadapter
+fit` when it drew the validation images from the training pool), else the data's `validation` split. The chosen
+values are written into the adapter's config (`--output` writes a copy elsewhere instead).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .common import (
+    CLIError,
+    Command,
+    add_progress_argument,
+    add_search_arguments,
+    add_threads_argument,
+    load_adapter,
+    search_scale,
+    set_threads,
+)
+from .data import open_data, pick_split, relabel, resolve_split
+from .fit import SPLIT_FILE
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("adapter", help="the adapter directory")
+    parser.add_argument("--data", help="the data the adapter was fit on (for its split.json or validation split)")
+    parser.add_argument("--validation", metavar="SRC", help="the validation images (see the description)")
+    add_search_arguments(parser)
+    parser.add_argument("--output", help="write the searched adapter here (default: update the adapter in place)")
+    add_threads_argument(parser)
+    add_progress_argument(parser)
+
+
+def _validation(args, adapter_dir: Path):
+    """(validation dataset, where it comes from) for the search."""
+    from ..data.splits import FewShotSplit
+
+    data = open_data(args.data) if args.data else None
+    if args.validation:
+        return resolve_split(args.validation, data, "validation", "--validation")
+    if data is None:
+        raise CLIError("pass --validation SRC (or --data with the data the adapter was fit on)", status=2)
+    split_file = adapter_dir / SPLIT_FILE
+    if split_file.is_file():
+        name, train = pick_split(data, None, ("train",))
+        split = FewShotSplit.load(split_file, train)
+        if split.val_indices:
+            return split.apply(train)[1], f"the validation rows of {split_file} in {data.describe(name)}"
+    if "validation" in data.splits:
+        return data.splits["validation"], data.describe("validation")
+    raise CLIError(f"{data.origin} has no validation split and {split_file} draws none: pass --validation SRC")
+
+
+def run(args) -> int:
+    adapter_dir = Path(args.adapter)
+    validation, origin = _validation(args, adapter_dir)
+    set_threads(args.threads)
+    model = load_adapter(args.adapter)
+    if not model.method.uses_cache:
+        raise CLIError(f"method {model.config.method!r} has no cache: it has no residual ratio or sharpness to search")
+    validation = relabel(validation, model.config.class_names, origin)
+    config = model.config
+    before = (config.sharpness, config.residual_ratio, config.text_sharpness)
+    result = model.search_hyperparameters(
+        validation, search_scale=search_scale(args),
+        search_step=tuple(args.search_step),
+    )  # fmt: skip
+    text = "" if result.text_sharpness is None else f", text sharpness {before[2]:.4g} -> {config.text_sharpness:.4g}"
+    print(f"searched on {origin} ({result.num_validation} images): validation accuracy {result.accuracy:.4f}")
+    print(
+        f"sharpness {before[0]:.4g} -> {config.sharpness:.4g}, residual ratio {before[1]:.4g} -> "
+        f"{config.residual_ratio:.4g}{text}"
+    )
+    output = Path(args.output) if args.output else adapter_dir
+    model.save_pretrained(output)
+    print(f"wrote {output}")
+    return 0
+
+
+COMMAND = Command(
+    name="search",
+    help="re-run the validation search of a saved adapter's residual ratio and sharpness",
+    description=__doc__,
+    add_arguments=add_arguments,
+    run=run,
+)
