@@ -46,6 +46,8 @@ def test_a_010_adapter_loads_with_the_same_logits_and_a_warning(reference, name,
         on_embeds = model(image_embeds=reference["image_embeds"]).logits
         on_pixels = model(pixel_values=reference["pixel_values"]).logits
     assert torch.equal(on_embeds, reference[f"{name}.embeds"]) and torch.equal(on_pixels, reference[f"{name}.pixels"])
+    if name.startswith("xmadapter"):  # written before `text_query` existed: 0.1.0's independent query map
+        assert model.config.text_query == "independent"
     if name == "xmadapter-half":
         assert model.method.cache_keys.dtype == torch.float16 and not model.method.cache_keys.requires_grad
 

@@ -33,7 +33,7 @@ RUN_ELSEWHERE = {
 }
 #: Docs whose blocks this module runs (README's first block: also tests/test_examples.py, as examples/quickstart.py).
 RUN_HERE = ("README.md", "docs/getting-started.md", "docs/distributed.md", "docs/hub.md", "docs/large_caches.md")
-RUN_HERE += ("docs/reproduce.md",)
+RUN_HERE += ("docs/reproduce.md", "docs/add-classes.md")
 
 
 def _blocks(relative: str, language: str = "python") -> list[str]:
@@ -179,3 +179,33 @@ def test_reproduce_guide(in_tmp):
     (block,) = _blocks("docs/reproduce.md")
     namespace = _exec(block, "docs/reproduce.md", {})
     assert namespace["dtd"].num_classes == 5 and len(namespace["train"]) == 5 * 16
+
+
+def test_add_classes_guide(in_tmp):
+    from datasets import ClassLabel
+
+    from xmadapter_hf import XMAdapterForImageClassification
+    from xmadapter_hf.testing import tiny_clip, tiny_image_dataset
+
+    clip, processor = tiny_clip()
+    clip.save_pretrained(in_tmp / "clip")  # a backbone the saved adapter can name, as a Hub id would be
+    processor.save_pretrained(in_tmp / "clip")
+    model = XMAdapterForImageClassification.from_clip(str(in_tmp / "clip"), ["a", "b"], method="tip-adapter")
+    model.build_cache(tiny_image_dataset(num_classes=2, shots=2), augment_views=1, show_progress=False)
+    model.save_pretrained(in_tmp / "path" / "or" / "repo")  # the block's placeholder path, relative to in_tmp
+    support = tiny_image_dataset(num_classes=3, shots=2, seed=1)
+    support = support.cast_column("label", ClassLabel(names=["kiwi", "plum", "fig"]))
+    import torch
+
+    embeds, labels = torch.nn.functional.normalize(torch.randn(4, 32), dim=-1), torch.tensor([0, 1, 0, 1])
+    (block,) = _blocks("docs/add-classes.md")
+    namespace = {"model": model, "support_dataset": support, "embeds": embeds, "labels": labels}
+    namespace["XMAdapterForImageClassification"] = XMAdapterForImageClassification
+    grow, other = block.split("\n# other classes")
+    other = "# other classes" + other
+    _exec(grow, "docs/add-classes.md", namespace)
+    assert model.config.class_names == ["a", "b", "kiwi", "plum", "fig", "pear", "lime"]
+    assert model.config.cache_size == 2 * 2 + 3 * 2 + 4  # two shots of a, b; two of each grown class; four raw rows
+    _exec(other, "docs/add-classes.md", namespace)
+    assert namespace["model"].config.class_names == ["kiwi", "plum", "fig"]
+    assert namespace["model"].config.cache_size == 6

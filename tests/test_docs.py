@@ -82,4 +82,10 @@ def test_design_s_new_method_example_runs(tmp_path, monkeypatch):
     namespace: dict = {}
     exec(compile(block, "docs/design.md", "exec"), namespace)
     assert namespace["report"] is not None
-    assert not torch.equal(namespace["model"].method.bias, torch.zeros(3)), "training moved the bias"
+    report, model = namespace["report"], namespace["model"]
+    selection = report.extra["early_stopping"]  # every recipe keeps its best validation epoch, the start included
+    assert report.steps > 0 and selection["epochs_run"] == 3
+    assert torch.equal(model.method.bias, torch.zeros(3)) == (selection["best_epoch"] == 0)
+    last, _ = namespace["fit"](model, namespace["train"], namespace["validation"], augment_views=2,
+                               keep_best_epoch=False, show_progress=False)  # fmt: skip
+    assert not torch.equal(last.method.bias, torch.zeros(3)), "training moved the bias"

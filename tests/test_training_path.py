@@ -45,12 +45,15 @@ def _weights(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.method.state_dict().items()}
 
 
+@pytest.mark.parametrize("keep_best_epoch", [False, None])
 @pytest.mark.parametrize("method", TRAINABLE)
-def test_the_trainer_path_trains_the_weights_fit_trains(clip_and_processor, task, tmp_path, method):
+def test_the_trainer_path_trains_the_weights_fit_trains(clip_and_processor, task, tmp_path, method, keep_best_epoch):
+    """The last epoch (`keep_best_epoch=False`: the weights must have moved) and the default best-epoch selection on
+    validation (the start included, so the weights may be the start's) give the same weights on both paths."""
     views, val_embeds, val_labels = task
     fitted, report = fit(
         _build(clip_and_processor, method), views, val_embeds, validation_labels=val_labels, epochs=2, seed=3,
-        show_progress=False, **SEARCH,
+        show_progress=False, keep_best_epoch=keep_best_epoch, **SEARCH,
     )  # fmt: skip
     assert report.steps == 16 and report.batch_size == 2  # 16 images: at least 8 steps an epoch
     # the Trainer path, as docs/training.md shows it
@@ -60,15 +63,20 @@ def test_the_trainer_path_trains_the_weights_fit_trains(clip_and_processor, task
     if model.method.uses_cache:
         model.search_hyperparameters(val_embeds, val_labels, **SEARCH)
     args = recipe_arguments(model, str(tmp_path), num_train_epochs=2, use_cpu=True, disable_tqdm=True)
-    trainer = XMAdapterTrainer(model, args, train_dataset=EmbeddingViewsDataset(views.embeds, views.labels, seed=3))
+    trainer = XMAdapterTrainer(
+        model, args, train_dataset=EmbeddingViewsDataset(views.embeds, views.labels, seed=3),
+        validation=(val_embeds, val_labels), keep_best_epoch=keep_best_epoch,  # the recipe's selection, as fit's
+    )  # fmt: skip
     trainer.train()
     assert trainer.state.global_step == report.steps
+    assert (trainer.early_stopping is None) == (keep_best_epoch is False)
     expected, got = _weights(fitted), _weights(model)
     moved = False
     for key in expected:
         torch.testing.assert_close(got[key], expected[key], atol=1e-5, rtol=1e-5, msg=key)
         moved |= not torch.equal(got[key], _weights(_build(clip_and_processor, method))[key])
-    assert moved, "training must move the weights for the comparison to mean anything"
+    if keep_best_epoch is False:
+        assert moved, "training must move the weights for the comparison to mean anything"
 
 
 def test_overridden_arguments_are_obeyed(clip_and_processor, task, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 import torch
@@ -58,7 +59,10 @@ def reference_xmadapter(model, raw, labels, cache_index=None, params=None):
 
     t = _norm(W[y_cache] + lin("meta_net", E))
     T = _norm(t @ p["text_projection.weight"].t())
-    g = _norm(lin("img2txt", f))
+    if c.text_query == "residual":  # g = normalise(P_t f + Img2TxtNet(f))
+        g = _norm(f @ p["text_projection.weight"].t() + lin("img2txt", f))
+    else:  # 0.1.0: g = normalise(Img2TxtNet(f))
+        g = _norm(lin("img2txt", f))
     A_txt = torch.exp(-c.text_sharpness * (1 - g @ T.t()))
     gamma_logit = p["affinity_ratio_logit"] + (
         f @ p["affinity_gate.weight"].t() + p["affinity_gate.bias"] if c.dynamic_affinity_ratio else 0
@@ -239,3 +243,38 @@ def test_focal_criterion_weights_each_item_by_its_difficulty(make_model, cache_e
     weights = 1 + 1.5 * (1 - p) ** 2
     expected = (weights * F.cross_entropy(out.logits, labels, reduction="none")).sum() / 10
     torch.testing.assert_close(out.loss, expected)
+
+
+@pytest.mark.parametrize("text_query", ["residual", "independent"])
+def test_both_text_queries_equal_their_formula(make_model, cache_embeds, text_query):
+    model = make_model("xmadapter", text_query=text_query, sharpness=6.0, text_sharpness=4.0, residual_ratio=1.7)
+    with torch.no_grad():  # the query side trains: give Img2TxtNet's zero layer values, so that both terms count
+        for parameter in model.method.img2txt.parameters():
+            parameter.normal_(0.0, 0.3)
+    raw, labels = cache_embeds[0][:5] + 0.1, cache_embeds[1][:5]
+    out = model(image_embeds=raw)
+    logits, _, _ = reference_xmadapter(model, raw, labels)
+    torch.testing.assert_close(out.logits, logits, atol=1e-5, rtol=1e-5)
+
+
+def test_the_residual_query_starts_as_the_key_projection(make_model, cache_embeds):
+    """At step 0, g = normalise(P_t f): the text cache compares the query and the keys through the same map."""
+    model = make_model("xmadapter")
+    assert model.config.text_query == "residual"
+    f = F.normalize(cache_embeds[0][:4].float(), dim=-1)
+    expected = F.normalize(f @ model.method.text_projection.weight.t(), dim=-1)
+    torch.testing.assert_close(model.method.query_text_embeds(f), expected)
+    assert torch.count_nonzero(model.method.img2txt[2].weight) == 0
+
+
+def test_text_query_survives_a_save_and_a_save_without_it_means_0_1_0(make_model, tmp_path):
+    from xmadapter_hf import XMAdapterConfig
+
+    model = make_model("xmadapter")
+    model.config.save_pretrained(tmp_path)
+    assert XMAdapterConfig.from_pretrained(tmp_path).text_query == "residual"
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["text_query"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert XMAdapterConfig.from_pretrained(tmp_path).text_query == "independent"
+    assert XMAdapterConfig(method="xmadapter", class_names=["a", "b"]).text_query == "residual"

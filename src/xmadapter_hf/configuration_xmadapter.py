@@ -228,9 +228,12 @@ class XMAdapterConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         # The methods' fields: given ones validated on assignment (`__setattr__`), missing ones at their defaults.
+        saved = self.xmadapter_version is not None  # read from a save: a field it lacks did not exist then
         for name, (_, field) in method_config_fields().items():
             if name in kwargs:
                 setattr(self, name, kwargs.pop(name))
+            elif saved and "saved_without" in field.metadata:  # the value that keeps an older save's behaviour
+                setattr(self, name, copy.copy(field.metadata["saved_without"]))
             else:
                 default = field.default_factory() if field.default is dataclasses.MISSING else field.default
                 setattr(self, name, copy.copy(default))

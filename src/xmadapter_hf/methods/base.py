@@ -200,7 +200,8 @@ class TrainingRecipe:
     `training.fit` trains with those arguments.
 
     Attributes:
-        optimizer (`str`): `"adamw"` (decoupled weight decay) or `"adam"` (weight decay added to the gradient, L2).
+        optimizer (`str`): `"adamw"` (decoupled weight decay), `"adam"` (weight decay added to the gradient, L2) or
+            `"sgd"` (with `momentum`).
         learning_rate (`float`), weight_decay (`float`), eps (`float`), betas (`tuple[float, float]`): its settings.
         lr_scheduler_type (`str`): a transformers schedule name (`"cosine"`: per step, to zero).
         warmup_steps (`int`): linear warm-up steps.
@@ -209,6 +210,16 @@ class TrainingRecipe:
         batch_size (`int`): at most this many items per step ...
         min_steps_per_epoch (`int`): ... and at least this many steps per epoch (a few-shot set of 160 images at batch
             256 would take one step an epoch), see `training.steps_batch_size`.
+        momentum (`float`): SGD's momentum.
+        early_stopping_patience (`int`, *optional*): stop when validation accuracy has not improved for this many
+            epochs (`training.ValidationEarlyStopping`); `None` = train every epoch.
+        keep_best_epoch (`bool`): when a validation split is given (`fit`, `XMAdapterTrainer(validation=...)`), restore
+            the epoch with the best validation accuracy, the starting weights included, so training never ends below
+            its start on validation (the validation-only form of Tip-Adapter-F's keep-the-best-epoch, which its code
+            does on test). Without a validation split the last epoch is kept.
+        augment (`bool`): whether training draws augmented views of the few-shot images (`False`: the plain view).
+        dataset_defaults (`bool`): whether the per-dataset epochs and learning rate of `data.defaults`
+            (Tip-Adapter-F's) apply to this recipe when `fit` is given a `dataset_name`.
     """
 
     optimizer: str = "adamw"
@@ -222,6 +233,11 @@ class TrainingRecipe:
     epochs: int = 20
     batch_size: int = 256
     min_steps_per_epoch: int = 8
+    momentum: float = 0.9
+    early_stopping_patience: int | None = None
+    keep_best_epoch: bool = True
+    augment: bool = True
+    dataset_defaults: bool = False
 
 
 @dataclass

@@ -12,7 +12,7 @@ from torch import nn
 
 from .. import functional as Fn
 from ..validation import at_least, in_interval
-from .base import AdapterMethod, CacheState, MethodOutput, TrainingRecipe, adapter_linear, as_input_of, register_method
+from .base import AdapterMethod, CacheState, MethodOutput, TrainingRecipe, as_input_of, register_method
 
 __all__ = ["ClipAdapter", "ClipAdapterFields"]
 
@@ -45,11 +45,13 @@ class ClipAdapter(AdapterMethod):
     logits  = s * normalise(f') W^T
     ```
     As in Gao et al.'s code, the adapted feature is renormalised before the product with ``W`` and the MLP ends with
-    a ReLU. With ``r = 0`` the logits are exactly zero-shot CLIP's. The two layers are `adapter_linear`s, so the
-    model initialises them with normal(0, 0.02): a zero layer would leave the other one without gradient.
+    a ReLU. With ``r = 0`` the logits are exactly zero-shot CLIP's. The two layers are plain `nn.Linear`s initialised
+    as PyTorch does (kaiming-uniform), as in the authors' `clip_adapter.py` (`reset_own_parameters`).
 
-    Recipe: AdamW(lr 1e-3, eps 1e-4, weight decay 0.01), cosine schedule, 20 epochs, batch 256 (Tip-Adapter-F's;
-    docs/methods.md says what of the authors' recipe could be found).
+    Recipe: the authors' code trains with CoOp's Dassl trainer and configs (its README: "follow CoOp's command"), i.e.
+    CoOp's `configs/trainers/CoOp/rn50.yaml`: SGD(lr 2e-3, momentum 0.9, weight decay 5e-4: Dassl's defaults), cosine
+    schedule, 200 epochs, batch 32. CoOp's one warm-up epoch at a constant 1e-5 is left out (no transformers schedule
+    has it). docs/methods.md cites the sources.
 
     Args:
         config ([`XMAdapterConfig`]): reads `clip_adapter_ratio` (``r``) and `clip_adapter_reduction` (``red``).
@@ -58,17 +60,22 @@ class ClipAdapter(AdapterMethod):
 
     trainable = True
     config_fields = ClipAdapterFields
-    recipe = TrainingRecipe()
+    recipe = TrainingRecipe(
+        optimizer="sgd", learning_rate=2e-3, momentum=0.9, weight_decay=5e-4, epochs=200, batch_size=32
+    )
 
     def __init__(self, config, embed_dim: int):
         super().__init__(config, embed_dim)
         hidden = max(1, embed_dim // config.clip_adapter_reduction)
         self.adapter = nn.Sequential(
-            adapter_linear(embed_dim, hidden, bias=False),
-            nn.ReLU(),
-            adapter_linear(hidden, embed_dim, bias=False),
-            nn.ReLU(),
+            nn.Linear(embed_dim, hidden, bias=False), nn.ReLU(), nn.Linear(hidden, embed_dim, bias=False), nn.ReLU()
         )
+
+    def reset_own_parameters(self) -> None:
+        """PyTorch's construction-time init (kaiming-uniform), the authors'; the model's `_init_weights` calls it."""
+        for module in self.adapter:
+            if isinstance(module, nn.Linear):
+                module.reset_parameters()
 
     def adapt(self, image_embeds: torch.Tensor) -> torch.Tensor:
         """``normalise(r * MLP(f) + (1 - r) * f)``, (B, C) -> (B, C)."""

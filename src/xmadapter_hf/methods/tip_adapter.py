@@ -117,7 +117,7 @@ class TipAdapterF(TipAdapter):
 
     trainable = True
     config_fields = TipAdapterFFields
-    recipe = TrainingRecipe()
+    recipe = TrainingRecipe(dataset_defaults=True)  # data.defaults' epochs and learning rates are Tip-Adapter-F's
     cache_parameters = ("cache_keys",)
 
     def __init__(self, config, embed_dim: int):

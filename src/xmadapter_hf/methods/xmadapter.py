@@ -8,12 +8,15 @@ from huggingface_hub.dataclasses import strict, validated_field
 from torch import nn
 
 from .. import functional as Fn
-from ..validation import at_least, in_interval
+from ..validation import at_least, in_interval, one_of
 from . import cache
 from .base import CacheState, CacheTerm, MethodOutput, SearchSpace, adapter_linear, as_input_of, register_method
 from .tip_adapter import TipAdapterF, TipAdapterFFields, sharpness_validator
 
-__all__ = ["XMAdapter", "XMAdapterFields"]
+__all__ = ["TEXT_QUERIES", "XMAdapter", "XMAdapterFields"]
+
+#: The query maps into the text space (`text_query`): the residual one (the default) and 0.1.0's independent one.
+TEXT_QUERIES = ("residual", "independent")
 
 
 @strict
@@ -37,6 +40,11 @@ class XMAdapterFields(TipAdapterFFields):
             `gamma = sigmoid(gamma_logit + gate(f))` with a linear gate on the query embedding.
         affinity_ratio_lr_multiplier (`float`, *optional*, defaults to 10.0):
             Learning-rate multiplier of the affinity-ratio logit (a single scalar barely moves at the base rate).
+        text_query (`str`, *optional*, defaults to `"residual"`):
+            The query map into the text space. `"residual"`: ``g = normalise(P_t f + Img2TxtNet(f))`` with
+            Img2TxtNet's last layer zero-initialised, so that at step 0 the query is projected by the same map as the
+            keys and the text cache is informative. `"independent"`: ``g = normalise(Img2TxtNet(f))``, the formula of
+            0.1.0 (a saved config without this field loads with it, so its logits do not change).
     """
 
     text_sharpness: int | float = validated_field(
@@ -54,6 +62,10 @@ class XMAdapterFields(TipAdapterFFields):
     affinity_ratio_lr_multiplier: int | float = validated_field(
         in_interval("affinity_ratio_lr_multiplier", 0.0, math.inf, low_open=True, high_open=True), default=10.0
     )
+    # A saved config without this field was written before it existed (0.1.0): its adapter keeps that formula.
+    text_query: str = validated_field(
+        one_of("text_query", TEXT_QUERIES), default="residual", metadata={"saved_without": "independent"}
+    )
 
 
 @register_method("xmadapter")
@@ -63,7 +75,7 @@ class XMAdapter(TipAdapterF):
     ```
     t_i    = normalise(W[y_i] + MetaNet(E_i))        # E_i: the frozen initial cache embedding
     T      = normalise(P_t t_i)                       # (NK, D) text keys
-    g      = normalise(Img2TxtNet(f))                 # (B, D) query in the text space
+    g      = normalise(P_t f + Img2TxtNet(f))         # (B, D) query; Img2TxtNet's last layer starts at zero
     gamma  = sigmoid(gamma_logit [+ gate(f)])
     logits = s f W^T + alpha * (gamma * A_img L + (1 - gamma) * A_txt L)
     ```
@@ -92,8 +104,9 @@ class XMAdapter(TipAdapterF):
             adapter_linear(embed_dim, hidden), nn.ReLU(), adapter_linear(hidden, embed_dim, zero_init=True)
         )
         self.text_projection = adapter_linear(embed_dim, text_dim, bias=False)  # P_t
+        residual = config.text_query == "residual"  # its last layer starts at zero: g starts as normalise(P_t f)
         self.img2txt = nn.Sequential(
-            adapter_linear(embed_dim, text_dim), nn.ReLU(), adapter_linear(text_dim, text_dim)
+            adapter_linear(embed_dim, text_dim), nn.ReLU(), adapter_linear(text_dim, text_dim, zero_init=residual)
         )
         self.affinity_ratio_logit = nn.Parameter(torch.tensor(0.0))
         self.affinity_gate = adapter_linear(embed_dim, 1, zero_init=True) if config.dynamic_affinity_ratio else None
@@ -230,8 +243,12 @@ class XMAdapter(TipAdapterF):
         return torch.sigmoid(logit)
 
     def query_text_embeds(self, image_embeds: torch.Tensor) -> torch.Tensor:
-        """``g = normalise(Img2TxtNet(f))``, (B, C) -> (B, D) float32."""
-        return Fn.l2_normalize(self.img2txt(as_input_of(self.img2txt, image_embeds.float())).float())
+        """``g = normalise(P_t f + Img2TxtNet(f))`` (`text_query="residual"`) or ``normalise(Img2TxtNet(f))``
+        (`"independent"`, 0.1.0), (B, C) -> (B, D) float32."""
+        mapped = self.img2txt(as_input_of(self.img2txt, image_embeds.float())).float()
+        if self.config.text_query == "residual":
+            mapped = self.text_projection(as_input_of(self.text_projection, image_embeds.float())).float() + mapped
+        return Fn.l2_normalize(mapped)
 
     # -------------------------------------------------------------------------------------------------- forward
     def forward(self, image_embeds, state: CacheState, labels=None, cache_index=None) -> MethodOutput:

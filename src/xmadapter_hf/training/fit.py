@@ -108,10 +108,11 @@ def fit(
     *,
     epochs: int | None = None,
     batch_size: int | None = None,
-    augment_views: int = 10,
+    augment_views: int | None = None,
     seed: int = 0,
+    search_grid: str | None = None,
     search_scale: tuple[float, float] | None = None,
-    search_step: tuple[int, int] = (200, 20),
+    search_step: tuple[int, int] | None = None,
     dataset_name: str | None = None,
     learning_rate: float | None = None,
     validation_labels: torch.Tensor | None = None,
@@ -122,6 +123,8 @@ def fit(
     show_progress: bool = True,
     search: bool = True,
     training_arguments: dict | None = None,
+    early_stopping_patience: int | None = None,
+    keep_best_epoch: bool | None = None,
 ):
     r"""Adapts ``model`` to a few-shot task in one call (see the module docstring for the steps).
 
@@ -131,15 +134,25 @@ def fit(
             (image, label)), or an [`~xmadapter_hf.data.extraction.ExtractedEmbeddings`] already extracted.
         validation_dataset: validation images, or raw validation embeddings `(M, C)` with ``validation_labels``.
             Never the test split: the search chooses on it.
-        epochs (`int`, *optional*): defaults to the method's recipe.
+        epochs (`int`, *optional*): defaults to the dataset's (``dataset_name``, for the recipes that follow it:
+            Tip-Adapter-F, XMAdapter), else the method's recipe. Precedence everywhere: explicit argument > dataset >
+            recipe.
         batch_size (`int`, *optional*): defaults to the recipe's, capped for >= 8 steps per epoch.
-        augment_views (`int`, *optional*, defaults to 10): views per training image (0 = the plain image).
+        augment_views (`int`, *optional*): views per training image (0 = the plain image); defaults to 0 for a recipe
+            without augmentation (the Multi-Modal Adapter's), else the dataset's or 10.
         seed (`int`, *optional*, defaults to 0): seed of the augmentations, view draws, shuffles and training.
-        search_scale (`(float, float)`, *optional*): [sharpness max, residual-ratio max] of the search; defaults to
-            the dataset's (``dataset_name``) or (7, 3). A random tiny CLIP needs about (50, 50).
-        search_step (`(int, int)`, *optional*, defaults to `(200, 20)`): the search grid sizes.
+        search_grid (`str`, *optional*): `"auto"` (the default unless a scale or step is given: backbone-adaptive,
+            see `search_on_validation`) or `"tip-adapter-grid"` (Tip-Adapter's exact linear grid).
+        search_scale (`(float, float)`, *optional*): [sharpness max, residual-ratio max] of `"tip-adapter-grid"`;
+            defaults to the dataset's (``dataset_name``) or (7, 3).
+        search_step (`(int, int)`, *optional*): the `"tip-adapter-grid"` sizes; defaults to the dataset's or (200, 20).
         dataset_name (`str`, *optional*): one of Tip-Adapter's datasets, for its search defaults.
-        learning_rate (`float`, *optional*): overrides the recipe's.
+        learning_rate (`float`, *optional*): defaults to the dataset's (as ``epochs``), else the recipe's.
+        early_stopping_patience (`int`, *optional*): stop when validation accuracy has not improved for this many
+            epochs; defaults to the recipe's (the Multi-Modal Adapter's: 20; `None` for the others). 0 turns it off.
+        keep_best_epoch (`bool`, *optional*): restore the epoch with the best validation accuracy, the start included
+            (training never ends below its start on validation); defaults to the recipe's (`True` for every shipped
+            method). `False` keeps the last epoch.
         validation_labels (`torch.Tensor`, *optional*): with validation embeddings.
         extraction_batch_size (`int`, *optional*, defaults to 32): images per backbone forward.
         cache_dir (`str` or `os.PathLike`, *optional*): on-disk extraction cache (see `extract_embeddings`).
@@ -177,7 +190,10 @@ def fit(
         raise TypeError(f"`model` must be an XMAdapterForImageClassification, got {type(model).__name__}.")
     check_int("epochs", epochs, 1, allow_none=True)
     check_int("batch_size", batch_size, 1, allow_none=True)
-    check_int("augment_views", augment_views, 0)
+    check_int("augment_views", augment_views, 0, allow_none=True)
+    check_int("early_stopping_patience", early_stopping_patience, 0, allow_none=True)
+    if keep_best_epoch is not None and not isinstance(keep_best_epoch, bool):
+        raise TypeError(f"`keep_best_epoch` must be True, False or None, got {keep_best_epoch!r}.")
     check_int("seed", seed, -(2**62))
     check_int("extraction_batch_size", extraction_batch_size, 1)
     check_choice("view_sampling", view_sampling, VIEW_SAMPLINGS)
@@ -197,8 +213,22 @@ def fit(
     if not isinstance(train_dataset, ExtractedEmbeddings) or not isinstance(validation_dataset, torch.Tensor):
         if model.processor is None:
             raise ValueError("`fit` reads images with the model's processor: build the model with `from_clip`.")
-    if method.trainable:
-        recipe_of(model)  # raises for a trainable method without a recipe, before any work
+    recipe = recipe_of(model) if method.trainable else None  # raises for a trainable method without one, first
+    # explicit argument > dataset (for the recipes that follow data.defaults) > recipe
+    dataset = {}
+    if dataset_name is not None:
+        from ..data.defaults import dataset_defaults
+
+        dataset = dataset_defaults(dataset_name)
+    if recipe is not None and dataset and recipe.dataset_defaults:
+        epochs = dataset["epochs"] if epochs is None else epochs
+        learning_rate = dataset["learning_rate"] if learning_rate is None else learning_rate
+    if augment_views is None:
+        augment_views = 0 if recipe is not None and not recipe.augment else dataset.get("augment_views", 10)
+    if early_stopping_patience is None and recipe is not None:
+        early_stopping_patience = recipe.early_stopping_patience
+    if keep_best_epoch is None and recipe is not None:
+        keep_best_epoch = recipe.keep_best_epoch
 
     # ---- 1. extraction (the only backbone work)
     started = time.perf_counter()
@@ -223,7 +253,9 @@ def fit(
         num_validation=0 if val_embeds is None else val_embeds.shape[0], augment_views=augment_views,
         view_sampling=view_sampling, extraction_seconds=time.perf_counter() - started,
     )  # fmt: skip
-    search_args = dict(search_scale=search_scale, search_step=search_step, dataset_name=dataset_name)
+    search_args = dict(
+        search_grid=search_grid, search_scale=search_scale, search_step=search_step, dataset_name=dataset_name
+    )
     overrides = dict(training_arguments or {})
     if epochs is not None:
         overrides["num_train_epochs"] = epochs
@@ -247,7 +279,10 @@ def fit(
         # ---- 4. train on one draw per image and epoch from its cached views
         if method.trainable:
             data = EmbeddingViewsDataset(views.embeds, views.labels, seed=seed, view_sampling=view_sampling)
-            _train(model, data, seed, overrides, show_progress, report)
+            selects = early_stopping_patience or keep_best_epoch
+            validation = None if val_embeds is None or not selects else (val_embeds, val_labels)
+            _train(model, data, seed, overrides, show_progress, report, validation, early_stopping_patience,
+                   keep_best_epoch)  # fmt: skip
         # ---- 5. search again on the trained model
         if searches and method.trainable:
             report.search_after = _search_summary(model.search_hyperparameters(val_embeds, val_labels, **search_args))
@@ -256,7 +291,9 @@ def fit(
     return model, report
 
 
-def _train(model, data: EmbeddingViewsDataset, seed: int, overrides: dict, show_progress: bool, report) -> None:
+def _train(
+    model, data, seed: int, overrides: dict, show_progress: bool, report, validation=None, patience=None, keep=None
+):
     """Trains with `XMAdapterTrainer` on the recipe's arguments; fills the report's schedule, loss and time."""
     started = time.perf_counter()
     device = model.class_embeds.device
@@ -266,7 +303,11 @@ def _train(model, data: EmbeddingViewsDataset, seed: int, overrides: dict, show_
             use_cpu=device.type == "cpu", dataloader_num_workers=0, dataloader_pin_memory=False, report_to="none",
         )  # fmt: skip
         args = recipe_arguments(model, output, num_items=len(data), **{**arguments, **overrides})
-        trainer = XMAdapterTrainer(model, args, train_dataset=data)
+        trainer = XMAdapterTrainer(
+            model, args, train_dataset=data, validation=validation,
+            early_stopping_patience=(patience or 0) if validation is not None else 0,
+            keep_best_epoch=bool(keep) if validation is not None else False,
+        )  # fmt: skip
         trainer.remove_callback(PrinterCallback)  # quiet: fit reports what it did in its FitReport
         trainer.remove_callback(ProgressCallback)
         if show_progress:
@@ -277,6 +318,11 @@ def _train(model, data: EmbeddingViewsDataset, seed: int, overrides: dict, show_
     report.epochs, report.batch_size = int(args.num_train_epochs), args.per_device_train_batch_size
     report.steps, report.final_loss = trainer.state.global_step, (losses[-1] if losses else None)
     report.training_seconds = time.perf_counter() - started
+    if trainer.early_stopping is not None:
+        stopper = trainer.early_stopping
+        report.extra["early_stopping"] = {"best_epoch": stopper.best_epoch, "epochs_run": len(stopper.history),
+                                          "best_validation_accuracy": stopper.best_accuracy,
+                                          "start_validation_accuracy": stopper.start_accuracy}  # fmt: skip
 
 
 class _EpochBar(TrainerCallback):

@@ -17,6 +17,7 @@ There is deliberately no way to pass a test split by another name: the search re
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,10 +26,13 @@ import torch
 from .. import functional as Fn
 from ..methods import CacheTerm, SearchSpace
 from ..methods.cache import affinity_, class_sums
-from ..validation import check_int, check_labels, check_number, check_pair, check_tensor
+from ..validation import check_choice, check_int, check_labels, check_number, check_pair, check_tensor
 
 __all__ = [
+    "SEARCH_GRIDS",
     "SearchResult",
+    "log_grid",
+    "ratio_balance",
     "residual_ratio_grid",
     "search_hyperparameters",
     "search_on_validation",
@@ -36,6 +40,9 @@ __all__ = [
     "sharpness_grid",
     "validation_embeddings",
 ]
+
+#: The searches: "auto" (backbone-adaptive, coarse-to-fine) and "tip-adapter-grid" (Tip-Adapter's exact linear grid).
+SEARCH_GRIDS = ("auto", "tip-adapter-grid")
 
 # Tip-Adapter's alpha ranges were tuned for OpenAI CLIP's logit scale; other backbones rescale them.
 _REFERENCE_LOGIT_SCALE = 100.0
@@ -158,17 +165,109 @@ def _fused(parts: list[torch.Tensor], terms: list[CacheTerm], rows: slice) -> to
 
 
 def _grid_counts(space, labels, chunks, sharpnesses, ratios, fixed: list[float], varied: int) -> torch.Tensor:
-    """Correct counts of every (sharpness of term ``varied``, ratio) cell, the other terms at ``fixed`` values."""
-    counts = torch.zeros(len(sharpnesses), ratios.numel(), dtype=torch.long, device=labels.device)
+    """Correct counts of every (sharpness of term ``varied``, ratio) cell, the other terms at ``fixed`` values.
+
+    ``ratios`` is `(P,)` (the same residual ratios for every sharpness) or `(S, P)` (a row per sharpness value)."""
+    ratios = ratios.expand(len(sharpnesses), -1) if ratios.dim() == 1 else ratios
+    counts = torch.zeros(len(sharpnesses), ratios.shape[1], dtype=torch.long, device=labels.device)
     for rows in chunks:
         distances = [1.0 - term.cosines[rows] for term in space.terms]  # hoisted: only the exp depends on beta
         buffer = torch.empty_like(distances[varied])
         parts = [None if t == varied else _term_logits(d, fixed[t], space) for t, d in enumerate(distances)]
         for i, sharpness in enumerate(sharpnesses):
             parts[varied] = _term_logits(distances[varied], sharpness, space, buffer)
-            counts[i] += _count_correct(space.zero_shot_logits[rows], _fused(parts, space.terms, rows), ratios,
+            counts[i] += _count_correct(space.zero_shot_logits[rows], _fused(parts, space.terms, rows), ratios[i],
                                         labels[rows])  # fmt: skip
     return counts
+
+
+#: The bounds of `search_grid="auto"`: sharpness on a log grid over Tip-Adapter's whole permitted range (0, 100]
+#: (from 0.1: below it every entry weighs alike), the residual ratio over four decades around ``alpha_ref(beta)``.
+AUTO_SHARPNESS_RANGE = (0.1, 100.0)
+AUTO_RATIO_DECADES = (-2.0, 2.0)
+#: (sharpness values, residual-ratio values) of the coarse stage and values per axis of the fine stage.
+AUTO_COARSE_STEPS = (40, 32)
+AUTO_FINE_STEPS = 11
+#: Rows the balance `alpha_ref` is measured on (the first rows of the validation split).
+_BALANCE_ROWS = 512
+
+
+def log_grid(low: float, high: float, steps: int) -> list[float]:
+    """``steps`` values from ``low`` to ``high`` (both included), evenly spaced in log scale (one value: ``low``)."""
+    if steps == 1:
+        return [float(low)]
+    ratio = math.log(high / low) / (steps - 1)
+    return [float(low * math.exp(i * ratio)) for i in range(steps)]
+
+
+def ratio_balance(space: SearchSpace, sharpnesses, fixed: list[float], varied: int = 0) -> torch.Tensor:
+    """``alpha_ref(beta)`` for each sharpness value, `(S,)`: the residual ratio at which the fused cache logits spread
+    across classes as much as the zero-shot logits do,
+
+        alpha_ref(beta) = mean_rows std_classes(zero_shot) / mean_rows std_classes(sum_t weight_t A_t L),
+
+    measured on the first 512 validation rows. It carries the backbone's logit scale (in the zero-shot logits) and
+    the spread of the cache cosines (in ``A``), so the searched ratios follow both; labels are not used."""
+    rows = slice(0, min(_BALANCE_ROWS, space.zero_shot_logits.shape[0]))
+    distances = [1.0 - term.cosines[rows] for term in space.terms]
+    parts = [None if t == varied else _term_logits(d, fixed[t], space) for t, d in enumerate(distances)]
+    target = space.zero_shot_logits[rows].std(dim=1).mean()
+    balance = []
+    for sharpness in sharpnesses:
+        parts[varied] = _term_logits(distances[varied].clone(), sharpness, space)
+        spread = _fused(parts, space.terms, rows).std(dim=1).mean()
+        balance.append(float(target / spread) if spread > 0 and torch.isfinite(spread) else float("nan"))
+    values = torch.tensor(balance, dtype=torch.float64)
+    finite = values[torch.isfinite(values)]
+    fallback = float(finite.max()) if finite.numel() else 1.0  # a cache without spread: the widest balance found
+    return torch.where(torch.isfinite(values), values, torch.full_like(values, fallback))
+
+
+def _auto_search(space, labels, chunks, fixed, coarse_steps, fine_steps):
+    """Coarse-to-fine search of (sharpness of the first term, residual ratio): returns (beta, alpha, counts, betas,
+    alpha grid) of the fine stage's first maximum (coarse maxima win ties with the fine stage: it is searched
+    second and only strict improvements move the choice)."""
+    betas = log_grid(*AUTO_SHARPNESS_RANGE, coarse_steps[0])
+    balance = ratio_balance(space, betas, fixed)  # (S,)
+    factors = torch.tensor(log_grid(10 ** AUTO_RATIO_DECADES[0], 10 ** AUTO_RATIO_DECADES[1], coarse_steps[1]),
+                           dtype=torch.float64)  # fmt: skip
+    ratios = (balance[:, None] * factors[None]).float().to(labels.device)  # (S, P)
+    counts = _grid_counts(space, labels, chunks, betas, ratios, fixed, varied=0)
+    best_i, best_k = divmod(_first_maximum(counts), ratios.shape[1])
+    best = (int(counts[best_i, best_k]), betas[best_i], float(ratios[best_i, best_k]))
+    # fine stage: one coarse step either side of the choice on both axes, log-spaced
+    beta_step = (AUTO_SHARPNESS_RANGE[1] / AUTO_SHARPNESS_RANGE[0]) ** (1 / max(1, coarse_steps[0] - 1))
+    ratio_step = float(factors[1] / factors[0]) if coarse_steps[1] > 1 else 10.0
+    fine_betas = [b for b in log_grid(best[1] / beta_step, best[1] * beta_step, fine_steps) if b <= 100.0]
+    fine_ratios = torch.tensor(log_grid(best[2] / ratio_step, best[2] * ratio_step, fine_steps), device=labels.device)
+    fine = _grid_counts(space, labels, chunks, fine_betas, fine_ratios, fixed, varied=0)
+    fine_i, fine_k = divmod(_first_maximum(fine), fine_ratios.numel())
+    if int(fine[fine_i, fine_k]) > best[0]:
+        best = (int(fine[fine_i, fine_k]), fine_betas[fine_i], float(fine_ratios[fine_k]))
+    return best, betas, ratios, counts
+
+
+def _auto_text_search(space, labels, chunks, fixed, term, ratio, coarse_steps, fine_steps):
+    """Coarse-to-fine 1-D search of a further term's sharpness at the chosen ratio: (count, beta_txt, grid, counts)."""
+    ratio_tensor = torch.tensor([ratio], device=labels.device)
+    betas = log_grid(*AUTO_SHARPNESS_RANGE, coarse_steps)
+    counts = _grid_counts(space, labels, chunks, betas, ratio_tensor, fixed, term)[:, 0]
+    best_j = _first_maximum(counts)
+    best = (int(counts[best_j]), betas[best_j])
+    step = (AUTO_SHARPNESS_RANGE[1] / AUTO_SHARPNESS_RANGE[0]) ** (1 / max(1, coarse_steps - 1))
+    fine_betas = [b for b in log_grid(best[1] / step, best[1] * step, fine_steps) if b <= 100.0]
+    fine = _grid_counts(space, labels, chunks, fine_betas, ratio_tensor, fixed, term)[:, 0]
+    fine_j = _first_maximum(fine)
+    if int(fine[fine_j]) > best[0]:
+        best = (int(fine[fine_j]), fine_betas[fine_j])
+    return best, betas, counts
+
+
+def default_chunk_size(num_rows: int, num_entries: int, num_classes: int, num_ratios: int) -> int:
+    """Validation rows per chunk so that the search's working tensors stay near 256 MiB: about ``rows * (2 NK +
+    P N)`` float32 values (the hoisted distances and their affinities, the scores of every ratio)."""
+    per_row = 4 * (2 * num_entries + num_ratios * num_classes + num_classes)
+    return max(1, min(num_rows, (256 << 20) // max(1, per_row)))
 
 
 @torch.no_grad()  # a learned gamma or keys may come with gradients attached; the search never needs them
@@ -177,6 +276,7 @@ def search_space_grid(
     labels: torch.Tensor,
     logit_scale: float,
     *,
+    search_grid: str = "tip-adapter-grid",
     search_scale: Sequence[float] = (7.0, 3.0),
     search_step: Sequence[int] = (200, 20),
     start: float = 0.1,
@@ -185,27 +285,64 @@ def search_space_grid(
     starting_sharpness: Sequence[float] | None = None,
     chunk_size: int | None = None,
 ) -> SearchResult:
-    """The grid search over a [`~xmadapter_hf.methods.SearchSpace`] (see the module docstring): the first term's
-    sharpness over ``search_step[0]`` values below ``search_scale[0]`` with the residual ratio (``search_step[1]``
-    values below ``search_scale[1]``, scaled by ``logit_scale / 100``), the further terms held at
-    ``starting_sharpness``; then each further term's sharpness on its own grid (``text_search_scale``/``_step``,
-    defaulting to the first term's). ``chunk_size`` bounds the rows processed at once."""
+    """The grid search over a [`~xmadapter_hf.methods.SearchSpace`] (see the module docstring).
+
+    ``search_grid="tip-adapter-grid"``: Tip-Adapter's linear grids, the first term's sharpness over ``search_step[0]``
+    values below ``search_scale[0]`` with the residual ratio (``search_step[1]`` values below ``search_scale[1]``,
+    scaled by ``logit_scale / 100``), the further terms held at ``starting_sharpness``; then each further term's
+    sharpness on its own grid (``text_search_scale``/``_step``, defaulting to the first term's).
+
+    ``search_grid="auto"``: backbone-adaptive and coarse-to-fine (docs/methods.md): sharpness on a log grid over
+    [0.1, 100] (`AUTO_COARSE_STEPS[0]` values), the residual ratio on a log grid over ``alpha_ref(beta) * [1e-2,
+    1e2]`` ([`ratio_balance`]; `AUTO_COARSE_STEPS[1]` values), then a finer grid one coarse step around the choice;
+    each further term's sharpness likewise in 1-D. ``search_scale`` and ``search_step`` are not used.
+    ``chunk_size`` bounds the rows processed at once (default: [`default_chunk_size`])."""
     logit_scale = check_number("logit_scale", logit_scale, 0.0, low_open=True)
-    (beta_max, alpha_max), (beta_steps, alpha_steps) = (
-        check_pair("search_scale", search_scale, "sharpness, residual_ratio"),
-        check_pair("search_step", search_step, "sharpness, residual_ratio"),
-    )
+    check_choice("search_grid", search_grid, SEARCH_GRIDS)
+    further = len(space.terms) - 1
+    fixed = [0.0, *(starting_sharpness or [1.0] * further)]
+    num_rows, device = labels.shape[0], labels.device
+    if search_grid == "tip-adapter-grid":
+        (beta_max, alpha_max), (beta_steps, alpha_steps) = (
+            check_pair("search_scale", search_scale, "sharpness, residual_ratio"),
+            check_pair("search_step", search_step, "sharpness, residual_ratio"),
+        )
+    if chunk_size is None:
+        num_ratios = AUTO_COARSE_STEPS[1] if search_grid == "auto" else alpha_steps
+        size = default_chunk_size(num_rows, space.terms[0].cosines.shape[1], space.zero_shot_logits.shape[1],
+                                  num_ratios)  # fmt: skip
+    else:
+        size = check_int("chunk_size", chunk_size, 1)
+    chunks = [slice(i, min(i + size, num_rows)) for i in range(0, num_rows, size)]
+
+    if search_grid == "auto":
+        (count, beta, alpha), sharpnesses, ratios, counts = _auto_search(
+            space, labels, chunks, fixed, AUTO_COARSE_STEPS, AUTO_FINE_STEPS
+        )
+        fixed[0] = beta
+        result = SearchResult(
+            sharpness=beta, residual_ratio=alpha, text_sharpness=None, accuracy=count / num_rows,
+            num_validation=num_rows, sharpness_grid=sharpnesses, residual_ratio_grid=ratios.cpu().tolist(),
+            grid_accuracy=counts.cpu().float() / num_rows,
+        )  # fmt: skip
+        for term in range(1, further + 1):
+            (count, text_beta), text_grid, text_counts = _auto_text_search(
+                space, labels, chunks, fixed, term, alpha, AUTO_COARSE_STEPS[0], AUTO_FINE_STEPS
+            )
+            fixed[term] = text_beta
+            result.accuracy = count / num_rows
+            result.text_sharpness, result.text_sharpness_grid = text_beta, text_grid
+            result.text_grid_accuracy = text_counts.cpu().float() / num_rows
+        result.fields = {space.residual_ratio_field: result.residual_ratio}
+        result.fields.update({term.sharpness_field: value for term, value in zip(space.terms, fixed)})
+        return result
+
     sharpnesses = sharpness_grid(beta_max, beta_steps, start)
     alphas = residual_ratio_grid(alpha_max, alpha_steps, logit_scale, start)
-    further = len(space.terms) - 1
     if further:
         text_scale = beta_max if text_search_scale is None else text_search_scale
         text_steps = beta_steps if text_search_step is None else text_search_step
         text_sharpnesses = _linear_grid(text_scale, text_steps, start, "text_search_scale", "text_search_step")
-    fixed = [0.0, *(starting_sharpness or [1.0] * further)]
-    num_rows, device = labels.shape[0], labels.device
-    size = num_rows if chunk_size is None else check_int("chunk_size", chunk_size, 1)
-    chunks = [slice(i, min(i + size, num_rows)) for i in range(0, num_rows, size)]
     ratios = torch.tensor(alphas, dtype=torch.float32, device=device)
 
     counts = _grid_counts(space, labels, chunks, sharpnesses, ratios, fixed, varied=0)
@@ -241,6 +378,16 @@ def _weight(ratio, num_rows: int, device) -> torch.Tensor:
     return ratio
 
 
+def resolve_search_grid(search_grid, search_scale, search_step) -> tuple[str, tuple, tuple]:
+    """(grid, scale, step) of a search: `None` is `"tip-adapter-grid"` when a scale or step was given, else
+    `"auto"`."""
+    if search_grid is None:
+        search_grid = "tip-adapter-grid" if search_scale is not None or search_step is not None else "auto"
+    check_choice("search_grid", search_grid, SEARCH_GRIDS)
+    scale = (7.0, 3.0) if search_scale is None else search_scale
+    return search_grid, scale, (200, 20) if search_step is None else search_step
+
+
 @torch.no_grad()
 def search_hyperparameters(
     zero_shot_logits: torch.Tensor,
@@ -250,8 +397,9 @@ def search_hyperparameters(
     num_classes: int,
     logit_scale: float,
     *,
-    search_scale: Sequence[float] = (7.0, 3.0),
-    search_step: Sequence[int] = (200, 20),
+    search_grid: str | None = None,
+    search_scale: Sequence[float] | None = None,
+    search_step: Sequence[int] | None = None,
     start: float = 0.1,
     text_cos: torch.Tensor | None = None,
     affinity_ratio: torch.Tensor | float | None = None,
@@ -277,8 +425,11 @@ def search_hyperparameters(
         labels (`torch.LongTensor` of shape `(M,)`): the validation labels.
         num_classes (`int`): ``N``.
         logit_scale (`float`): ``s``; the residual-ratio grid is multiplied by ``s / 100``.
+        search_grid (`str`, *optional*): `"auto"` (backbone-adaptive log grids, coarse-to-fine; see
+            [`search_space_grid`]) or `"tip-adapter-grid"` (Tip-Adapter's linear grids). Defaults to
+            `"tip-adapter-grid"` when ``search_scale`` or ``search_step`` is given, to `"auto"` otherwise.
         search_scale (`tuple[float, float]`, *optional*, defaults to `(7.0, 3.0)`): upper ends (excluded) of the
-            (sharpness, residual ratio) ranges; the residual ratio's is for ``s = 100``.
+            (sharpness, residual ratio) ranges of the `"tip-adapter-grid"`; the residual ratio's is for ``s = 100``.
         search_step (`tuple[int, int]`, *optional*, defaults to `(200, 20)`): number of values of each.
         start (`float`, *optional*, defaults to 0.1): first value of every grid.
         text_cos (`torch.Tensor` of shape `(M, NK)`, *optional*): ``g T^T`` for XMAdapter's text cache.
@@ -333,8 +484,10 @@ def search_hyperparameters(
     elif affinity_ratio is not None:
         raise ValueError("`affinity_ratio` was given without `text_cos`; it only weighs the text cache.")
     space = SearchSpace(zero_shot_logits.to(device, torch.float32), cache_labels.to(device), terms)
+    search_grid, search_scale, search_step = resolve_search_grid(search_grid, search_scale, search_step)
     return search_space_grid(
-        space, labels.to(device), logit_scale, search_scale=search_scale, search_step=search_step, start=start,
+        space, labels.to(device), logit_scale, search_grid=search_grid, search_scale=search_scale,
+        search_step=search_step, start=start,
         text_search_scale=text_search_scale, text_search_step=text_search_step, starting_sharpness=starting,
         chunk_size=chunk_size,
     )  # fmt: skip
@@ -364,8 +517,9 @@ def search_on_validation(
     validation,
     labels=None,
     *,
+    search_grid: str | None = None,
     search_scale: Sequence[float] | None = None,
-    search_step: Sequence[int] = (200, 20),
+    search_step: Sequence[int] | None = None,
     dataset_name: str | None = None,
     text_search_scale: float | None = None,
     text_search_step: int | None = None,
@@ -377,9 +531,14 @@ def search_on_validation(
         model: an [`XMAdapterForImageClassification`] whose method has a search space (the cache methods); its
             current (possibly trained) keys and text side are used.
         validation: a validation image dataset, or raw validation embeddings `(M, C)` with ``labels``.
-        search_scale (`(float, float)`, *optional*): [sharpness max, residual-ratio max]; defaults to the dataset's
-            (``dataset_name``) or Tip-Adapter's ImageNet scale (7, 3). The residual-ratio range is scaled by s / 100.
-        search_step (`(int, int)`, *optional*, defaults to `(200, 20)`): grid sizes.
+        search_grid (`str`, *optional*): `"auto"` or `"tip-adapter-grid"` (see [`search_space_grid`]). Defaults to
+            `"tip-adapter-grid"` when ``search_scale`` or ``search_step`` is given, to `"auto"` otherwise: the
+            automatic search finds the optimum whatever the backbone; Tip-Adapter's grid reproduces its tables.
+        search_scale (`(float, float)`, *optional*): [sharpness max, residual-ratio max] of `"tip-adapter-grid"`;
+            defaults to the dataset's (``dataset_name``) or Tip-Adapter's ImageNet scale (7, 3). The residual-ratio
+            range is scaled by s / 100.
+        search_step (`(int, int)`, *optional*): its sizes; defaults to the dataset's or `(200, 20)`. An explicit
+            argument always wins over the dataset's value.
     """
     if not model.method.searches():  # the method does not say what to tune
         raise ValueError(
@@ -391,20 +550,23 @@ def search_on_validation(
             "The model has no cache yet: call `model.build_cache(few_shot_dataset)` before `search_hyperparameters` "
             "(the search scores the cache on the validation split)."
         )
-    if dataset_name is not None:
+    search_grid, given_scale, given_step = search_grid, search_scale, search_step
+    if search_grid is None:
+        search_grid = "tip-adapter-grid" if search_scale is not None or search_step is not None else "auto"
+    if dataset_name is not None and search_grid == "tip-adapter-grid":  # explicit argument > dataset > Tip's ImageNet
         from ..data.defaults import dataset_defaults
 
         defaults = dataset_defaults(dataset_name)
-        search_scale = search_scale or tuple(defaults["search_scale"])
-        search_step = tuple(defaults.get("search_step", search_step))
-    search_scale = tuple(search_scale or (7.0, 3.0))
+        given_scale = given_scale or tuple(defaults["search_scale"])
+        given_step = given_step or defaults.get("search_step")
+    search_grid, search_scale, search_step = resolve_search_grid(search_grid, given_scale, given_step)
     raw, labels = validation_embeddings(model, validation, labels, batch_size)
     device = model.class_embeds.device
     space = model.method.search_space(Fn.l2_normalize(raw.to(device).float()), model.cache_state())
     labels = check_labels("labels", labels.to(device), raw.shape[0], model.config.num_classes)
     starting = [getattr(model.config, term.sharpness_field) for term in space.terms[1:]]
     result = search_space_grid(
-        space, labels, model.logit_scale, search_scale=search_scale, search_step=search_step,
+        space, labels, model.logit_scale, search_grid=search_grid, search_scale=search_scale, search_step=search_step,
         text_search_scale=text_search_scale, text_search_step=text_search_step, starting_sharpness=starting,
     )  # fmt: skip
     for name, value in result.fields.items():
@@ -414,7 +576,7 @@ def search_on_validation(
         "num_validation": int(result.num_validation),
         "accuracy": float(result.accuracy),
         **{name: float(value) for name, value in result.fields.items()},
-        "search_scale": list(search_scale),
-        "search_step": list(search_step),
+        "search_grid": search_grid,
+        **({"search_scale": list(search_scale), "search_step": list(search_step)} if search_grid != "auto" else {}),
     }
     return result

@@ -19,14 +19,14 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.optimization import get_scheduler
 
 from ..data.views import EpochShuffleSampler, ViewEpochCallback
 from ..methods import TrainingRecipe, get_method_class, registered_methods
 
-__all__ = ["XMAdapterTrainer", "build_optimizer", "create_optimizer", "recipe_arguments", "recipe_of",
-           "recipe_values", "steps_batch_size"]  # fmt: skip
+__all__ = ["ValidationEarlyStopping", "XMAdapterTrainer", "build_optimizer", "create_optimizer", "recipe_arguments",
+           "recipe_of", "recipe_values", "steps_batch_size"]  # fmt: skip
 
 _COUPLED_DECAY = "decoupled_weight_decay=False"
 
@@ -69,8 +69,8 @@ def recipe_values(model, *, num_items: int | None = None, **overrides) -> dict:
         adam_epsilon=recipe.eps,
         adam_beta1=recipe.betas[0],
         adam_beta2=recipe.betas[1],
-        optim="adamw_torch",
-        optim_args=_COUPLED_DECAY if recipe.optimizer == "adam" else None,
+        optim="sgd" if recipe.optimizer == "sgd" else "adamw_torch",
+        optim_args={"adam": _COUPLED_DECAY, "sgd": f"momentum={recipe.momentum}"}.get(recipe.optimizer),
         lr_scheduler_type=recipe.lr_scheduler_type,
         warmup_steps=recipe.warmup_steps,
         max_grad_norm=recipe.max_grad_norm,
@@ -156,6 +156,74 @@ def build_optimizer(
     return optimizer, scheduler
 
 
+class ValidationEarlyStopping(TrainerCallback):
+    """Best-epoch selection on validation accuracy, with optional early stopping (any method, through its recipe's
+    `keep_best_epoch` and `early_stopping_patience`, or directly).
+
+    The model's validation accuracy (raw embeddings `(M, C)` and labels) is measured before training (epoch 0: the
+    starting weights, e.g. Tip-Adapter-F's training-free start) and after every epoch; an epoch that beats the best so
+    far (strictly: ties keep the earlier) is remembered with a copy of the method's tensors; with a ``patience``,
+    training stops after that many epochs without improvement (the Multi-Modal Adapter authors' rule); at the end the
+    best epoch's tensors are put back, so the result is never worse on validation than the start. The config (the
+    searched values) is not touched.
+
+    Args:
+        patience (`int`, *optional*): epochs without improvement before stopping; `None` = train every epoch and only
+            select the best.
+    """
+
+    def __init__(
+        self, model, embeds: torch.Tensor, labels: torch.Tensor, patience: int | None = None, batch_size: int = 1024
+    ):
+        if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 1):
+            raise ValueError(f"`patience` must be a positive integer or None, got {patience!r}.")
+        self.model, self.embeds, self.labels = model, embeds, torch.as_tensor(labels).long()
+        self.patience, self.batch_size = patience, batch_size
+        self.best_accuracy, self.best_epoch, self.best_state, self.stale = -1.0, None, None, 0
+        self.start_accuracy: float | None = None
+        self.history: list[float] = []  # after each epoch (1, 2, ...)
+
+    @torch.no_grad()
+    def accuracy(self) -> float:
+        model, training = self.model, self.model.training
+        model.eval()
+        device, hits = model.class_embeds.device, 0
+        for start in range(0, self.embeds.shape[0], self.batch_size):
+            logits = model(image_embeds=self.embeds[start : start + self.batch_size].to(device)).logits
+            hits += int((logits.argmax(-1) == self.labels[start : start + self.batch_size].to(device)).sum())
+        model.train(training)
+        return hits / self.embeds.shape[0]
+
+    def _consider(self, epoch: int, accuracy: float) -> bool:
+        if accuracy > self.best_accuracy:
+            self.best_accuracy, self.best_epoch, self.stale = accuracy, epoch, 0
+            self.best_state = {k: v.detach().clone() for k, v in self.model.method.state_dict().items()}
+            return True
+        self.stale += 1
+        return False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.best_accuracy, self.best_epoch, self.best_state, self.stale = -1.0, None, None, 0
+        self.history = []
+        self.start_accuracy = self.accuracy()
+        self._consider(0, self.start_accuracy)
+        self.stale = 0
+        return control
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        accuracy = self.accuracy()
+        self.history.append(accuracy)
+        if not self._consider(len(self.history), accuracy) and self.patience and self.stale >= self.patience:
+            control.should_training_stop = True
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.best_state is not None:
+            self.model.method.load_state_dict(self.best_state)
+            if hasattr(self.model.method, "reset_memo"):
+                self.model.method.reset_memo()
+
+
 class XMAdapterTrainer(Trainer):
     """`transformers.Trainer` that trains an [`XMAdapterForImageClassification`] as its method's recipe says.
 
@@ -163,7 +231,10 @@ class XMAdapterTrainer(Trainer):
     is built from the arguments over the method's parameter groups (`optim`, `learning_rate`, `weight_decay`,
     `adam_*`), the schedule from `lr_scheduler_type` and the warm-up, clipping from `max_grad_norm`; the training order
     is drawn from (`data_seed` or `seed`, epoch) ([`EpochShuffleSampler`]) when `train_sampling_strategy` is
-    `"random"`; a training dataset with `set_epoch` gets a [`ViewEpochCallback`].
+    `"random"`; a training dataset with `set_epoch` gets a [`ViewEpochCallback`]. With ``validation=(embeds, labels)``
+    (raw validation embeddings) it restores the epoch with the best validation accuracy, the starting weights included
+    (``keep_best_epoch``, else the recipe's: on by default), and with a patience (``early_stopping_patience``, else the
+    recipe's) it also stops early ([`ValidationEarlyStopping`]). Without ``validation`` it keeps the last epoch.
 
     Example:
 
@@ -173,10 +244,36 @@ class XMAdapterTrainer(Trainer):
     ```
     """
 
-    def __init__(self, model=None, args: TrainingArguments | None = None, *more, **kwargs):
+    def __init__(
+        self,
+        model=None,
+        args: TrainingArguments | None = None,
+        *more,
+        validation: tuple[torch.Tensor, torch.Tensor] | None = None,
+        early_stopping_patience: int | None = None,
+        keep_best_epoch: bool | None = None,
+        **kwargs,
+    ):
         if args is None and model is not None:
             args = recipe_arguments(model)
         super().__init__(model, args, *more, **kwargs)
+        # Best-epoch selection and early stopping on validation: explicit arguments, else the recipe's
+        recipe = recipe_of(model) if model is not None and model.method.trainable else None
+        patience = early_stopping_patience
+        if patience is None and recipe is not None:
+            patience = recipe.early_stopping_patience
+        keep = keep_best_epoch
+        if keep is None:
+            keep = recipe.keep_best_epoch if recipe is not None else False
+        self.early_stopping = None
+        if validation is not None and (patience or keep):
+            self.early_stopping = ValidationEarlyStopping(model, validation[0], validation[1], patience or None)
+            self.add_callback(self.early_stopping)
+        elif early_stopping_patience or keep_best_epoch:
+            raise ValueError(
+                "`early_stopping_patience` and `keep_best_epoch` need `validation=(embeddings, labels)` to measure "
+                "accuracy on."
+            )
         dataset = self.train_dataset
         present = any(isinstance(c, ViewEpochCallback) for c in self.callback_handler.callbacks)
         if dataset is not None and hasattr(dataset, "set_epoch") and not present:
