@@ -1,11 +1,13 @@
 """The `xmadapter` command line, run as a user runs it, on the demo CLIP and the demo images.
 
 Good paths: `fit` on an exported demo folder, then `eval`, `predict`, `search`, `export` and `push` (to the loopback
-fake Hub of `hub_server.py`) on the adapter it wrote, and a reduced `demo`. Bad input: every subcommand at least once,
-each exiting non-zero with exactly one line on stderr. `push` runs as a fresh `python -m xmadapter_hf` process (the
-console script runs from the installed wheel in test_packaging.py); every other command line runs in a process
-forked from one that imported the package once (`cli_batch.py`), as each would pay the ~4 s import of torch and
-transformers otherwise.
+fake Hub of `hub_server.py`) on the adapter it wrote, and a reduced `demo`; `add-classes` and `--support` on small
+adapters that `fit` writes (the grown adapter, nothing overwritten, the Python API's top-1). Bad input: every
+subcommand at least once, each exiting non-zero with exactly one line on stderr. `push` runs as a fresh `python -m
+xmadapter_hf` process (the console script runs from the installed wheel in test_packaging.py); the `add-classes` and
+`--support` tests call `main` in the test's process; every other command line runs in a process forked from one
+that imported the package once (`cli_batch.py`), as each would pay the ~4 s import of torch and transformers
+otherwise.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from PIL import Image
 from xmadapter_hf.demo import DEMO_CLASSES, export_images
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMAND_NAMES = ("demo", "fit", "eval", "predict", "search", "push", "export", "reproduce")
+COMMAND_NAMES = ("demo", "fit", "eval", "predict", "search", "add-classes", "push", "export", "reproduce")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 
@@ -63,12 +65,19 @@ def demo_folder(tmp_path_factory) -> Path:
     return export_images(tmp_path_factory.mktemp("demo") / "images", shots=4, seed=0)
 
 
+def _image_folder(root: Path, names=("cat", "dog"), images: int = 3, rng=None) -> Path:
+    """`root/<name>/<i>.png`: `images` random 24 x 24 RGB images per class."""
+    rng = np.random.default_rng(0) if rng is None else rng
+    for name in names:
+        (root / name).mkdir(parents=True)
+        for i in range(images):
+            Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
 def _folder_with_an_empty_class_and_an_rgba_image(root: Path) -> Path:
     rng = np.random.default_rng(0)
-    for name in ("cat", "dog"):
-        (root / name).mkdir(parents=True)
-        for i in range(3):
-            Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+    _image_folder(root, rng=rng)
     Image.fromarray(rng.integers(0, 255, (24, 24, 4), dtype=np.uint8), "RGBA").save(root / "cat" / "rgba.png")
     (root / "empty bird").mkdir()
     return root
@@ -101,6 +110,7 @@ def batch(demo_folder, tmp_path_factory):
         "bad predict": ["predict", adapter, work / "missing.png"],
         "bad search": ["search", work, "--data", demo_folder],
         "bad push": ["push", adapter, "me/adapter"],  # a local backbone and no --base-model-id
+        "bad add-classes": ["add-classes", adapter, "--support", work / "missing", "--output", work / "grown"],
         "bad export": ["export", adapter, work / "onnx-bad", "--what", "everything"],
         "debug fit data": ["--debug", "fit", "--data", work / "missing", "--output", work / "out"],
         **{f"help {name}": [name, "--help"] for name in COMMAND_NAMES},
@@ -183,8 +193,10 @@ def test_bad_input_ends_every_command_with_one_line(batch):
     assert "missing.png': no such file" in _one_line_error(results["bad predict"], "predict")
     assert "not an adapter directory: it has no config.json" in _one_line_error(results["bad search"], "search")
     assert "--base-model-id" in _one_line_error(results["bad push"], "push")
+    assert "--support " in (line := _one_line_error(results["bad add-classes"], "add-classes"))
+    assert "missing': no such folder" in line
     assert "invalid choice: 'everything'" in _one_line_error(results["bad export"], "export")
-    assert not (work / "out").exists() and not (work / "onnx-bad").exists()
+    assert not (work / "out").exists() and not (work / "onnx-bad").exists() and not (work / "grown").exists()
 
 
 def test_every_command_has_help_and_debug_shows_the_traceback(batch):
@@ -273,3 +285,90 @@ def test_fit_report_names_the_split_and_fit_runs_without_a_search(clip_and_proce
     model, report = fit(model, few_shot_dataset, None, augment_views=0, show_progress=False, search=False)
     assert report.search_before is None and model.config.residual_ratio == 1.0 and model.config.search_result is None
     assert "no validation split: no accuracy measured" in str(report)
+
+
+def _fit(folder: Path, output: Path, method: str, *extra) -> Path:
+    """`xmadapter fit` of a small adapter: 2 shots, 1 augmented view, no validation search."""
+    from xmadapter_hf.cli import main
+
+    argv = ["fit", "--data", folder, "--method", method, "--shots", 2, "--augment-views", 1, "--no-search",
+            "--no-progress", "--output", output, *extra]  # fmt: skip
+    assert main([str(a) for a in argv]) == 0
+    return output
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _new_classes(root: Path) -> Path:
+    return _image_folder(root, ("kiwi", "plum", "fig"), images=2, rng=np.random.default_rng(1))
+
+
+def test_add_classes_writes_a_grown_adapter_and_overwrites_nothing(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from xmadapter_hf.cli import main
+
+    adapter = _fit(_image_folder(tmp_path / "own"), tmp_path / "adapter", "tip-adapter")
+    support = _new_classes(tmp_path / "new")
+    before = [_files(adapter), _files(support)]
+    capsys.readouterr()
+    grow = ["add-classes", str(adapter), "--support", str(support), "--no-progress", "--output"]
+    assert main([*grow, str(tmp_path / "grown")]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert "tip-adapter adapter" in line and "2 -> 5 classes, cache 4 -> 10 entries" in line
+    config = json.loads((tmp_path / "grown" / "config.json").read_text())
+    assert config["class_names"] == ["cat", "dog", "fig", "kiwi", "plum"]  # the folders' names, sorted
+    assert config["cache_size"] == 10 and config["classes_added"] == 3 and config["shots"] == 2
+    labels = load_file(tmp_path / "grown" / "model.safetensors")["cache_labels"]
+    assert labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    grown = _files(tmp_path / "grown")
+
+    for output, message in ((tmp_path / "grown", "is not empty"), (adapter, "is the adapter itself")):
+        assert main([*grow, str(output)]) == 1
+        (error,) = capsys.readouterr().err.splitlines()
+        assert error.startswith("xmadapter add-classes: error: --output ") and message in error
+    assert [_files(adapter), _files(support)] == before and _files(tmp_path / "grown") == grown
+
+
+@pytest.mark.parametrize("method", ["meta-adapter", "tip-adapter"])
+def test_predict_and_eval_with_support_match_the_python_api(method, demo_folder, tmp_path, capsys):
+    """`--support DIR` = `from_pretrained(adapter, class_names=DIR's classes)` + `build_cache(DIR)`, no training:
+    an adapter fit on two random-image classes, applied to three demo classes (their 4 training images each)."""
+    import shutil
+
+    import datasets
+    import torch
+
+    from xmadapter_hf import XMAdapterForImageClassification
+    from xmadapter_hf.cli import main
+
+    adapter = _fit(_image_folder(tmp_path / "own"), tmp_path / "adapter", method, "--epochs", 1)
+    names = ["blue grid", "green rings", "orange checks"]
+    support, test = tmp_path / "support", tmp_path / "test"
+    for name in names:
+        shutil.copytree(demo_folder / "train" / name, support / name)
+        (test / name).mkdir(parents=True)
+        for image in sorted((demo_folder / "test" / name).iterdir())[:4]:
+            shutil.copy(image, test / name)
+    capsys.readouterr()
+    online = ["--support", str(support), "--no-progress", "--json"]
+    assert main(["predict", str(adapter), str(test), "--top-k", "1", *online]) == 0
+    cli = [entry["predictions"][0]["label"] for entry in json.loads(capsys.readouterr().out)]
+    assert main(["eval", str(adapter), "--data", str(test), *online]) == 0
+    evaluation = json.loads(capsys.readouterr().out)
+
+    paths = [str(p) for name in names for p in sorted((support / name).iterdir())]
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
+    dataset = datasets.Dataset.from_dict({"image": paths, "label": [i // 4 for i in range(12)]}, features=features)
+    model = XMAdapterForImageClassification.from_pretrained(adapter, class_names=names)
+    model.build_cache(dataset, augment_views=1, show_progress=False)  # fit's views and seed (0)
+    files = [p for name in names for p in sorted((test / name).iterdir())]
+    pixels = model.processor.image_processor(images=[Image.open(p).convert("RGB") for p in files], return_tensors="pt")
+    with torch.no_grad():
+        python = [names[i] for i in model(pixel_values=pixels["pixel_values"]).logits.argmax(-1).tolist()]
+    assert cli == python and len(set(python)) > 1  # a prediction per image, and not one class for all
+    correct = sum(predicted == file.parent.name for predicted, file in zip(python, files))
+    assert evaluation["images"] == 12 and evaluation["accuracy"] == pytest.approx(correct / 12)
+    assert evaluation["method"] == method and set(evaluation["per_class"]) == set(names)

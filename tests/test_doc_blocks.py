@@ -209,3 +209,13 @@ def test_add_classes_guide(in_tmp):
     _exec(other, "docs/add-classes.md", namespace)
     assert namespace["model"].config.class_names == ["kiwi", "plum", "fig"]
     assert namespace["model"].config.cache_size == 6
+
+
+def test_add_classes_guide_commands_parse():
+    """docs/add-classes.md's `xmadapter` lines are valid command lines (the CLI tests run the commands)."""
+    from xmadapter_hf.cli import build_parser
+
+    commands = _commands("docs/add-classes.md")
+    assert [command[0] for command in commands] == ["add-classes", "predict", "eval"]
+    for command in commands:
+        assert build_parser().parse_args(command).command == command[0]

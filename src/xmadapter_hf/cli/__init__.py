@@ -18,7 +18,7 @@ import os
 import sys
 import warnings
 
-from . import demo, evaluate, export, fit, predict, push, reproduce, search
+from . import add_classes, demo, evaluate, export, fit, predict, push, reproduce, search
 from .common import CLIError, Command, one_line
 
 __all__ = ["COMMANDS", "CLIError", "Command", "build_parser", "main"]
@@ -30,6 +30,7 @@ COMMANDS: tuple[Command, ...] = (
     evaluate.COMMAND,
     predict.COMMAND,
     search.COMMAND,
+    add_classes.COMMAND,
     push.COMMAND,
     export.COMMAND,
     reproduce.COMMAND,

@@ -15,6 +15,7 @@ __all__ = [
     "Command",
     "add_progress_argument",
     "add_search_arguments",
+    "add_support_argument",
     "add_threads_argument",
     "add_training_arguments",
     "default_method",
@@ -173,10 +174,24 @@ def check_adapter(source: str) -> None:
         raise CLIError(f"{source!r} is not a complete adapter directory: model.safetensors is missing")
 
 
-def load_adapter(source: str, **kwargs):
+def load_adapter(source: str, support: tuple | None = None, show_progress: bool = False, **kwargs):
     """The adapter at `source` (a directory or Hub id), checked first; its backbone is loaded by the name its config
-    records."""
+    records. With `support` (`data.open_support`'s (dataset, class names, origin)), it gets the support's classes
+    instead of its own (`from_pretrained(class_names=...)`) and its cache is built from their images (`build_cache`,
+    with the adapter's augmented views and seed): a meta-trained adapter applied online, with no training."""
     from .. import XMAdapterForImageClassification
 
     check_adapter(source)
-    return XMAdapterForImageClassification.from_pretrained(source, **kwargs)
+    if support is None:
+        return XMAdapterForImageClassification.from_pretrained(source, **kwargs)
+    dataset, names, _ = support
+    model = XMAdapterForImageClassification.from_pretrained(source, class_names=names, **kwargs)
+    config = model.config
+    return model.build_cache(dataset, config.augment_views, seed=config.seed or 0, show_progress=show_progress)
+
+
+def add_support_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--support", metavar="DIR", help="an image folder of other classes (DIR/<class>/<images>): the adapter gets "
+        "its classes instead of its own and a cache of its images, with no training (Meta-Adapter's online use)",
+    )  # fmt: skip

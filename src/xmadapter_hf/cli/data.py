@@ -22,6 +22,7 @@ __all__ = [
     "image_extensions",
     "images_under",
     "open_data",
+    "open_support",
     "pick_split",
     "relabel",
     "resolve_split",
@@ -159,6 +160,17 @@ def pick_split(data: DataSource, split: str | None, preferred: tuple[str, ...], 
     if len(data.splits) == 1:
         return next(iter(data.splits.items()))
     raise CLIError(f"{data.origin} has the splits {sorted(data.splits)}: choose one with {what}")
+
+
+def open_support(source: str) -> tuple:
+    """`--support`: (dataset, its class names, where it is from). An image folder's class folders name the classes
+    and its labels index them, as `add_classes` and `build_cache` take them; its `train` split if it has splits."""
+    data = open_data(source, "--support")
+    if len(data.splits) > 1 and "train" not in data.splits:
+        raise CLIError(f"--support {source!r} has the splits {sorted(data.splits)}: give a folder of class folders")
+    split, dataset = pick_split(data, None, ("train",))
+    origin = data.describe(split)
+    return dataset, class_names_of(dataset, origin), origin
 
 
 def class_names_of(dataset, origin: str) -> list[str]:

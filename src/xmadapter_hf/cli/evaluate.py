@@ -3,6 +3,9 @@
 The data's class names are matched to the adapter's by name (the data may hold a subset of its classes). The
 default split is `test` (or the data's only split). `--plot FILE.png` draws the confusion matrix (matplotlib:
 the `plot` extra); `--json` prints every number as one JSON object instead of the text report.
+With `--support DIR` the adapter is first given DIR's classes instead of its own and a cache of DIR's images
+(`from_pretrained(class_names=...)` + `build_cache`, no training: Meta-Adapter's online use; any method); the data
+is then matched to those classes.
 """
 
 from __future__ import annotations
@@ -12,13 +15,14 @@ import json
 from .common import (
     Command,
     add_progress_argument,
+    add_support_argument,
     add_threads_argument,
     load_adapter,
     positive_int,
     set_threads,
 )
 from .common import show_progress as progress_wanted
-from .data import open_data, pick_split, relabel
+from .data import open_data, open_support, pick_split, relabel
 
 
 def add_arguments(parser) -> None:
@@ -28,6 +32,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--plot", metavar="FILE", help="write the confusion matrix to this PNG")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--batch-size", type=positive_int, default=64, help="images per backbone forward (64)")
+    add_support_argument(parser)
     add_threads_argument(parser)
     add_progress_argument(parser)
 
@@ -73,8 +78,9 @@ def run(args) -> int:
     data = open_data(args.data)
     split, dataset = pick_split(data, args.split, ("test",))
     origin = data.describe(split)
+    support = open_support(args.support) if args.support else None
     set_threads(args.threads)
-    model = load_adapter(args.adapter)
+    model = load_adapter(args.adapter, support, progress_wanted(args))
     dataset = relabel(dataset, model.config.class_names, origin)
     result = {"adapter": args.adapter, "method": model.config.method, "data": origin}
     result.update(scores(model, dataset, args.batch_size, progress_wanted(args)))

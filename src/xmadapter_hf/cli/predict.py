@@ -5,6 +5,8 @@ Each class's logit is split into its parts, read from the model's output fields:
 `affinity_ratio`) and XMAdapter's text cache (`residual_ratio x (1 - affinity_ratio) x text_cache_logits`); for
 methods whose adapter changes the embeddings instead (CLIP-Adapter, the Multi-Modal Adapter), the adapter's change
 of the logit. The parts add up to the logit. Folders are searched recursively for image files.
+With `--support DIR` the adapter is first given DIR's classes instead of its own and a cache of DIR's images
+(`from_pretrained(class_names=...)` + `build_cache`, no training: Meta-Adapter's online use; any method).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from . import common
 from .common import CLIError, Command, add_threads_argument, load_adapter, positive_int, set_threads
 
 
@@ -21,7 +24,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--top-k", type=positive_int, default=3, help="classes shown per image (3)")
     parser.add_argument("--json", action="store_true", help="print the predictions as JSON")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="images per forward (32)")
+    common.add_support_argument(parser)
     add_threads_argument(parser)
+    common.add_progress_argument(parser)
 
 
 def image_files(paths: list[str]) -> list[Path]:
@@ -103,9 +108,12 @@ def _text(entry: dict) -> str:
 
 
 def run(args) -> int:
+    from .data import open_support
+
     files = image_files(args.images)
+    support = open_support(args.support) if args.support else None
     set_threads(args.threads)
-    model = load_adapter(args.adapter)
+    model = load_adapter(args.adapter, support, common.show_progress(args))
     entries = predict(model, files, args.top_k, args.batch_size)
     if args.json:
         print(json.dumps(entries, indent=2))
