@@ -3,7 +3,8 @@
 - [`EmbeddingViewsDataset`]: the embedding fast path. The backbone is frozen, so an image's embedding depends only on
   its pixels: V augmented views of each few-shot image are extracted once (the cache needs them anyway), and each
   epoch draws one training embedding per image from them, for a whole epoch at once (a vectorised draw: about
-  420,000 items per CPU-second on one core at V = 10, C = 512, 21x the per-item draw of 0.1.0; docs/benchmarks.md).
+  420,000 items per CPU-second on one core at V = 10, C = 512, 21x the per-item draw of 0.1.0;
+  704,000 items/s on two idle cores; docs/benchmarks.md).
 - [`AugmentedImagesDataset`]: the pixel path: a fresh augmentation of each image every epoch, through the processor.
 - [`EpochShuffleSampler`]: the order of an epoch, a permutation drawn from (seed, epoch).
 - [`ViewEpochCallback`]: tells a dataset the epoch at each Trainer epoch start.
