@@ -141,6 +141,7 @@ class FeatureStore:
         self.backbone_key = _digest([_weights_fingerprint(clip), _processor_settings(processor)])
         self.images_embedded = 0
         self._loaded: dict[Path, dict[int, torch.Tensor]] = {}
+        self._images: dict[tuple[str, str], object] = {}  # (dataset, split) -> its `datasets.Dataset`, built once
 
     def folder(self, dataset: BenchmarkDataset, split: str, views: int) -> Path:
         full = dataset.split(split)
@@ -176,8 +177,11 @@ class FeatureStore:
                 missing[record.image_id] = record.index
         if missing:
             indices = sorted(missing.values())
+            images = self._images.get((dataset.name, split.name))
+            if images is None:  # each seed's few-shot draw asks for new images of the same split
+                images = self._images[(dataset.name, split.name)] = full.to_hf()
             extracted = extract_embeddings(
-                self.clip, self.processor, full.to_hf(), augment_views=views, seed=self.augment_seed,
+                self.clip, self.processor, images, augment_views=views, seed=self.augment_seed,
                 batch_size=self.batch_size, indices=indices, autocast_dtype=self.autocast_dtype,
                 show_progress=self.show_progress,
             )  # fmt: skip
