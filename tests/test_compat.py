@@ -1,4 +1,8 @@
-"""Adapters saved by version 0.1.0 keep loading with the same logits, bit for bit (issue 12, "Done when" 4 and 9).
+"""Adapters saved by version 0.1.0 keep loading with the same logits (issue 12, "Done when" 4 and 9).
+
+"The same" is to float rounding, 1e-5 of the largest logit: CPU kernels round differently with another thread count
+or instruction set (with torch's 2 threads on the machine that wrote the fixtures they are bit-identical), while a
+changed formula (0.1.0's text query map against today's default, say) moves logits by orders of magnitude more.
 
 The fixtures under `tests/fixtures/v0.1.0/` were written by `tests/fixtures/make_v010_fixtures.py` with version 0.1.0,
 before any change of issue 12: one adapter per method on a tiny saved CLIP, and the logits 0.1.0 gave on fixed inputs.
@@ -29,6 +33,10 @@ ADAPTERS = [
 ]
 
 
+def assert_same_logits(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    torch.testing.assert_close(actual, expected, rtol=0.0, atol=1e-5 * expected.abs().max().item())
+
+
 @pytest.fixture(scope="module")
 def reference():
     return load_file(FIXTURES / "reference.safetensors")
@@ -45,7 +53,8 @@ def test_a_010_adapter_loads_with_the_same_logits_and_a_warning(reference, name,
     with torch.no_grad():
         on_embeds = model(image_embeds=reference["image_embeds"]).logits
         on_pixels = model(pixel_values=reference["pixel_values"]).logits
-    assert torch.equal(on_embeds, reference[f"{name}.embeds"]) and torch.equal(on_pixels, reference[f"{name}.pixels"])
+    assert_same_logits(on_embeds, reference[f"{name}.embeds"])
+    assert_same_logits(on_pixels, reference[f"{name}.pixels"])
     if name.startswith("xmadapter"):  # written before `text_query` existed: 0.1.0's independent query map
         assert model.config.text_query == "independent"
     if name == "xmadapter-half":
@@ -69,5 +78,5 @@ def test_a_010_config_cannot_build_a_backbone_but_a_resaved_one_can(reference, m
     assert not caplog.records, "a checkpoint saved by this version has every integrity field"
     with torch.no_grad():
         logits = again(image_embeds=reference["image_embeds"]).logits
-    assert torch.equal(logits, reference["xmadapter.embeds"])
+    assert_same_logits(logits, reference["xmadapter.embeds"])
     assert XMAdapterConfig.from_pretrained(tmp_path).backbone_config["model_type"] == "clip"
