@@ -1,4 +1,5 @@
-"""`xmadapter reproduce`: a paper's protocol in one command (few-shot, base-to-novel, domain generalisation).
+"""`xmadapter reproduce`: a paper's protocol in one command (few-shot, base-to-novel, domain generalisation,
+Meta-Adapter's own).
 
 Reads the datasets under --data-root (CoOp's layouts, or class-folder trees), extracts each dataset's embeddings
 once (kept under OUTPUT/features, keyed by image identity, shared by every method, shot count and seed), fits every
@@ -22,7 +23,7 @@ from .common import (
     set_threads,
 )
 
-PROTOCOLS = ("few-shot", "base-to-novel", "domain-generalisation")
+PROTOCOLS = ("few-shot", "base-to-novel", "domain-generalisation", "meta-adapter")
 
 
 def add_arguments(parser) -> None:
@@ -38,7 +39,19 @@ def add_arguments(parser) -> None:
         "--model", default="demo", help="the backbone: a CLIP Hub id or local path, `demo`, or "
         "open_clip:ARCH/PRETRAINED (the open_clip extra), e.g. open_clip:RN50/openai (default: demo)",
     )  # fmt: skip
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="few-shot", help="default: %(default)s")
+    parser.add_argument(
+        "--protocol", choices=PROTOCOLS, default="few-shot",
+        help="default: %(default)s; meta-adapter: Meta-Adapter's own (its datasets, base/novel lists, supports from "
+        "the val split, novel-class test images scored over all classes)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--meta-adapter-unofficial", action="store_true", help="meta-adapter protocol: apply the base and novel "
+        "filters and K supports on every dataset, not the official readers' per-dataset quirks",
+    )  # fmt: skip
+    parser.add_argument(
+        "--meta-adapter-allow-missing-classes", action="store_true", help="meta-adapter protocol: accept a dataset "
+        "that lacks some classes of Meta-Adapter's lists (a subset of a dataset)",
+    )  # fmt: skip
     parser.add_argument("--output", required=True, help="the results folder (a rerun continues it)")
     parser.add_argument("--overwrite", action="store_true", help="discard cells written with other settings")
     # No `choices=`: the rule and template names are the reproduce package's (it names the papers' protocols), and
@@ -82,6 +95,8 @@ def run(args) -> int:
             protocol=args.protocol, shots=args.shots, seeds=args.seeds, validation=args.validation,
             **templates, augment_views=args.augment_views, epochs=args.epochs,
             search_scale=search_scale(args), search_step=tuple(args.search_step),
+            meta_adapter_official=not args.meta_adapter_unofficial,
+            meta_adapter_require_all_classes=not args.meta_adapter_allow_missing_classes,
             backbone_name=args.backbone_name, feature_dir=args.feature_dir, batch_size=args.batch_size,
             overwrite=args.overwrite, plot=not args.no_plot, on_cell=report, show_progress=_progress(args),
         )  # fmt: skip
@@ -107,7 +122,7 @@ def _progress(args) -> bool:
 
 COMMAND = Command(
     name="reproduce",
-    help="run a paper's protocol (few-shot, base-to-novel, domain generalisation) and write its tables",
+    help="run a paper's protocol (few-shot, base-to-novel, domain generalisation, meta-adapter) and write its tables",
     description=__doc__,
     add_arguments=add_arguments,
     run=run,
