@@ -339,6 +339,7 @@ def test_meta_adapter_protocol_fits_base_classes_then_scores_all_classes(data_ro
         ({"protocol": "few-shot"}, r"meta_adapter_require_all_classes=False \(--meta-adapter-allow-missing-classes\): "
                                    r"for the meta-adapter protocol only"),
         ({"meta_adapter_official": "no"}, "meta_adapter_official must be True or False; got 'no'"),
+        ({"datasets": ["imagenet"]}, "imagenet holds no novel class of Meta-Adapter's lists"),  # its ids 0..3: base
     ]:  # fmt: skip
         with pytest.raises(ReproduceError, match=message):
             _run(data_root, tmp_path / "refused", counting, **{**meta, **changes})

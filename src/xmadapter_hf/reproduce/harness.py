@@ -441,8 +441,8 @@ def _check_meta_adapter(protocol: str, datasets: Sequence[str], settings: dict[s
 def _meta_adapter_notes(datasets, shots, seed: int, *, meta_adapter_official: bool,
                         meta_adapter_require_all_classes: bool) -> list[str]:  # fmt: skip
     """The report's notes on how each dataset's tasks depart from the plain protocol (`MetaAdapterTask.notes`), from
-    one task per (dataset, K): a dataset whose classes do not match Meta-Adapter's lists stops the run here, before
-    the backbone is loaded."""
+    one task per (dataset, K): a dataset whose classes do not match Meta-Adapter's lists, or that holds none of its
+    base or none of its novel classes (a partial dataset), stops the run here, before the backbone is loaded."""
     notes = [] if meta_adapter_official else [
         "meta-adapter: the official readers' per-dataset quirks are not reproduced (meta_adapter_official=False): "
         "base and novel filters on every dataset, K supports per class"
@@ -459,6 +459,12 @@ def _meta_adapter_notes(datasets, shots, seed: int, *, meta_adapter_official: bo
                     f"{_META_ADAPTER_FLAGS['meta_adapter_require_all_classes']}, accepts a dataset that lacks some "
                     "of the listed classes)"
                 ) from error
+            empty = [kind for kind, split in (("base", task.train), ("novel", task.test)) if not len(split)]
+            if empty:
+                raise ReproduceError(
+                    f"{dataset.name} holds no {' and no '.join(empty)} class of Meta-Adapter's lists: the protocol "
+                    "meta-trains on base classes and tests on novel ones"
+                )
             found += [note for note in task.notes if note not in found]
         notes += [f"{dataset.name}: {note}" for note in found]
     return notes
