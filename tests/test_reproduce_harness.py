@@ -393,6 +393,7 @@ def test_reproduce_command_and_bad_inputs(data_root, tmp_path, capsys, monkeypat
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err and err.startswith("xmadapter reproduce: error:")
     for option, message in [
+        ("--protocol", "--protocol: invalid choice: 'all'"),
         ("--validation", "--validation: invalid choice: 'all'"),
         ("--templates", "--templates: inv"),
     ]:

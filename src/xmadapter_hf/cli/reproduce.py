@@ -23,8 +23,6 @@ from .common import (
     set_threads,
 )
 
-PROTOCOLS = ("few-shot", "base-to-novel", "domain-generalisation", "meta-adapter")
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("--data-root", required=True, help="the folder holding the datasets (docs/reproduce.md)")
@@ -39,10 +37,13 @@ def add_arguments(parser) -> None:
         "--model", default="demo", help="the backbone: a CLIP Hub id or local path, `demo`, or "
         "open_clip:ARCH/PRETRAINED (the open_clip extra), e.g. open_clip:RN50/openai (default: demo)",
     )  # fmt: skip
+    # No `choices=` for --protocol, --validation, --templates: the names are the reproduce package's (it names the
+    # papers' protocols), and importing it to build the parser would import `datasets` for `--help`; `run` checks
+    # them first instead.
     parser.add_argument(
-        "--protocol", choices=PROTOCOLS, default="few-shot",
-        help="default: %(default)s; meta-adapter: Meta-Adapter's own (its datasets, base/novel lists, supports from "
-        "the val split, novel-class test images scored over all classes)",
+        "--protocol", default="few-shot", metavar="PROTOCOL",
+        help="few-shot (the default), base-to-novel, domain-generalisation, or meta-adapter: Meta-Adapter's own (its "
+        "datasets, base/novel lists, supports from the val split, novel-class test images scored over all classes)",
     )  # fmt: skip
     parser.add_argument(
         "--meta-adapter-unofficial", action="store_true", help="meta-adapter protocol: apply the base and novel "
@@ -54,8 +55,6 @@ def add_arguments(parser) -> None:
     )  # fmt: skip
     parser.add_argument("--output", required=True, help="the results folder (a rerun continues it)")
     parser.add_argument("--overwrite", action="store_true", help="discard cells written with other settings")
-    # No `choices=`: the rule and template names are the reproduce package's (it names the papers' protocols), and
-    # importing it to build the parser would import `datasets` for `--help`; `run` checks them first instead.
     parser.add_argument(
         "--validation", default="coop", metavar="RULE",
         help="coop: min(K, 4) validation images per class; tip-adapter: the whole val split (default: coop)",
@@ -74,8 +73,10 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from ..reproduce import VALIDATION_RULES, list_template_sources
-    from ..reproduce.harness import ReproduceError, run_protocol
+    from ..reproduce.harness import PROTOCOLS, ReproduceError, run_protocol
 
+    if args.protocol not in PROTOCOLS:
+        raise CLIError(f"--protocol: invalid choice: {args.protocol!r} (choose from {PROTOCOLS})", 2)
     if args.validation not in VALIDATION_RULES:
         raise CLIError(f"--validation: invalid choice: {args.validation!r} (choose from {VALIDATION_RULES})", 2)
     templates = {} if args.templates is None else {"templates": args.templates}  # default: run_protocol's
