@@ -2,7 +2,9 @@
 
 The miniature datasets are generated in CoOp's layouts (split files included) with class-coloured 16x16 images.
 Every number the reports hold is checked against an independent computation: the few-shot draw, extraction with
-`extract_embeddings`, `fit` and the test accuracy done by hand; means and stds recomputed from the CSV.
+`extract_embeddings`, `fit` and the test accuracy done by hand (Meta-Adapter's protocol: then the saved adapter given
+all the classes by `from_pretrained(class_names=...)` and the supports by `set_cache`); means and stds recomputed from
+the CSV.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import statistics
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -26,10 +29,12 @@ from xmadapter_hf.reproduce import (
     domain_generalisation_task,
     few_shot_task,
     harmonic_mean,
+    harness,
+    meta_adapter_task,
     prompt_templates,
     read_dataset,
 )
-from xmadapter_hf.reproduce.harness import ReproduceError, run_protocol
+from xmadapter_hf.reproduce.harness import META_ADAPTER_RULE, ReproduceError, run_protocol
 from xmadapter_hf.testing import tiny_clip
 
 SIZES = (("train", 4), ("val", 2), ("test", 3))
@@ -187,28 +192,36 @@ def test_few_shot_end_to_end_resume_reuse_and_reports(data_root, counting, tmp_p
         _run(data_root, output, counting, augment_views=3)
 
 
+def _embed(counting, dataset, split, views) -> torch.Tensor:
+    """`(max(views, 1), M, C)` embeddings of ``split``'s images, straight from `extract_embeddings` (no store)."""
+    full = dataset.split(split.name).to_hf()
+    return extract_embeddings(counting.clip, counting.processor, full, augment_views=views, seed=0,
+                              show_progress=False, indices=[r.index for r in split]).embeds  # fmt: skip
+
+
+def _fitted(counting, dataset, task, method, seed):
+    """``method`` fitted by hand on a few-shot task of the DTD miniature (the harness's FAST settings)."""
+    model = XMAdapterForImageClassification.from_clip(
+        counting.clip, list(task.class_names), processor=counting.processor,
+        templates=prompt_templates("dtd", "tip-adapter"), method=method,
+    )  # fmt: skip
+    train = ExtractedEmbeddings(_embed(counting, dataset, task.train, 2), torch.tensor(task.train.labels))
+    model, _ = fit(model, train, _embed(counting, dataset, task.val, 0)[0],
+                   validation_labels=torch.tensor(task.val.labels), seed=seed, epochs=2, search_scale=(50, 50),
+                   search_step=(10, 5), dataset_name="dtd", show_progress=False)  # fmt: skip
+    return model
+
+
+def _test_accuracy(counting, dataset, model, test) -> float:
+    with torch.no_grad():
+        logits = model(image_embeds=_embed(counting, dataset, test, 0)[0]).logits
+    return 100.0 * float((logits.argmax(-1) == torch.tensor(test.labels)).float().mean())
+
+
 def _independent_accuracy(root, counting, method, shots, seed) -> float:
     dataset = read_dataset("dtd", root)
     task = few_shot_task(dataset, shots, seed)
-    clip, processor = counting.clip, counting.processor
-
-    def embed(split, records, views):
-        full = dataset.split(split).to_hf()
-        out = extract_embeddings(clip, processor, full, augment_views=views, seed=0, show_progress=False,
-                                 indices=[r.index for r in records])  # fmt: skip
-        return out.embeds
-
-    model = XMAdapterForImageClassification.from_clip(
-        clip, list(task.class_names), processor=processor, templates=prompt_templates("dtd", "tip-adapter"),
-        method=method,
-    )  # fmt: skip
-    train = ExtractedEmbeddings(embed("train", task.train, 2), torch.tensor(task.train.labels))
-    model, _ = fit(model, train, embed("val", task.val, 0)[0], validation_labels=torch.tensor(task.val.labels),
-                   seed=seed, epochs=2, search_scale=(50, 50), search_step=(10, 5), dataset_name="dtd",
-                   show_progress=False)  # fmt: skip
-    with torch.no_grad():
-        logits = model(image_embeds=embed("test", task.test, 0)[0]).logits
-    return 100.0 * float((logits.argmax(-1) == torch.tensor(task.test.labels)).float().mean())
+    return _test_accuracy(counting, dataset, _fitted(counting, dataset, task, method, seed), task.test)
 
 
 def test_base_to_novel_reports_base_novel_and_harmonic_mean(data_root, counting, tmp_path):
@@ -252,6 +265,87 @@ def test_domain_generalisation_scores_target_classes(data_root, counting, tmp_pa
     assert rows["imagenet"]["num_train"] == rows["imagenet_a"]["num_train"] == 4  # 1 shot x 4 ImageNet classes
 
 
+def test_meta_adapter_protocol_fits_base_classes_then_scores_all_classes(data_root, counting, tmp_path,
+                                                                        monkeypatch):  # fmt: skip
+    scored = []  # the logits the harness scores, per cell in order
+
+    def logits(model, embeds):
+        scored.append(original(model, embeds))
+        return scored[-1]
+
+    original = harness._logits
+    monkeypatch.setattr(harness, "_logits", logits)
+    output = tmp_path / "meta"
+    meta = dict(protocol="meta-adapter", methods=["meta-adapter", "tip-adapter", "zero-shot"], shots=[2], seeds=[1],
+                meta_adapter_require_all_classes=False)  # fmt: skip
+    counting.images = 0
+    result = _run(data_root, output, counting, **meta)
+    assert (result.cells_run, len(scored)) == (6, 6)
+    # each image went through the backbone once per store: meta-training images (2 views), validation images of the
+    # meta-training classes (plain), supports (2 views, from the val split too), test images (plain)
+    forwards, stored = 0, 0
+    tasks = {name: meta_adapter_task(read_dataset(name, data_root), 2, 1, require_all_classes=False)
+             for name in ("dtd", "eurosat")}  # fmt: skip
+    for name, task in tasks.items():
+        validation = few_shot_task(read_dataset(name, data_root), 2, 1).val.keep_classes(set(task.train.labels))
+        for split, views in ((task.train, 2), (validation, 1), (task.support, 2), (task.test, 1)):
+            forwards, stored = forwards + views * len(set(split.image_ids)), stored + len(set(split.image_ids))
+    assert (counting.images, result.images_embedded) == (forwards, stored)
+
+    rows = {(r["dataset"], r["method"]): r for r in result.rows}
+    # DTD: base = paisley, knitted; novel = braided, dotted, banded. EuroSAT: the official reader trains on all 3.
+    assert {r["evaluated_on"] for r in result.rows} == {"novel (all classes)"}
+    assert (rows[("dtd", "tip-adapter")]["num_train"], rows[("dtd", "tip-adapter")]["num_test"]) == (2 * 2, 3 * 2)
+    assert rows[("eurosat", "tip-adapter")]["num_train"] == 3 * 2
+    # by hand, DTD: fit on the base classes, save, reload with all the classes, the supports as the cache, score
+    dtd, task = read_dataset("dtd", data_root), tasks["dtd"]
+    base = list(task.base_label_ids)
+    meta_train = SimpleNamespace(class_names=[dtd.class_names[i] for i in base],
+                                 train=task.train.restrict_classes(base),
+                                 val=few_shot_task(dtd, 2, 1).val.restrict_classes(base))  # fmt: skip
+    for position, method in enumerate(meta["methods"][:2]):
+        _fitted(counting, dtd, meta_train, method, seed=1).save_pretrained(tmp_path / method)
+        online = XMAdapterForImageClassification.from_pretrained(
+            tmp_path / method, clip_model=counting.clip, processor=counting.processor, class_names=dtd.class_names
+        )
+        online.set_cache(_embed(counting, dtd, task.support, 2).mean(dim=0), torch.tensor(task.support.labels))
+        assert rows[("dtd", method)]["accuracy"] == pytest.approx(_test_accuracy(counting, dtd, online, task.test),
+                                                                  abs=1e-3)  # fmt: skip
+        with torch.no_grad():  # the logits too (5 columns: all the classes), not only their argmax
+            expected = online(image_embeds=_embed(counting, dtd, task.test, 0)[0]).logits
+        assert scored[position].shape == (6, 5) and torch.allclose(scored[position], expected, atol=1e-4)
+
+    # the report: the protocol's rule, the official quirks, Meta-Adapter's published zero-shot numbers beside ours
+    table = Path(result.files["markdown"]).read_text()
+    assert f"meta-adapter (Meta-Adapter's own protocol): {META_ADAPTER_RULE}" in result.notes
+    assert "eurosat: official: meta-trains on all classes" in table and "| dtd | novel (all classes) |" in table
+    published = {(e["dataset"], e["method"]): e["published"] for e in result.summary}
+    assert [(p["paper"], p["accuracy"], p["difference"]) for p in published[("dtd", "zero-shot")]] == [
+        ("meta-adapter", 10.0, None)  # RN50, Meta-Adapter's README; the backbone here is not RN50
+    ]
+    assert published[("dtd", "tip-adapter")] == [] and "10.00 (RN50)" in table
+
+    # resumed: every cell read back; a changed protocol setting is refused
+    counting.images = 0
+    again = _run(data_root, output, counting, **meta)
+    assert (again.cells_skipped, again.cells_run, counting.images) == (6, 0, 0) and again.rows == result.rows
+    with pytest.raises(ReproduceError, match=r"differs in: meta_adapter_official\)"):
+        _run(data_root, output, counting, **meta, meta_adapter_official=False)
+    # refused before the backbone or the output folder is touched
+    for changes, message in [
+        ({"meta_adapter_require_all_classes": True}, r"dtd: .*missing from the dataset.*allow-missing-classes"),
+        # on the names, before reading: there is no food101 folder
+        ({"datasets": ["dtd", "food101", "imagenet_a"]}, r"datasets only \(caltech101, .*; got food101, imagenet_a$"),
+        ({"protocol": "few-shot"}, r"meta_adapter_require_all_classes=False \(--meta-adapter-allow-missing-classes\): "
+                                   r"for the meta-adapter protocol only"),
+        ({"meta_adapter_official": "no"}, "meta_adapter_official must be True or False; got 'no'"),
+        ({"datasets": ["imagenet"]}, "imagenet holds no novel class of Meta-Adapter's lists"),  # its ids 0..3: base
+    ]:  # fmt: skip
+        with pytest.raises(ReproduceError, match=message):
+            _run(data_root, tmp_path / "refused", counting, **{**meta, **changes})
+        assert counting.images == 0 and not (tmp_path / "refused").exists()
+
+
 def test_reproduce_command_and_bad_inputs(data_root, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "open_clip", None)  # open_clip not importable, whether installed or not
     clip, processor = tiny_clip()
@@ -282,7 +376,24 @@ def test_reproduce_command_and_bad_inputs(data_root, tmp_path, capsys, monkeypat
         assert main(changed) != 0
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err and err.startswith("xmadapter reproduce: error:")
+    # Meta-Adapter's protocol: its flags reach the harness, and its refusals are one line too
+    meta = [*argv, "--protocol", "meta-adapter", "--datasets", "dtd", "--methods", "zero-shot", "--seeds", "1",
+            "--output", str(tmp_path / "cli-meta"), "--meta-adapter-allow-missing-classes"]  # fmt: skip
+    assert main(meta) == 0
+    out = capsys.readouterr().out
+    assert "| dtd | novel (all classes) | zero-shot | 1 | " in out and "10.00 (RN50)" in out
+    for extra, message in [
+        (["--datasets", "imagenet_a"], "covers Meta-Adapter's datasets only (caltech101, dtd, eurosat, fgvc, "
+                                       "imagenet, oxford_pets, sun397, ucf101); got imagenet_a"),
+        (["--protocol", "few-shot", "--meta-adapter-unofficial"], "meta_adapter_official=False "
+         "(--meta-adapter-unofficial) and meta_adapter_require_all_classes=False "
+         "(--meta-adapter-allow-missing-classes): for the meta-adapter protocol only; got protocol 'few-shot'"),
+    ]:  # fmt: skip
+        assert main([*meta, *extra]) != 0
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err and err.startswith("xmadapter reproduce: error:")
     for option, message in [
+        ("--protocol", "--protocol: invalid choice: 'all'"),
         ("--validation", "--validation: invalid choice: 'all'"),
         ("--templates", "--templates: inv"),
     ]:

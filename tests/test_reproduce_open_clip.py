@@ -116,6 +116,13 @@ def test_reproduce_with_open_clip(open_clip, tmp_path):
     assert published[0]["comparable"] and published[0]["difference"] == pytest.approx(
         result.summary[0]["mean"] - published[0]["accuracy"], abs=1e-3
     )
+    # and under Meta-Adapter's own protocol, its README's RN50 zero-shot number
+    meta = run_protocol(root, ["eurosat"], ["zero-shot"], output_dir=tmp_path / "meta", model="open_clip:RN50/openai",
+                        protocol="meta-adapter", shots=[1], seeds=[1], augment_views=2,
+                        meta_adapter_require_all_classes=False)  # fmt: skip
+    (published,) = meta.summary[0]["published"]
+    assert (published["paper"], published["accuracy"], published["comparable"]) == ("meta-adapter", 4.2, True)
+    assert published["difference"] == pytest.approx(meta.summary[0]["mean"] - 4.2, abs=1e-3)
 
 
 def test_open_clip_missing(monkeypatch):

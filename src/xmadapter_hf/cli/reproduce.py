@@ -1,4 +1,5 @@
-"""`xmadapter reproduce`: a paper's protocol in one command (few-shot, base-to-novel, domain generalisation).
+"""`xmadapter reproduce`: a paper's protocol in one command (few-shot, base-to-novel, domain generalisation,
+Meta-Adapter's own).
 
 Reads the datasets under --data-root (CoOp's layouts, or class-folder trees), extracts each dataset's embeddings
 once (kept under OUTPUT/features, keyed by image identity, shared by every method, shot count and seed), fits every
@@ -22,8 +23,6 @@ from .common import (
     set_threads,
 )
 
-PROTOCOLS = ("few-shot", "base-to-novel", "domain-generalisation")
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("--data-root", required=True, help="the folder holding the datasets (docs/reproduce.md)")
@@ -38,11 +37,24 @@ def add_arguments(parser) -> None:
         "--model", default="demo", help="the backbone: a CLIP Hub id or local path, `demo`, or "
         "open_clip:ARCH/PRETRAINED (the open_clip extra), e.g. open_clip:RN50/openai (default: demo)",
     )  # fmt: skip
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="few-shot", help="default: %(default)s")
+    # No `choices=` for --protocol, --validation, --templates: the names are the reproduce package's (it names the
+    # papers' protocols), and importing it to build the parser would import `datasets` for `--help`; `run` checks
+    # them first instead.
+    parser.add_argument(
+        "--protocol", default="few-shot", metavar="PROTOCOL",
+        help="few-shot (the default), base-to-novel, domain-generalisation, or meta-adapter: Meta-Adapter's own (its "
+        "datasets, base/novel lists, supports from the val split, novel-class test images scored over all classes)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--meta-adapter-unofficial", action="store_true", help="meta-adapter protocol: apply the base and novel "
+        "filters and K supports on every dataset, not the official readers' per-dataset quirks",
+    )  # fmt: skip
+    parser.add_argument(
+        "--meta-adapter-allow-missing-classes", action="store_true", help="meta-adapter protocol: accept a dataset "
+        "that lacks some classes of Meta-Adapter's lists (a subset of a dataset)",
+    )  # fmt: skip
     parser.add_argument("--output", required=True, help="the results folder (a rerun continues it)")
     parser.add_argument("--overwrite", action="store_true", help="discard cells written with other settings")
-    # No `choices=`: the rule and template names are the reproduce package's (it names the papers' protocols), and
-    # importing it to build the parser would import `datasets` for `--help`; `run` checks them first instead.
     parser.add_argument(
         "--validation", default="coop", metavar="RULE",
         help="coop: min(K, 4) validation images per class; tip-adapter: the whole val split (default: coop)",
@@ -61,8 +73,10 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from ..reproduce import VALIDATION_RULES, list_template_sources
-    from ..reproduce.harness import ReproduceError, run_protocol
+    from ..reproduce.harness import PROTOCOLS, ReproduceError, run_protocol
 
+    if args.protocol not in PROTOCOLS:
+        raise CLIError(f"--protocol: invalid choice: {args.protocol!r} (choose from {PROTOCOLS})", 2)
     if args.validation not in VALIDATION_RULES:
         raise CLIError(f"--validation: invalid choice: {args.validation!r} (choose from {VALIDATION_RULES})", 2)
     templates = {} if args.templates is None else {"templates": args.templates}  # default: run_protocol's
@@ -82,6 +96,8 @@ def run(args) -> int:
             protocol=args.protocol, shots=args.shots, seeds=args.seeds, validation=args.validation,
             **templates, augment_views=args.augment_views, epochs=args.epochs,
             search_scale=search_scale(args), search_step=tuple(args.search_step),
+            meta_adapter_official=not args.meta_adapter_unofficial,
+            meta_adapter_require_all_classes=not args.meta_adapter_allow_missing_classes,
             backbone_name=args.backbone_name, feature_dir=args.feature_dir, batch_size=args.batch_size,
             overwrite=args.overwrite, plot=not args.no_plot, on_cell=report, show_progress=_progress(args),
         )  # fmt: skip
@@ -107,7 +123,7 @@ def _progress(args) -> bool:
 
 COMMAND = Command(
     name="reproduce",
-    help="run a paper's protocol (few-shot, base-to-novel, domain generalisation) and write its tables",
+    help="run a paper's protocol (few-shot, base-to-novel, domain generalisation, meta-adapter) and write its tables",
     description=__doc__,
     add_arguments=add_arguments,
     run=run,

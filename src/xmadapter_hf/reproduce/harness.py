@@ -7,8 +7,9 @@ split, view)`` whichever few-shot subset it is in. Each finished cell is one JSO
 and renamed into place, so a killed run continues where it stopped (a cell that was being fitted is redone) and a
 run whose settings differ from those recorded in the output folder stops instead of mixing results.
 
-Only the public API is used: `XMAdapterForImageClassification.from_clip`, `fit` (on already extracted embeddings)
-and `extract_embeddings` (with ``indices=``, the positions in the full split).
+Only the public API is used: `XMAdapterForImageClassification.from_clip`, `fit` (on already extracted embeddings),
+`extract_embeddings` (with ``indices=``, the positions in the full split), and for Meta-Adapter's protocol
+`classes.replace_classes` and `set_cache` (what `from_pretrained(path, class_names=...)` and `build_cache` do).
 """
 
 from __future__ import annotations
@@ -22,12 +23,19 @@ import statistics
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 
-from .protocols import DOMAIN_GENERALISATION_TARGETS, base_to_novel_task, domain_generalisation_task, few_shot_task
+from .protocols import (
+    DOMAIN_GENERALISATION_TARGETS,
+    META_ADAPTER_DATASETS,
+    base_to_novel_task,
+    domain_generalisation_task,
+    few_shot_task,
+    meta_adapter_task,
+)
 from .protocols import harmonic_mean as _harmonic_mean
 from .published import comparable, published_results
 from .readers import canonical_dataset_name, list_benchmark_datasets, read_dataset, read_image_folder
@@ -35,6 +43,7 @@ from .records import BenchmarkDataset, ImageSplit
 from .templates import prompt_templates
 
 __all__ = [
+    "META_ADAPTER_RULE",
     "NOVEL_CLASS_RULE",
     "PROTOCOLS",
     "FeatureStore",
@@ -45,11 +54,20 @@ __all__ = [
     "run_protocol",
 ]
 
-PROTOCOLS = ("few-shot", "base-to-novel", "domain-generalisation")
+PROTOCOLS = ("few-shot", "base-to-novel", "domain-generalisation", "meta-adapter")
 #: How every method scores the novel classes of the base-to-novel protocol (the report states it).
 NOVEL_CLASS_RULE = (
     "novel classes are scored by zero-shot CLIP with the same prompt templates: a cache holds base-class images "
     "only and the trained adapters never saw a novel class, so every method scores them alike"
+)
+#: How every method is run under Meta-Adapter's own protocol (`meta_adapter_task`; the report states it).
+META_ADAPTER_RULE = (
+    "each method is fitted on K images per base class of the train split (Meta-Adapter's class lists; validated on "
+    "those classes by the validation rule, where Meta-Adapter's code keeps the epoch best on the test images), then "
+    "given all the classes and a cache of K supports per class from the val split (ImageNet: from the train split, "
+    "disjoint from the meta-training images) with no training, and scored over all the classes on K test images per "
+    "novel class (ImageNet: all of them); a method without a cache term does not read the supports, and learned "
+    "cache-shaped weights start again from them; the images are this library's seeded draws, not the official ones"
 )
 #: Output files, in the output folder.
 FILES = {"csv": "results.csv", "json": "results.json", "markdown": "results.md", "plot": "few_shot_curves.png"}
@@ -315,6 +333,28 @@ class _Runner:
                      _harmonic_mean(base, novel), None, n_train, len(task.base.test) + len(task.novel.test), t0),
         ]  # fmt: skip
 
+    def meta_adapter(self, dataset, method, shots, seed) -> list[dict]:
+        from ..classes import replace_classes
+
+        t0 = time.perf_counter()
+        settings = self.settings
+        task = meta_adapter_task(dataset, shots, seed, official=settings["meta_adapter_official"],
+                                 require_all_classes=settings["meta_adapter_require_all_classes"])  # fmt: skip
+        # Fit as a few-shot task on the meta-training classes (the base classes, or all where the official reader
+        # trains on all): its images are Meta-Adapter's, its validation images the harness's rule on those classes.
+        trained = sorted(set(task.train.labels))
+        few_shot = few_shot_task(dataset, shots, seed, validation=settings["validation"]).restrict_classes(trained)
+        model, report = self.fitted(dataset, replace(few_shot, train=task.train.restrict_classes(trained)), method,
+                                    seed)  # fmt: skip
+        # Online, no training: all the classes, and a cache of their supports (keys: the mean of the views, as `fit`)
+        replace_classes(model, list(task.class_names))
+        support = self.store.embeddings(dataset, task.support, settings["augment_views"]).mean(dim=0)
+        model.set_cache(support, torch.tensor(task.support.labels))
+        accuracy = _accuracy(_logits(model, self.test(dataset, task.test)), task.test.labels)
+        novel = set(task.test.labels) <= set(task.novel_label_ids)  # official OxfordPets tests every class
+        return [self.row("meta-adapter", dataset.name, "novel (all classes)" if novel else "all classes", method,
+                         shots, seed, accuracy, report, len(task.train), len(task.test), t0)]  # fmt: skip
+
     def domain_generalisation(self, source, targets, method, shots, seed) -> list[dict]:
         t0 = time.perf_counter()
         task = few_shot_task(source, shots, seed, validation=self.settings["validation"])
@@ -334,13 +374,19 @@ class _Runner:
 # ---------------------------------------------------------------- run
 
 
-def _read(spec: str, root: Path) -> BenchmarkDataset:
-    """A benchmark dataset by name (CoOp's layout under ``root``), else a class-folder tree ``root/spec``."""
+def _benchmark_name(spec: str) -> str | None:
+    """The canonical name of the benchmark dataset ``spec`` names (any alias), else `None`."""
     try:
         name = canonical_dataset_name(spec)
     except (KeyError, ValueError):
-        name = None
-    if name is not None and name in list_benchmark_datasets():
+        return None
+    return name if name in list_benchmark_datasets() else None
+
+
+def _read(spec: str, root: Path) -> BenchmarkDataset:
+    """A benchmark dataset by name (CoOp's layout under ``root``), else a class-folder tree ``root/spec``."""
+    name = _benchmark_name(spec)
+    if name is not None:
         return read_dataset(name, root)
     folder = root / spec
     if folder.is_dir():
@@ -369,6 +415,59 @@ def _check_grid(datasets, methods, shots, seeds, protocol) -> None:
         raise ReproduceError(f"shots must be positive integers; got {bad}")
     if any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
         raise ReproduceError(f"seeds must be integers; got {list(seeds)}")
+
+
+_META_ADAPTER_FLAGS = {
+    "meta_adapter_official": "--meta-adapter-unofficial",
+    "meta_adapter_require_all_classes": "--meta-adapter-allow-missing-classes",
+}
+
+
+def _check_meta_adapter(protocol: str, datasets: Sequence[str], settings: dict[str, bool]) -> None:
+    """The meta-adapter settings are booleans, set off the defaults only for that protocol, whose datasets must be
+    Meta-Adapter's (checked on the names, before any dataset is read)."""
+    for name, value in settings.items():
+        if not isinstance(value, bool):
+            raise ReproduceError(f"{name} must be True or False; got {value!r}")
+    off = [f"{name}=False ({_META_ADAPTER_FLAGS[name]})" for name, value in settings.items() if not value]
+    if off and protocol != "meta-adapter":
+        raise ReproduceError(f"{' and '.join(off)}: for the meta-adapter protocol only; got protocol {protocol!r}")
+    uncovered = [spec for spec in datasets if _benchmark_name(spec) not in META_ADAPTER_DATASETS]
+    if protocol == "meta-adapter" and uncovered:
+        raise ReproduceError(f"the meta-adapter protocol covers Meta-Adapter's datasets only "
+                             f"({', '.join(META_ADAPTER_DATASETS)}); got {', '.join(uncovered)}")  # fmt: skip
+
+
+def _meta_adapter_notes(datasets, shots, seed: int, *, meta_adapter_official: bool,
+                        meta_adapter_require_all_classes: bool) -> list[str]:  # fmt: skip
+    """The report's notes on how each dataset's tasks depart from the plain protocol (`MetaAdapterTask.notes`), from
+    one task per (dataset, K): a dataset whose classes do not match Meta-Adapter's lists, or that holds none of its
+    base or none of its novel classes (a partial dataset), stops the run here, before the backbone is loaded."""
+    notes = [] if meta_adapter_official else [
+        "meta-adapter: the official readers' per-dataset quirks are not reproduced (meta_adapter_official=False): "
+        "base and novel filters on every dataset, K supports per class"
+    ]  # fmt: skip
+    for dataset in datasets:
+        found: list[str] = []
+        for k in shots:
+            try:
+                task = meta_adapter_task(dataset, k, seed, official=meta_adapter_official,
+                                         require_all_classes=meta_adapter_require_all_classes)  # fmt: skip
+            except ValueError as error:
+                raise ReproduceError(
+                    f"{dataset.name}: {error} (meta_adapter_require_all_classes=False, "
+                    f"{_META_ADAPTER_FLAGS['meta_adapter_require_all_classes']}, accepts a dataset that lacks some "
+                    "of the listed classes)"
+                ) from error
+            empty = [kind for kind, split in (("base", task.train), ("novel", task.test)) if not len(split)]
+            if empty:
+                raise ReproduceError(
+                    f"{dataset.name} holds no {' and no '.join(empty)} class of Meta-Adapter's lists: the protocol "
+                    "meta-trains on base classes and tests on novel ones"
+                )
+            found += [note for note in task.notes if note not in found]
+        notes += [f"{dataset.name}: {note}" for note in found]
+    return notes
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -416,6 +515,8 @@ def run_protocol(
     epochs: int | None = None,
     search_scale: tuple[float, float] | None = None,
     search_step: tuple[int, int] = (200, 20),
+    meta_adapter_official: bool = True,
+    meta_adapter_require_all_classes: bool = True,
     backbone_name: str | None = None,
     feature_dir=None,
     backbone=None,
@@ -432,17 +533,22 @@ def run_protocol(
         data_root: the folder holding the datasets (CoOp's layouts; see docs/reproduce.md), or class-folder trees.
         datasets (`Sequence[str]`): benchmark names (any alias) or names of class-folder trees under ``data_root``.
             Domain generalisation: ``imagenet`` first, then the targets (default: every ImageNet variant).
+            Meta-Adapter's protocol: its datasets only (`META_ADAPTER_DATASETS`).
         methods (`Sequence[str]`): registered method names (any method registered with `register_method` runs).
         output_dir: where the cells, the reports and (unless ``feature_dir``) the embeddings go.
         model (`str`, *optional*, defaults to `"demo"`): a CLIP Hub id or path, ``"demo"``, or
             ``"open_clip:ARCH/PRETRAINED"``. Recorded in the settings; ``backbone`` overrides what is loaded.
-        protocol (`str`): ``"few-shot"``, ``"base-to-novel"`` or ``"domain-generalisation"``.
+        protocol (`str`): ``"few-shot"``, ``"base-to-novel"``, ``"domain-generalisation"`` or ``"meta-adapter"``
+            (Meta-Adapter's own, [`META_ADAPTER_RULE`]).
         shots, seeds: the grid (CoOp's seeds are 1, 2, 3).
         validation (`str`): ``"coop"`` (min(K, 4) per class) or ``"tip-adapter"`` (the whole val split).
         templates (`str`): prompt template source, ``"tip-adapter"``, ``"clip"`` or ``"coop"``.
         augment_views, augment_seed: views per training image and the seed of their draws (fixed across seeds,
             so that the views are extracted once and shared by all cells).
         epochs, search_scale, search_step: given to `fit` (defaults: the method's recipe, the dataset's range).
+        meta_adapter_official, meta_adapter_require_all_classes (`bool`): `meta_adapter_task`'s ``official`` (the
+            official readers' per-dataset quirks) and ``require_all_classes`` (every class of Meta-Adapter's lists
+            in the dataset); the meta-adapter protocol only, where they are recorded in the settings.
         backbone_name (`str`, *optional*): the backbone's name for the report and the published comparison
             (default: [`backbone_label`] of ``model``).
         feature_dir: the embedding store (default ``output_dir/features``); share it between output folders.
@@ -456,6 +562,9 @@ def run_protocol(
     """
     datasets, methods, shots, seeds = list(datasets), list(methods), list(shots), list(seeds)
     _check_grid(datasets, methods, shots, seeds, protocol)
+    meta_adapter = {"meta_adapter_official": meta_adapter_official,
+                    "meta_adapter_require_all_classes": meta_adapter_require_all_classes}  # fmt: skip
+    _check_meta_adapter(protocol, datasets, meta_adapter)
     root = Path(data_root)
     if not root.is_dir():
         raise ReproduceError(f"data root {str(root)!r} is not a folder")
@@ -469,6 +578,7 @@ def run_protocol(
         if bad:
             raise ReproduceError(f"domain-generalisation targets must be {DOMAIN_GENERALISATION_TARGETS}; got {bad}")
         read = read[:1]
+    dataset_notes = _meta_adapter_notes(read, shots, seeds[0], **meta_adapter) if protocol == "meta-adapter" else []
     clip, processor = backbone if backbone is not None else load_backbone(model)
     label = backbone_name or backbone_label(model)
     output = Path(output_dir)
@@ -484,6 +594,8 @@ def run_protocol(
         "augment_seed": augment_seed, "epochs": epochs, "search_scale": list(search_scale) if search_scale else None,
         "search_step": list(search_step), "targets": [t.name for t in targets], "xmadapter_hf": __version__,
     }  # fmt: skip
+    if protocol == "meta-adapter":  # recorded for this protocol only: the other protocols' folders stay valid
+        settings |= meta_adapter
     _check_run_file(output, settings, overwrite)
     settings_key = _digest(settings)
     runner = _Runner(clip, processor, store, settings, label)
@@ -502,6 +614,8 @@ def run_protocol(
                             cell_rows = runner.few_shot(dataset, method, k, seed)
                         elif protocol == "base-to-novel":
                             cell_rows = runner.base_to_novel(dataset, method, k, seed)
+                        elif protocol == "meta-adapter":
+                            cell_rows = runner.meta_adapter(dataset, method, k, seed)
                         else:
                             cell_rows = runner.domain_generalisation(dataset, targets, method, k, seed)
                         payload = {"settings_key": settings_key, "cell": cell, "rows": cell_rows}
@@ -510,7 +624,7 @@ def run_protocol(
                     rows.extend(cell_rows)
                     if on_cell is not None:
                         on_cell(cell, cell_rows, found is not None)
-    notes = _notes(protocol, settings, label)
+    notes = _notes(protocol, settings, label) + dataset_notes
     plain = [d.name for d in [*read, *targets] if _templates(d.name, templates) == ["a photo of a {}."]]
     if plain:
         notes.append(f"{', '.join(plain)}: no shipped {templates} templates; prompt 'a photo of a {{}}.'")
@@ -539,11 +653,9 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def _published(method: str, dataset: str, shots: int, protocol: str) -> list:
-    if protocol != "few-shot":
-        return []
-    try:
+    try:  # published tables: the few-shot protocol's and Meta-Adapter's (data/published.json)
         return published_results(method=method, dataset=dataset, shots=0 if method == "zero-shot" else shots,
-                                 protocol="few-shot")  # fmt: skip
+                                 protocol=protocol)  # fmt: skip
     except (KeyError, ValueError):  # not a benchmark dataset (a class-folder tree of one's own): nothing published
         return []
 
@@ -593,6 +705,8 @@ def _notes(protocol: str, settings: dict, label: str) -> list[str]:
     if protocol == "base-to-novel":
         notes.append(f"base-to-novel: base = the first ceil(N/2) label ids (CoCoOp); {NOVEL_CLASS_RULE}; the "
                      "harmonic mean is that of the mean base and mean novel accuracies")  # fmt: skip
+    if protocol == "meta-adapter":
+        notes.append(f"meta-adapter (Meta-Adapter's own protocol): {META_ADAPTER_RULE}")
     if protocol == "domain-generalisation":
         notes.append("domain generalisation: adapted on ImageNet; a target is scored on ImageNet's logits at the "
                      "ImageNet ids of its classes (ImageNet-A/-R: 200 classes)")  # fmt: skip
