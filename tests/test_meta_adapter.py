@@ -4,6 +4,7 @@ support images alone (pushed, then loaded with other classes in a fresh process:
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -140,6 +141,83 @@ def test_initialisation_and_recipe_are_the_official_code_s(clip_and_processor, c
     assert values["lr_scheduler_type"] == "cosine" and values["warmup_steps"] == 0
     assert recipe_values(model, num_items=100)["per_device_train_batch_size"] == 64  # no minimum of steps
     assert model.search_hyperparameters is not None and method.search_space(None, None) is None  # nothing to search
+
+
+def test_the_adapted_classifier_is_remembered_and_current_after_every_change(clip_and_processor, cache_embeds):
+    """Without autograd `W^` comes from the memo: computed once for any number of calls, and after a change of any
+    input the forward's logits are those of a fresh computation, bit for bit."""
+    clip, processor = clip_and_processor
+    # a backbone of its own: the bf16 cast must not reach the shared one
+    model = XMAdapterForImageClassification.from_clip(copy.deepcopy(clip), BASE, processor=processor,
+                                                      method="meta-adapter")  # fmt: skip
+    raw, labels = cache_embeds
+    model.set_cache(raw, labels)
+    method, memo = model.method, model.method.classifier_memo
+    queries, g = raw[:6] + 0.1, torch.Generator().manual_seed(0)
+
+    def data_write():
+        method.q_proj.weight.data.add_(0.2 * torch.randn(method.q_proj.weight.shape, generator=g))
+
+    def optimizer_step():
+        model.train()
+        optimizer, _ = build_optimizer(model, num_training_steps=1, learning_rate=1e-2)
+        model(image_embeds=queries, labels=labels[:6]).loss.backward()
+        optimizer.step()
+        model.eval()
+
+    def new_cache():  # half the entries: the memo takes the new size
+        model.set_cache(raw[::2] + 0.1 * torch.randn(raw[::2].shape, generator=g), labels[::2])
+
+    def add_classes():
+        model.add_classes(NOVEL, embeds=raw[:6] + 0.1, labels=torch.tensor([0, 0, 1, 1, 2, 2]))
+
+    model.eval()
+    previous = None
+    for change in (None, data_write, optimizer_step, new_cache, add_classes, lambda: model.to(torch.bfloat16)):
+        if change is not None:
+            change()
+        inputs = queries.to(model.class_embeds.dtype)
+        with torch.no_grad():
+            count = memo.computations
+            logits = model(image_embeds=inputs).logits
+            assert torch.equal(model(image_embeds=inputs).logits, logits)
+            assert memo.computations == count + 1, "computed after the change, then remembered"
+            assert torch.equal(memo.value, method.adapted_class_embeds(model.cache_state()))
+        assert torch.equal(model(image_embeds=inputs).logits.detach(), logits), "under autograd: computed anew"
+        assert previous is None or not torch.equal(logits, previous), "each change must change the logits"
+        previous = logits
+    assert memo.value.dtype == torch.float32 and not any("memo" in key for key in model.state_dict())
+
+
+def test_a_compiled_forward_reads_the_memo_until_an_input_changes(make_model, cache_embeds):
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    model = make_model("meta-adapter").eval()
+    memo = model.method.classifier_memo
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(model, fullgraph=True, backend=counter)
+    queries = cache_embeds[0][:5] + 0.05
+
+    def check():
+        """The compiled forward equals the eager one, and then reads the memo: negating it negates the logits."""
+        eager = model(image_embeds=queries).logits
+        logits = compiled(image_embeds=queries).logits
+        torch.testing.assert_close(logits, eager, atol=1e-5, rtol=1e-5)
+        memo.value.neg_()
+        assert torch.equal(compiled(image_embeds=queries).logits, -logits)
+        memo.value.neg_()
+
+    with torch.no_grad():
+        check()
+        model.method.k_proj.weight.data.mul_(1.5)
+        check()
+        model.add_classes(NOVEL, embeds=cache_embeds[0][:3] + 0.1, labels=torch.tensor([0, 1, 2]))
+        check()  # another graph (N changed), which finds the memo resized by `add_classes`
+        memo.resize((1, 1), [], 1, 1)  # shapes that fit no graph: computed without the memo
+        torch.testing.assert_close(compiled(image_embeds=queries).logits, model(image_embeds=queries).logits)
+    ops = {str(node.target) for graph in counter.graphs for node in graph.graph.nodes}
+    assert "cond" in ops and counter.frame_count == 3
 
 
 @pytest.fixture(scope="module")

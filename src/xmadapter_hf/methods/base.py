@@ -22,6 +22,10 @@ method: it asks the method. The hooks, each with a default that fits a method wi
   the cache); the default grows the cache-shaped parameters keeping the old rows and starts the new rows from their
   embeddings. A method with class-shaped parameters overrides it.
 
+A tensor that a method computes from its weights and the cache alone (XMAdapter's text keys, Meta-Adapter's adapted
+classifier) is remembered at inference by a [`Memo`] submodule (`methods/memo.py`), which its `resize_cache` resizes;
+``reset_memo()`` forgets every memo of the method.
+
 A parameter that a hook replaces (a new `nn.Parameter`) is retired with [`retire_parameter`]: an optimiser built
 before and still holding it raises at its next step instead of silently training a tensor the model no longer uses.
 """
@@ -34,6 +38,8 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 from transformers.utils import ModelOutput
+
+from .memo import Memo
 
 __all__ = [
     "AdapterMethod",
@@ -335,6 +341,12 @@ class AdapterMethod(nn.Module):
         self.resize_cache(state.cache_embeds.shape[0])
         self.to(state.class_embeds.device)
         self.init_from_cache(state, start=old_entries)
+
+    def reset_memo(self) -> None:
+        """Forgets every tensor the method remembers ([`Memo`]): the next forward without autograd computes them."""
+        for module in self.modules():
+            if isinstance(module, Memo):
+                module.reset()
 
     # ---------------------------------------------------------------------------------------------- training
     def parameter_groups(self, learning_rate: float, weight_decay: float) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ from torch import nn
 from .. import functional as Fn
 from ..validation import at_least
 from .base import AdapterMethod, CacheState, MethodOutput, TrainingRecipe, as_input_of, register_method
+from .memo import Memo
 
 __all__ = ["MetaAdapter", "MetaAdapterFields"]
 
@@ -50,8 +51,10 @@ class MetaAdapter(AdapterMethod):
     ```
     ``W_q``, ``W_k`` (C x C, no bias) and ``w_g`` are Xavier-uniform, ``b_g = 1``, as in the official `main.py`
     (`MetaAdapter._reset_parameters`). The adapted classifier ``W^`` depends on the weights and the cache only: it is
-    computed once per forward; a balanced cache sorted by class by a reshape to (N, K, C) as in the official code, any
-    other layout (unequal K) entry by entry with a per-class softmax (no padding).
+    computed in the forward under autograd and remembered without it (a [`Memo`], `classifier_memo`: reused while
+    the weights, ``W``, ``E`` and the labels are unchanged), so that predicting costs the (B, C) x (C, N) product and
+    the memo's check. It is computed for a balanced cache sorted by class by a reshape to (N, K, C) as in the official
+    code, for any other layout (unequal K) entry by entry with a per-class softmax (no padding).
 
     Recipe: the official code's AdamW (lr 1e-4, eps 1e-4, torch's default weight decay 0.01), cosine per step to 0,
     5 epochs, batch 64 (no minimum of steps per epoch).
@@ -75,6 +78,8 @@ class MetaAdapter(AdapterMethod):
         self.q_proj = nn.Linear(embed_dim, embed_dim, bias=False)  # W_q
         self.k_proj = nn.Linear(embed_dim, embed_dim, bias=False)  # W_k
         self.alpha_proj = nn.Linear(embed_dim, 1, bias=True)  # the gate (w_g, b_g)
+        self.classifier_memo = Memo(config)  # the remembered W^ (never saved; float32 whatever the model's dtype)
+        self.resize_cache(config.cache_size)  # sizes the memo
         self.reset_own_parameters()
 
     def reset_own_parameters(self) -> None:
@@ -130,10 +135,15 @@ class MetaAdapter(AdapterMethod):
         gate = torch.sigmoid(self.alpha_proj(as_input_of(self.alpha_proj, text)).float())  # (N, 1)
         return Fn.l2_normalize(text + gate * attended)
 
+    def resize_cache(self, num_entries: int) -> None:
+        super().resize_cache(num_entries)
+        classes = self.config.num_classes
+        self.classifier_memo.resize((classes, self.embed_dim), self.parameters(), classes, num_entries)
+
     def forward(self, image_embeds, state: CacheState, labels=None, cache_index=None) -> MethodOutput:
         image = image_embeds.float()  # (B, C)
         zs = Fn.zero_shot_logits(image, state.class_embeds, state.logit_scale)  # (B, N)
-        adapted = self.adapted_class_embeds(state)  # (N, C)
+        adapted = self.classifier_memo(self.adapted_class_embeds, state, self.parameters())  # (N, C)
         with Fn.full_precision(image):
             logits = state.logit_scale * (image @ adapted.t())  # (B, N)
         return MethodOutput(logits=logits, zero_shot_logits=zs)

@@ -11,6 +11,7 @@ from .. import functional as Fn
 from ..validation import at_least, in_interval, one_of
 from . import cache
 from .base import CacheState, CacheTerm, MethodOutput, SearchSpace, adapter_linear, as_input_of, register_method
+from .memo import Memo
 from .tip_adapter import TipAdapterF, TipAdapterFFields, sharpness_validator
 
 __all__ = ["TEXT_QUERIES", "XMAdapter", "XMAdapterFields"]
@@ -82,9 +83,9 @@ class XMAdapter(TipAdapterF):
     With `use_text_cache=False` none of the text-side modules exist and this is exactly Tip-Adapter-F. Since ``L`` is
     linear, the fused cache logits are the fusion of the per-modality cache logits, which the output reports.
 
-    The text keys depend on weights and buffers only. Without autograd they are remembered (`text_keys`): kept in a
-    buffer with a fingerprint of what they were built from, and rebuilt when the fingerprint changes, in eager mode
-    and inside `torch.compile` alike. Recipe: Tip-Adapter-F's, the affinity-ratio logit at
+    The text keys depend on weights and buffers only. Without autograd they are remembered (`text_keys`, a [`Memo`]):
+    kept in a buffer with a fingerprint of what they were built from, and rebuilt when the fingerprint changes, in
+    eager mode and inside `torch.compile` alike. Recipe: Tip-Adapter-F's, the affinity-ratio logit at
     `affinity_ratio_lr_multiplier` times the learning rate.
     """
 
@@ -92,7 +93,6 @@ class XMAdapter(TipAdapterF):
 
     def __init__(self, config, embed_dim: int):
         super().__init__(config, embed_dim)
-        self.text_key_computations = 0  # how often the text keys were built in eager mode (tests check the memo)
         if not config.use_text_cache:
             return
         text_dim = config.text_dim or max(1, embed_dim // 4)
@@ -110,10 +110,8 @@ class XMAdapter(TipAdapterF):
         )
         self.affinity_ratio_logit = nn.Parameter(torch.tensor(0.0))
         self.affinity_gate = adapter_linear(embed_dim, 1, zero_init=True) if config.dynamic_affinity_ratio else None
-        # The remembered text keys and a fingerprint of their inputs (never saved; float32 whatever the model's dtype)
-        self.register_buffer("memo_keys", torch.zeros(config.cache_size, text_dim), persistent=False)
-        self.register_buffer("memo_inputs", torch.zeros(self._fingerprint_size(config.cache_size)), persistent=False)
-        self.reset_memo()
+        self.text_key_memo = Memo(config)  # the remembered text keys (never saved; float32 whatever the model's dtype)
+        self.resize_cache(config.cache_size)  # sizes the memo
         self.reset_own_parameters()
 
     def reset_own_parameters(self) -> None:
@@ -137,14 +135,17 @@ class XMAdapter(TipAdapterF):
         return groups
 
     # ----------------------------------------------------------------------------------------------- text keys
+    @property
+    def text_key_computations(self) -> int:
+        """How often the text keys were computed in eager mode (the memo's count)."""
+        return self.text_key_memo.computations if self.config.use_text_cache else 0
+
     def compute_text_keys(self, state: CacheState) -> torch.Tensor:
         """``T = normalise(P_t normalise(W[y] + MetaNet(E)))``, (NK, D) float32, always recomputed.
 
         MetaNet and ``P_t`` run in their weights' dtype; the sums and normalisations in float32. In chunks of entries:
         float32 (NK, C) intermediates of a 1.6M-entry cache would take 3 GiB each, the keys themselves (NK, D).
         """
-        if not torch.compiler.is_compiling():  # a Python counter would be a recompiling guard under torch.compile
-            self.text_key_computations += 1
         class_embeds = state.class_embeds.float()  # (N, C)
         chunk, keys = self.config.cache_chunk_size, []
         for start in range(0, state.cache_embeds.shape[0], chunk):
@@ -156,82 +157,19 @@ class XMAdapter(TipAdapterF):
         return keys[0] if len(keys) == 1 else torch.cat(keys)  # (NK, D)
 
     def text_keys(self, state: CacheState) -> torch.Tensor:
-        """The text keys `(NK, D)`: computed in the forward under autograd, remembered without it.
-
-        The remembered keys are reused while a fingerprint of their inputs is unchanged: the text-side weights and the
-        cache labels value for value, and, per cache entry, ``W[y] . v`` and ``E . v`` for a fixed vector ``v`` to
-        within float rounding (1e-5 relative: eager and compiled code round these sums differently), so a change to
-        ``W`` or ``E`` is seen unless it is orthogonal to ``v`` or below rounding. Writes through `.data` (an EMA
-        update), in-place ops, `load_state_dict` and new tensors are all seen, because values are compared, not
-        version counters. The check costs about C (2C/r + D) + N C + 2 NK C multiply-adds against NK C (2C/r + D) to
-        rebuild the keys. The decision is a tensor: eagerly it is one host synchronisation on an accelerator; inside
-        `torch.compile` it is a `torch.cond`, so a compiled forward rebuilds the keys only when they changed and never
-        breaks the graph. Under `torch.export` (ONNX) the keys are computed in the graph, from constants.
-        """
-        if torch.is_grad_enabled() or torch.compiler.is_exporting():
-            return self.compute_text_keys(state)
-        inputs = self._fingerprint(state)  # (P + 3 NK,): the exact part, then the projections
-        exact, memo = self._fingerprint_size(state.cache_labels.shape[0], exact_only=True), self.memo_inputs
-        moved = (inputs[exact:] - memo[exact:]).abs() > 1e-5 * (1.0 + memo[exact:].abs())
-        changed = (inputs[:exact] != memo[:exact]).any() | moved.any()  # NaN (a fresh memo) differs from everything
-        if torch.compiler.is_compiling():
-            keys = torch.cond(
-                changed,
-                lambda E, W, y, memo: self.compute_text_keys(CacheState(W, E, y, 1.0)),
-                lambda E, W, y, memo: memo.clone(),
-                (state.cache_embeds, state.class_embeds, state.cache_labels, self.memo_keys),
-            )
-            self.memo_keys.copy_(keys)
-            self.memo_inputs.copy_(inputs)
-            return keys
-        if bool(changed):
-            keys = self.compute_text_keys(state)
-            if self.memo_keys.is_inference() and not torch.is_inference_mode_enabled():
-                self.memo_keys, self.memo_inputs = keys.clone(), inputs.clone()  # made in inference mode: replace
-            else:
-                self.memo_keys.copy_(keys)
-                self.memo_inputs.copy_(inputs)
-        return self.memo_keys
+        """The text keys `(NK, D)`: computed in the forward under autograd, remembered without it ([`Memo`]: reused
+        while the text-side weights, ``W``, ``E`` and the labels are unchanged, which it checks at every call). Under
+        `torch.export` (ONNX) they are computed in the graph, from constants."""
+        return self.text_key_memo(self.compute_text_keys, state, self._text_side_weights())
 
     def _text_side_weights(self) -> list[torch.Tensor]:
         return [*self.meta_net.parameters(), *self.text_projection.parameters()]
 
-    def _fingerprint_size(self, num_entries: int, exact_only: bool = False) -> int:
-        """P weights and NK labels compared exactly, then 2 NK projections compared to within rounding."""
-        return sum(p.numel() for p in self._text_side_weights()) + (1 if exact_only else 3) * num_entries
-
-    def _fingerprint(self, state: CacheState) -> torch.Tensor:
-        """What the text keys are built from, condensed: `(P + 3 NK,)` float32 (see `text_keys`)."""
-        direction = self._probe_direction(state.class_embeds.device)  # (C,)
-        weights = [p.detach().reshape(-1).float() for p in self._text_side_weights()]
-        classes = (state.class_embeds.float() @ direction)[state.cache_labels]  # (NK,)
-        chunk = self.config.cache_chunk_size
-        entries = [part.float() @ direction for part in state.cache_embeds.split(chunk)]  # (NK,) chunk by chunk
-        return torch.cat([*weights, state.cache_labels.float(), classes, *entries])
-
-    def _probe_direction(self, device) -> torch.Tensor:
-        """A fixed direction ``v`` (C,) with no special structure (cosines of multiples of the golden angle)."""
-        return torch.cos(torch.arange(self.embed_dim, device=device, dtype=torch.float32) * 2.399963229728653)
-
-    def reset_memo(self) -> None:
-        """Forgets the remembered text keys (the next forward without autograd rebuilds them)."""
-        if self.config.use_text_cache:
-            self.memo_inputs.fill_(float("nan"))
-
     def resize_cache(self, num_entries: int) -> None:
         super().resize_cache(num_entries)
-        if self.config.use_text_cache and self.memo_keys.shape[0] != num_entries:
-            device = self.memo_keys.device
-            self.memo_keys = torch.zeros(num_entries, self.memo_keys.shape[1], device=device)
-            self.memo_inputs = torch.full((self._fingerprint_size(num_entries),), float("nan"), device=device)
-
-    def _apply(self, fn, recurse=True):
-        # `model.to(dtype)` casts buffers: the memo stays float32 (the affinity maths is float32) and is rebuilt.
-        super()._apply(fn, recurse)
-        if self.config.use_text_cache and self.memo_keys.dtype != torch.float32:
-            self.memo_keys, self.memo_inputs = self.memo_keys.float(), self.memo_inputs.float()
-        self.reset_memo() if self.config.use_text_cache and not self.memo_inputs.is_meta else None
-        return self
+        if self.config.use_text_cache:
+            keys = (num_entries, self.text_projection.out_features)
+            self.text_key_memo.resize(keys, self._text_side_weights(), self.config.num_classes, num_entries)
 
     # --------------------------------------------------------------------------------------------- the query side
     def affinity_ratio(self, image_embeds: torch.Tensor) -> torch.Tensor:

@@ -220,8 +220,7 @@ class ValidationEarlyStopping(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self.best_state is not None:
             self.model.method.load_state_dict(self.best_state)
-            if hasattr(self.model.method, "reset_memo"):
-                self.model.method.reset_memo()
+            self.model.method.reset_memo()
 
 
 class XMAdapterTrainer(Trainer):
