@@ -22,7 +22,9 @@ from .common import (
     add_training_arguments,
     method_names,
     search_scale,
+    set_threads,
     show_progress,
+    write_json,
 )
 
 #: torch threads of the demo: one thread per process was measured 5-20x faster on a busy 2-core machine for the
@@ -97,12 +99,10 @@ def _plots(results, output: Path) -> list[Path]:
 
 
 def run(args) -> int:
-    import torch
     from tqdm.auto import tqdm
 
     from ..demo import DEMO_CLASSES, POOL_SIZES
     from ..demo.compare import accuracy_table, affinity_ratio_table, compare_methods, demo_methods
-    from .common import write_json
 
     _check(args)
     if args.export_images:
@@ -114,7 +114,7 @@ def run(args) -> int:
             require_matplotlib()
         except ImportError as error:
             raise CLIError(f"{error} (or pass --no-plot)") from error
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     methods = args.methods or demo_methods()
     output = Path(args.output)
     total = len(args.seed) * len(args.shots) * len(methods)

@@ -99,8 +99,9 @@ def _validation_shots(args, counts: list[int], names: list[str]) -> int:
     return args.val_shots or min(args.shots, 4, spare[poorest])
 
 
-def _draw(args, train, names, origin, counts):
-    """(split, few-shot train, validation or None, where the validation images come from)."""
+def _draw(args, train, names, origin, counts, draw_validation: bool):
+    """(split, few-shot train, validation or None, where the validation images come from); validation images are
+    drawn from the training pool only with `draw_validation`."""
     from ..data.splits import sample_few_shot
 
     short = [i for i, count in enumerate(counts) if count < args.shots]
@@ -110,7 +111,7 @@ def _draw(args, train, names, origin, counts):
             f"class {names[i]!r} has {counts[i]} images in {origin}, fewer than --shots {args.shots} "
             f"({len(short)} such classes): lower --shots or add images"
         )
-    val_shots = 0 if args.drawn_validation is False else _validation_shots(args, counts, names)
+    val_shots = _validation_shots(args, counts, names) if draw_validation else 0
     split = sample_few_shot(train, args.shots, seed=args.seed, val_shots=val_shots)
     few_shot, validation = split.apply(train)
     if not val_shots:
@@ -138,8 +139,8 @@ def run(args) -> int:
     elif "validation" in data.splits and split_name != "validation":
         val_origin = data.describe("validation")
         validation = relabel(data.splits["validation"], names, val_origin)
-    args.drawn_validation = validation is None and not args.no_search
-    split, few_shot, drawn, drawn_origin = _draw(args, train, names, origin, counts)
+    draw_validation = validation is None and not args.no_search
+    split, few_shot, drawn, drawn_origin = _draw(args, train, names, origin, counts, draw_validation)
     if drawn is not None:
         validation, val_origin = drawn, drawn_origin
     test, test_origin = (None, None)

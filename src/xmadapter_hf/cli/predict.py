@@ -14,8 +14,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import common
-from .common import CLIError, Command, add_threads_argument, load_adapter, positive_int, set_threads
+from .common import (
+    CLIError,
+    Command,
+    add_progress_argument,
+    add_support_argument,
+    add_threads_argument,
+    load_adapter,
+    positive_int,
+    set_threads,
+    show_progress,
+)
+from .data import image_extensions, images_under, open_support
 
 
 def add_arguments(parser) -> None:
@@ -24,15 +34,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--top-k", type=positive_int, default=3, help="classes shown per image (3)")
     parser.add_argument("--json", action="store_true", help="print the predictions as JSON")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="images per forward (32)")
-    common.add_support_argument(parser)
+    add_support_argument(parser)
     add_threads_argument(parser)
-    common.add_progress_argument(parser)
+    add_progress_argument(parser)
 
 
 def image_files(paths: list[str]) -> list[Path]:
     """The files given, and the image files under the folders given (sorted), in order."""
-    from .data import image_extensions, images_under
-
     found: list[Path] = []
     for text in paths:
         path = Path(text).expanduser()
@@ -108,12 +116,10 @@ def _text(entry: dict) -> str:
 
 
 def run(args) -> int:
-    from .data import open_support
-
     files = image_files(args.images)
     support = open_support(args.support) if args.support else None
     set_threads(args.threads)
-    model = load_adapter(args.adapter, support, common.show_progress(args))
+    model = load_adapter(args.adapter, support, show_progress(args))
     entries = predict(model, files, args.top_k, args.batch_size)
     if args.json:
         print(json.dumps(entries, indent=2))

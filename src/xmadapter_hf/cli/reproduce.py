@@ -21,6 +21,7 @@ from .common import (
     positive_int,
     search_scale,
     set_threads,
+    show_progress,
 )
 
 
@@ -73,7 +74,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from ..reproduce import VALIDATION_RULES, list_template_sources
-    from ..reproduce.harness import PROTOCOLS, ReproduceError, run_protocol
+    from ..reproduce.harness import PROTOCOLS, ReproduceError, markdown_table, run_protocol
 
     if args.protocol not in PROTOCOLS:
         raise CLIError(f"--protocol: invalid choice: {args.protocol!r} (choose from {PROTOCOLS})", 2)
@@ -99,26 +100,18 @@ def run(args) -> int:
             meta_adapter_official=not args.meta_adapter_unofficial,
             meta_adapter_require_all_classes=not args.meta_adapter_allow_missing_classes,
             backbone_name=args.backbone_name, feature_dir=args.feature_dir, batch_size=args.batch_size,
-            overwrite=args.overwrite, plot=not args.no_plot, on_cell=report, show_progress=_progress(args),
+            overwrite=args.overwrite, plot=not args.no_plot, on_cell=report, show_progress=show_progress(args),
         )  # fmt: skip
     except (ReproduceError, ImportError) as error:  # ImportError: the open_clip extra (its message names it)
         raise CLIError(str(error)) from error
     print(f"cells: {result.cells_run} run, {result.cells_skipped} read back; images embedded: "
           f"{result.images_embedded}")  # fmt: skip
-    from ..reproduce.harness import markdown_table
-
     print(markdown_table(result.summary))
     for kind, path in result.files.items():
         print(f"wrote {kind}: {path}")
     if "plot" not in result.files and args.protocol == "few-shot" and not args.no_plot:
         print("no plot: matplotlib is not installed (pip install 'xmadapter-hf[plot]')")
     return 0
-
-
-def _progress(args) -> bool:
-    from .common import show_progress
-
-    return show_progress(args)
 
 
 COMMAND = Command(
