@@ -112,17 +112,6 @@ def backbone_label(spec: str) -> str:
     return _KNOWN_BACKBONES.get(Path(spec.rstrip("/")).name, spec)
 
 
-def _weights_fingerprint(clip) -> str:
-    """A sha256 over every parameter's name, shape and a strided sample of its values (cheap, weight-sensitive)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(clip.state_dict().items()):
-        flat = tensor.detach().reshape(-1)
-        sample = flat[:: max(1, flat.numel() // 1024)][:1024].float().cpu()
-        digest.update(f"{name}:{tuple(tensor.shape)}:".encode())
-        digest.update(sample.numpy().tobytes())
-    return digest.hexdigest()
-
-
 def _processor_settings(processor) -> str:
     image_processor = getattr(processor, "image_processor", processor)
     to_dict = getattr(image_processor, "to_dict", None)
@@ -156,7 +145,9 @@ class FeatureStore:
         self.clip, self.processor = clip, processor
         self.augment_seed, self.batch_size = augment_seed, batch_size
         self.autocast_dtype, self.show_progress = autocast_dtype, show_progress
-        self.backbone_key = _digest([_weights_fingerprint(clip), _processor_settings(processor)])
+        from ..data.extraction import backbone_weights_fingerprint
+
+        self.backbone_key = _digest([backbone_weights_fingerprint(clip), _processor_settings(processor)])
         self.images_embedded = 0
         self._loaded: dict[Path, dict[int, torch.Tensor]] = {}
         self._images: dict[tuple[str, str], object] = {}  # (dataset, split) -> its `datasets.Dataset`, built once
