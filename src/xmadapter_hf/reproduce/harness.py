@@ -262,6 +262,7 @@ class _Runner:
     def __init__(self, clip, processor, store: FeatureStore, settings: dict, backbone: str):
         self.clip, self.processor, self.store = clip, processor, store
         self.settings, self.backbone = settings, backbone
+        self._novel: dict[str, float] = {}  # dataset -> zero-shot accuracy on its novel classes, alike in every cell
 
     def fitted(self, dataset: BenchmarkDataset, task, method: str, seed: int):
         from .. import ExtractedEmbeddings, XMAdapterForImageClassification, fit
@@ -309,11 +310,14 @@ class _Runner:
         task = base_to_novel_task(few_shot_task(dataset, shots, seed, validation=self.settings["validation"]))
         model, report = self.fitted(dataset, task.base, method, seed)
         base = _accuracy(_logits(model, self.test(dataset, task.base.test)), task.base.test.labels)
-        novel_model = XMAdapterForImageClassification.from_clip(
-            self.clip, list(task.novel.class_names), processor=self.processor,
-            templates=_templates(dataset.name, self.settings["templates"]), method="zero-shot",
-        )  # fmt: skip
-        novel = _accuracy(_logits(novel_model, self.test(dataset, task.novel.test)), task.novel.test.labels)
+        novel = self._novel.get(dataset.name)
+        if novel is None:  # the novel classes and their test images depend on the dataset alone
+            novel_model = XMAdapterForImageClassification.from_clip(
+                self.clip, list(task.novel.class_names), processor=self.processor,
+                templates=_templates(dataset.name, self.settings["templates"]), method="zero-shot",
+            )  # fmt: skip
+            novel = _accuracy(_logits(novel_model, self.test(dataset, task.novel.test)), task.novel.test.labels)
+            self._novel[dataset.name] = novel
         n_train = len(task.base.train)
         return [
             self.row("base-to-novel", dataset.name, "base", method, shots, seed, base, report, n_train,
