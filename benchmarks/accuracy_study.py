@@ -42,7 +42,7 @@ from xmadapter_hf import (
     fit,
     recipe_arguments,
 )
-from xmadapter_hf.demo import DEMO_CLASSES, demo_clip_path, demo_task
+from xmadapter_hf.demo import DEMO_CLASSES, demo_task, load_demo_clip
 
 METHODS = ("zero-shot", "tip-adapter", "tip-adapter-f", "clip-adapter", "multimodal-adapter", "xmadapter")
 TRAINED = ("tip-adapter-f", "clip-adapter", "multimodal-adapter", "xmadapter")
@@ -187,10 +187,7 @@ def main() -> None:
     shots_list = [int(s) for s in (args.shots or ("16" if args.quick else "1,2,4,8,16")).split(",")]
     seeds = list(range(args.seeds or (3 if args.quick else 5)))
     methods, variants = args.methods.split(","), args.variants.split(",")
-    from transformers import AutoProcessor, CLIPModel
-
-    path = demo_clip_path()
-    clip, processor = CLIPModel.from_pretrained(path).eval(), AutoProcessor.from_pretrained(path)
+    clip, processor = load_demo_clip()
 
     def extract(split, shots=None, seed=0, views=0):
         data = demo_task(split, shots=shots, seed=seed, rendering=args.rendering)

@@ -124,7 +124,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     clip, processor = load_demo_clip()
-    rows = measure(clip.eval(), processor, args.methods, range(args.seeds), args.shots, args.augment_views)
+    rows = measure(clip, processor, args.methods, range(args.seeds), args.shots, args.augment_views)
 
     def cell(values):
         spread = f" ± {100 * statistics.stdev(values):.1f}" if len(values) > 1 else ""

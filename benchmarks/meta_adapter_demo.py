@@ -59,8 +59,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    clip, processor = load_demo_clip()
-    clip.eval()
+    clip, processor = load_demo_clip()  # in eval mode
     classes = list(DEMO_CLASSES)
 
     def plain(split):

@@ -112,17 +112,6 @@ def backbone_label(spec: str) -> str:
     return _KNOWN_BACKBONES.get(Path(spec.rstrip("/")).name, spec)
 
 
-def _weights_fingerprint(clip) -> str:
-    """A sha256 over every parameter's name, shape and a strided sample of its values (cheap, weight-sensitive)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(clip.state_dict().items()):
-        flat = tensor.detach().reshape(-1)
-        sample = flat[:: max(1, flat.numel() // 1024)][:1024].float().cpu()
-        digest.update(f"{name}:{tuple(tensor.shape)}:".encode())
-        digest.update(sample.numpy().tobytes())
-    return digest.hexdigest()
-
-
 def _processor_settings(processor) -> str:
     image_processor = getattr(processor, "image_processor", processor)
     to_dict = getattr(image_processor, "to_dict", None)
@@ -156,7 +145,9 @@ class FeatureStore:
         self.clip, self.processor = clip, processor
         self.augment_seed, self.batch_size = augment_seed, batch_size
         self.autocast_dtype, self.show_progress = autocast_dtype, show_progress
-        self.backbone_key = _digest([_weights_fingerprint(clip), _processor_settings(processor)])
+        from ..data.extraction import backbone_weights_fingerprint
+
+        self.backbone_key = _digest([backbone_weights_fingerprint(clip), _processor_settings(processor)])
         self.images_embedded = 0
         self._loaded: dict[Path, dict[int, torch.Tensor]] = {}
         self._images: dict[tuple[str, str], object] = {}  # (dataset, split) -> its `datasets.Dataset`, built once
@@ -271,6 +262,7 @@ class _Runner:
     def __init__(self, clip, processor, store: FeatureStore, settings: dict, backbone: str):
         self.clip, self.processor, self.store = clip, processor, store
         self.settings, self.backbone = settings, backbone
+        self._novel: dict[str, float] = {}  # dataset -> zero-shot accuracy on its novel classes, alike in every cell
 
     def fitted(self, dataset: BenchmarkDataset, task, method: str, seed: int):
         from .. import ExtractedEmbeddings, XMAdapterForImageClassification, fit
@@ -318,11 +310,14 @@ class _Runner:
         task = base_to_novel_task(few_shot_task(dataset, shots, seed, validation=self.settings["validation"]))
         model, report = self.fitted(dataset, task.base, method, seed)
         base = _accuracy(_logits(model, self.test(dataset, task.base.test)), task.base.test.labels)
-        novel_model = XMAdapterForImageClassification.from_clip(
-            self.clip, list(task.novel.class_names), processor=self.processor,
-            templates=_templates(dataset.name, self.settings["templates"]), method="zero-shot",
-        )  # fmt: skip
-        novel = _accuracy(_logits(novel_model, self.test(dataset, task.novel.test)), task.novel.test.labels)
+        novel = self._novel.get(dataset.name)
+        if novel is None:  # the novel classes and their test images depend on the dataset alone
+            novel_model = XMAdapterForImageClassification.from_clip(
+                self.clip, list(task.novel.class_names), processor=self.processor,
+                templates=_templates(dataset.name, self.settings["templates"]), method="zero-shot",
+            )  # fmt: skip
+            novel = _accuracy(_logits(novel_model, self.test(dataset, task.novel.test)), task.novel.test.labels)
+            self._novel[dataset.name] = novel
         n_train = len(task.base.train)
         return [
             self.row("base-to-novel", dataset.name, "base", method, shots, seed, base, report, n_train,
