@@ -18,8 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
-from . import functional as Fn
-from . import prompts
+from . import caches, prompts
 from .data.extraction import class_label_names, extract_embeddings, read_labels
 from .validation import describe
 
@@ -125,10 +124,7 @@ def add_classes(
     device = model.class_embeds.device
     model.class_embeds = torch.cat([model.class_embeds, weights.to(model.class_embeds)])
     if has_cache:
-        keys = torch.empty(embeds.shape, dtype=model.cache_embeds.dtype, device=device)
-        for start in range(0, embeds.shape[0], config.cache_chunk_size):
-            part = embeds[start : start + config.cache_chunk_size].to(device).float()
-            keys[start : start + config.cache_chunk_size] = Fn.l2_normalize(part)
+        keys = caches.normalized_keys(model, embeds, model.cache_embeds.dtype)  # (M, C), as `set_cache` stores them
         model.cache_embeds = torch.cat([model.cache_embeds, keys])
         model.cache_labels = torch.cat([model.cache_labels, labels.to(device) + old_classes])
     _set_class_names(config, [*config.class_names, *names])
