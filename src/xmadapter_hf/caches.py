@@ -19,6 +19,7 @@ __all__ = [
     "check_cache_labels",
     "half_cache",
     "normalized_keys",
+    "record_cache",
     "set_cache",
 ]
 
@@ -57,13 +58,21 @@ def set_cache(model, embeds: torch.Tensor, labels: torch.Tensor) -> None:
     model.cache_embeds = keys
     model.cache_labels = labels.to(device)
     model.probe_image_embed.zero_()  # the keys come from the backbone in use: `vision_fingerprint` takes its own
-    model.config.cache_size = keys.shape[0]
-    counts = torch.bincount(labels, minlength=model.config.num_classes)
-    model.config.shots = int(counts.max()) if bool((counts == counts[0]).all()) else None
-    model.refresh_cache_layout()
+    record_cache(model)
     model.method.resize_cache(keys.shape[0])
     model.method.to(device)
     model.method.init_from_cache(model.cache_state())
+
+
+def record_cache(model) -> None:
+    """Records `cache_size`, `shots` (None unless every class has K entries) and the cache layout, from the cache
+    labels: after every change of the cache (`set_cache`, `add_classes`, `replace_classes`)."""
+    config = model.config
+    config.cache_size = model.cache_labels.shape[0]
+    counts = torch.bincount(model.cache_labels, minlength=config.num_classes)
+    equal = counts.numel() > 0 and int(counts[0]) > 0 and bool((counts == counts[0]).all())
+    config.shots = int(counts[0]) if equal else None
+    model.refresh_cache_layout()
 
 
 def normalized_keys(model, embeds: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
