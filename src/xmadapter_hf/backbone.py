@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
+from .functional import l2_normalize
+
 __all__ = [
     "PROBE_TEXT",
     "architecture_hash",
@@ -20,6 +22,7 @@ __all__ = [
     "check_backbone",
     "encode_images",
     "encode_probe_image",
+    "encode_probe_text",
     "encode_texts",
     "freeze",
     "probe_pixels",
@@ -130,6 +133,11 @@ def encode_probe_image(model) -> torch.Tensor:
     """The normalised float32 embedding (C,) of [`probe_pixels`]."""
     embed = encode_images(model, probe_pixels(model)).float()[0]  # (C,)
     return embed / embed.norm().clamp(min=1e-12)
+
+
+def encode_probe_text(model, tokenizer) -> torch.Tensor:
+    """The normalised float32 embedding (C,) of [`PROBE_TEXT`] (text-tower integrity)."""
+    return l2_normalize(encode_texts(model, tokenizer, [PROBE_TEXT]))[0]
 
 
 def backbone_config(model) -> dict:

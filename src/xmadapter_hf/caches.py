@@ -12,7 +12,16 @@ from . import functional as Fn
 from .data.extraction import class_label_names, extract_embeddings, read_labels
 from .validation import describe
 
-__all__ = ["build_cache", "cache_layout", "cast_adapter", "check_cache_labels", "half_cache", "set_cache"]
+__all__ = [
+    "build_cache",
+    "cache_layout",
+    "cast_adapter",
+    "check_cache_labels",
+    "half_cache",
+    "normalized_keys",
+    "record_cache",
+    "set_cache",
+]
 
 _HALF = {torch.float16: "float16", torch.bfloat16: "bfloat16", "float16": "float16", "bfloat16": "bfloat16"}
 
@@ -45,22 +54,38 @@ def set_cache(model, embeds: torch.Tensor, labels: torch.Tensor) -> None:
     """Implements `XMAdapterForImageClassification.set_cache` (see there)."""
     embeds, labels = _validated(model, embeds, labels)
     device = model.class_embeds.device
-    # Normalise chunk by chunk straight into the storage dtype: float32 copies of a whole 1.6M x 512 cache (and of its
-    # normalised version) would add 6 GiB of transients to the 1.6 GiB fp16 cache itself.
-    keys = torch.empty(embeds.shape, dtype=getattr(torch, model.config.cache_dtype), device=device)  # (NK, C)
-    step = model.config.cache_chunk_size
-    for start in range(0, embeds.shape[0], step):
-        keys[start : start + step] = Fn.l2_normalize(embeds[start : start + step].to(device).float())
+    keys = normalized_keys(model, embeds, getattr(torch, model.config.cache_dtype))  # (NK, C)
     model.cache_embeds = keys
     model.cache_labels = labels.to(device)
     model.probe_image_embed.zero_()  # the keys come from the backbone in use: `vision_fingerprint` takes its own
-    model.config.cache_size = keys.shape[0]
-    counts = torch.bincount(labels, minlength=model.config.num_classes)
-    model.config.shots = int(counts.max()) if bool((counts == counts[0]).all()) else None
-    model.refresh_cache_layout()
+    record_cache(model)
     model.method.resize_cache(keys.shape[0])
     model.method.to(device)
     model.method.init_from_cache(model.cache_state())
+
+
+def record_cache(model) -> None:
+    """Records `cache_size`, `shots` (None unless every class has K entries) and the cache layout, from the cache
+    labels: after every change of the cache (`set_cache`, `add_classes`, `replace_classes`)."""
+    config = model.config
+    config.cache_size = model.cache_labels.shape[0]
+    counts = torch.bincount(model.cache_labels, minlength=config.num_classes)
+    equal = counts.numel() > 0 and int(counts[0]) > 0 and bool((counts == counts[0]).all())
+    config.shots = int(counts[0]) if equal else None
+    model.refresh_cache_layout()
+
+
+def normalized_keys(model, embeds: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Raw embeddings `(M, C)` normalised into cache keys of ``dtype`` on the model's device.
+
+    Chunk by chunk (`cache_chunk_size` rows) straight into the storage dtype: float32 copies of a whole 1.6M x 512
+    cache (and of its normalised version) would add 6 GiB of transients to the 1.6 GiB fp16 cache itself.
+    """
+    device, step = model.class_embeds.device, model.config.cache_chunk_size
+    keys = torch.empty(embeds.shape, dtype=dtype, device=device)
+    for start in range(0, embeds.shape[0], step):
+        keys[start : start + step] = Fn.l2_normalize(embeds[start : start + step].to(device).float())
+    return keys
 
 
 def cache_layout(labels: torch.Tensor, num_classes: int) -> int | None:

@@ -18,8 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
-from . import functional as Fn
-from . import prompts
+from . import caches, prompts
 from .data.extraction import class_label_names, extract_embeddings, read_labels
 from .validation import describe
 
@@ -125,14 +124,11 @@ def add_classes(
     device = model.class_embeds.device
     model.class_embeds = torch.cat([model.class_embeds, weights.to(model.class_embeds)])
     if has_cache:
-        keys = torch.empty(embeds.shape, dtype=model.cache_embeds.dtype, device=device)
-        for start in range(0, embeds.shape[0], config.cache_chunk_size):
-            part = embeds[start : start + config.cache_chunk_size].to(device).float()
-            keys[start : start + config.cache_chunk_size] = Fn.l2_normalize(part)
+        keys = caches.normalized_keys(model, embeds, model.cache_embeds.dtype)  # (M, C), as `set_cache` stores them
         model.cache_embeds = torch.cat([model.cache_embeds, keys])
         model.cache_labels = torch.cat([model.cache_labels, labels.to(device) + old_classes])
     _set_class_names(config, [*config.class_names, *names])
-    _record_cache(model)
+    caches.record_cache(model)
     config.classes_added += len(names)
     model.method.add_classes(model.cache_state(), old_classes, old_entries)
     return model
@@ -151,7 +147,7 @@ def replace_classes(model, class_names, text_batch_size: int = 256):
     model.cache_embeds = model.cache_embeds.new_zeros(0, model.embed_dim)
     model.cache_labels = model.cache_labels.new_zeros(0)
     _set_class_names(config, names)
-    _record_cache(model)
+    caches.record_cache(model)
     config.classes_added = 0
     config.evaluation = None  # the metrics were of the other classes
     model.method.resize_cache(0)
@@ -162,13 +158,3 @@ def _set_class_names(config, names: list[str]) -> None:
     config.class_names = names
     config.id2label = dict(enumerate(names))
     config.label2id = {name: i for i, name in enumerate(names)}
-
-
-def _record_cache(model) -> None:
-    """`cache_size`, `shots` (None unless every class has K entries) and the cache layout, from the cache labels."""
-    config = model.config
-    config.cache_size = model.cache_labels.shape[0]
-    counts = torch.bincount(model.cache_labels, minlength=config.num_classes)
-    equal = counts.numel() > 0 and int(counts[0]) > 0 and bool((counts == counts[0]).all())
-    config.shots = int(counts[0]) if equal else None
-    model.refresh_cache_layout()

@@ -16,7 +16,6 @@ from packaging.version import InvalidVersion, Version
 
 from . import __version__
 from . import backbone as bb
-from . import functional as Fn
 
 __all__ = ["ADDED_SINCE_0_1_0", "PROBE_TOLERANCE", "check_backbone_identity", "check_save_id", "check_sizes",
            "check_version"]  # fmt: skip
@@ -116,7 +115,7 @@ def check_backbone_identity(model) -> None:
     if tokenizer is not None:
         _check_probe(
             model.probe_text_embed,
-            lambda: Fn.l2_normalize(bb.encode_texts(model.clip, tokenizer, [bb.PROBE_TEXT]))[0],
+            lambda: bb.encode_probe_text(model.clip, tokenizer),
             "text encoder",
             "its class text embeddings would be wrong. Load the backbone named in the config at its revision, pass "
             "`rebuild_text_embeddings=True` to re-encode the class prompts with this backbone, or "

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from . import backbone as bb
-from .functional import l2_normalize, template_ensemble
+from .functional import template_ensemble
 
 __all__ = ["DEFAULT_TEMPLATES", "class_text_embeddings", "encode_class_texts", "format_prompts"]
 
@@ -49,7 +49,7 @@ def encode_class_texts(model, batch_size: int = 256) -> None:
     config = model.config
     weights = class_text_embeddings(model.clip, tokenizer, config.class_names, config.prompt_templates, batch_size)
     model.class_embeds.copy_(weights)
-    model.probe_text_embed.copy_(l2_normalize(bb.encode_texts(model.clip, tokenizer, [bb.PROBE_TEXT]))[0])
+    model.probe_text_embed.copy_(bb.encode_probe_text(model.clip, tokenizer))
     config.backbone_fingerprint = {
         **(config.backbone_fingerprint or {}),
         "architecture_hash": bb.architecture_hash(model.clip),
