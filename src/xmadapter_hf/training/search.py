@@ -224,9 +224,9 @@ def ratio_balance(space: SearchSpace, sharpnesses, fixed: list[float], varied: i
 
 
 def _auto_search(space, labels, chunks, fixed, coarse_steps, fine_steps):
-    """Coarse-to-fine search of (sharpness of the first term, residual ratio): returns (beta, alpha, counts, betas,
-    alpha grid) of the fine stage's first maximum (coarse maxima win ties with the fine stage: it is searched
-    second and only strict improvements move the choice)."""
+    """Coarse-to-fine search of (sharpness of the first term, residual ratio): returns ((count, beta, alpha) of the
+    first maximum, the coarse betas, the coarse ratios `(S, P)`, the coarse counts) (coarse maxima win ties with the
+    fine stage: it is searched second and only strict improvements move the choice)."""
     betas = log_grid(*AUTO_SHARPNESS_RANGE, coarse_steps[0])
     balance = ratio_balance(space, betas, fixed)  # (S,)
     factors = torch.tensor(log_grid(10 ** AUTO_RATIO_DECADES[0], 10 ** AUTO_RATIO_DECADES[1], coarse_steps[1]),
