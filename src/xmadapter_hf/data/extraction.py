@@ -386,7 +386,7 @@ def extract_embeddings(
             same key reads the shards back and runs the backbone only for shards that are missing, so an interrupted
             extraction resumes where it stopped and a finished one costs no backbone forward at all.
         dataset_fingerprint (`str`, *optional*): identifies the data for the cache key; needed with ``cache_dir``
-            for datasets without a `_fingerprint` (torch datasets). It must change whenever the data does.
+            for a dataset that is not a `datasets.Dataset` (a torch dataset). It must change whenever the data does.
         shard_size (`int`, *optional*, defaults to 256): items per on-disk shard (the resume granularity).
 
     Returns:

@@ -29,7 +29,7 @@ from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 from ..data.extraction import ExtractedEmbeddings, extract_embeddings
 from ..data.views import VIEW_SAMPLINGS, EmbeddingViewsDataset
 from ..validation import check_choice, check_int, check_number, check_tensor
-from .trainer import XMAdapterTrainer, recipe_arguments, recipe_of
+from .trainer import XMAdapterTrainer, _accuracies, recipe_arguments, recipe_of
 
 __all__ = ["FitReport", "fit"]
 
@@ -270,7 +270,9 @@ def fit(
         model.config.augment_views, model.config.seed = augment_views, seed
         model.eval()
         if val_embeds is not None:
-            report.training_free_accuracy, report.zero_shot_accuracy = _accuracy(model, val_embeds, val_labels)
+            report.training_free_accuracy, report.zero_shot_accuracy = _accuracies(
+                model, val_embeds, val_labels, outputs=("logits", "zero_shot_logits")
+            )
         # ---- 3. training-free search first: training starts from the searched values
         if searches:
             result = model.search_hyperparameters(val_embeds, val_labels, **search_args)
@@ -287,7 +289,7 @@ def fit(
         if searches and method.trainable:
             report.search_after = _search_summary(model.search_hyperparameters(val_embeds, val_labels, **search_args))
         if val_embeds is not None:
-            report.accuracy = _accuracy(model, val_embeds, val_labels)[0]
+            (report.accuracy,) = _accuracies(model, val_embeds, val_labels)
     return model, report
 
 
@@ -367,19 +369,6 @@ def _preserved_global_rng():
         finally:
             random.setstate(python)
             np.random.set_state(numpy_state)
-
-
-def _accuracy(model, embeds: torch.Tensor, labels: torch.Tensor, batch_size: int = 1024) -> tuple[float, float]:
-    """(final, zero-shot) top-1 accuracy of raw embeddings (M, C)."""
-    device = model.class_embeds.device
-    hits = zero_shot_hits = 0
-    with torch.no_grad():
-        for start in range(0, embeds.shape[0], batch_size):
-            out = model(image_embeds=embeds[start : start + batch_size].to(device))
-            truth = labels[start : start + batch_size].to(device)
-            hits += int((out.logits.argmax(-1) == truth).sum())
-            zero_shot_hits += int((out.zero_shot_logits.argmax(-1) == truth).sum())
-    return hits / embeds.shape[0], zero_shot_hits / embeds.shape[0]
 
 
 def _search_summary(result) -> dict:

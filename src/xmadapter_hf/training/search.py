@@ -224,9 +224,9 @@ def ratio_balance(space: SearchSpace, sharpnesses, fixed: list[float], varied: i
 
 
 def _auto_search(space, labels, chunks, fixed, coarse_steps, fine_steps):
-    """Coarse-to-fine search of (sharpness of the first term, residual ratio): returns (beta, alpha, counts, betas,
-    alpha grid) of the fine stage's first maximum (coarse maxima win ties with the fine stage: it is searched
-    second and only strict improvements move the choice)."""
+    """Coarse-to-fine search of (sharpness of the first term, residual ratio): returns ((count, beta, alpha) of the
+    first maximum, the coarse betas, the coarse ratios `(S, P)`, the coarse counts) (coarse maxima win ties with the
+    fine stage: it is searched second and only strict improvements move the choice)."""
     betas = log_grid(*AUTO_SHARPNESS_RANGE, coarse_steps[0])
     balance = ratio_balance(space, betas, fixed)  # (S,)
     factors = torch.tensor(log_grid(10 ** AUTO_RATIO_DECADES[0], 10 ** AUTO_RATIO_DECADES[1], coarse_steps[1]),
@@ -378,12 +378,19 @@ def _weight(ratio, num_rows: int, device) -> torch.Tensor:
     return ratio
 
 
-def resolve_search_grid(search_grid, search_scale, search_step) -> tuple[str, tuple, tuple]:
+def resolve_search_grid(search_grid, search_scale, search_step, dataset_name=None) -> tuple[str, tuple, tuple]:
     """(grid, scale, step) of a search: `None` is `"tip-adapter-grid"` when a scale or step was given, else
-    `"auto"`."""
+    `"auto"`; the `"tip-adapter-grid"`'s scale and step are the given ones, else the dataset's (``dataset_name``),
+    else Tip-Adapter's ImageNet (7, 3) and (200, 20)."""
     if search_grid is None:
         search_grid = "tip-adapter-grid" if search_scale is not None or search_step is not None else "auto"
     check_choice("search_grid", search_grid, SEARCH_GRIDS)
+    if dataset_name is not None and search_grid == "tip-adapter-grid":  # explicit argument > dataset > Tip's ImageNet
+        from ..data.defaults import dataset_defaults
+
+        defaults = dataset_defaults(dataset_name)
+        search_scale = search_scale or tuple(defaults["search_scale"])
+        search_step = search_step or defaults.get("search_step")
     scale = (7.0, 3.0) if search_scale is None else search_scale
     return search_grid, scale, (200, 20) if search_step is None else search_step
 
@@ -550,16 +557,7 @@ def search_on_validation(
             "The model has no cache yet: call `model.build_cache(few_shot_dataset)` before `search_hyperparameters` "
             "(the search scores the cache on the validation split)."
         )
-    search_grid, given_scale, given_step = search_grid, search_scale, search_step
-    if search_grid is None:
-        search_grid = "tip-adapter-grid" if search_scale is not None or search_step is not None else "auto"
-    if dataset_name is not None and search_grid == "tip-adapter-grid":  # explicit argument > dataset > Tip's ImageNet
-        from ..data.defaults import dataset_defaults
-
-        defaults = dataset_defaults(dataset_name)
-        given_scale = given_scale or tuple(defaults["search_scale"])
-        given_step = given_step or defaults.get("search_step")
-    search_grid, search_scale, search_step = resolve_search_grid(search_grid, given_scale, given_step)
+    search_grid, search_scale, search_step = resolve_search_grid(search_grid, search_scale, search_step, dataset_name)
     raw, labels = validation_embeddings(model, validation, labels, batch_size)
     device = model.class_embeds.device
     space = model.method.search_space(Fn.l2_normalize(raw.to(device).float()), model.cache_state())

@@ -156,6 +156,19 @@ def build_optimizer(
     return optimizer, scheduler
 
 
+@torch.no_grad()
+def _accuracies(model, embeds: torch.Tensor, labels: torch.Tensor, batch_size: int = 1024,
+                outputs: tuple[str, ...] = ("logits",)) -> list[float]:  # fmt: skip
+    """Top-1 accuracy of each of the model's ``outputs`` (e.g. `"zero_shot_logits"`) on raw embeddings `(M, C)`."""
+    device, hits = model.class_embeds.device, [0] * len(outputs)
+    for start in range(0, embeds.shape[0], batch_size):
+        out = model(image_embeds=embeds[start : start + batch_size].to(device))
+        truth = labels[start : start + batch_size].to(device)
+        for i, name in enumerate(outputs):
+            hits[i] += int((getattr(out, name).argmax(-1) == truth).sum())
+    return [count / embeds.shape[0] for count in hits]
+
+
 class ValidationEarlyStopping(TrainerCallback):
     """Best-epoch selection on validation accuracy, with optional early stopping (any method, through its recipe's
     `keep_best_epoch` and `early_stopping_patience`, or directly).
@@ -183,16 +196,12 @@ class ValidationEarlyStopping(TrainerCallback):
         self.start_accuracy: float | None = None
         self.history: list[float] = []  # after each epoch (1, 2, ...)
 
-    @torch.no_grad()
     def accuracy(self) -> float:
         model, training = self.model, self.model.training
         model.eval()
-        device, hits = model.class_embeds.device, 0
-        for start in range(0, self.embeds.shape[0], self.batch_size):
-            logits = model(image_embeds=self.embeds[start : start + self.batch_size].to(device)).logits
-            hits += int((logits.argmax(-1) == self.labels[start : start + self.batch_size].to(device)).sum())
+        (accuracy,) = _accuracies(model, self.embeds, self.labels, self.batch_size)
         model.train(training)
-        return hits / self.embeds.shape[0]
+        return accuracy
 
     def _consider(self, epoch: int, accuracy: float) -> bool:
         if accuracy > self.best_accuracy:
