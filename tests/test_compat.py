@@ -1,4 +1,4 @@
-"""Adapters saved by version 0.1.0 keep loading with the same logits (issue 12, "Done when" 4 and 9).
+"""Adapters saved by versions 0.1.0 and 0.2.0 keep loading with the same logits (issue 12, "Done when" 4 and 9).
 
 "The same" is to float rounding, 1e-5 of the largest logit: CPU kernels round differently with another thread count
 or instruction set (with torch's 2 threads on the machine that wrote the fixtures they are bit-identical), while a
@@ -6,6 +6,8 @@ changed formula (0.1.0's text query map against today's default, say) moves logi
 
 The fixtures under `tests/fixtures/v0.1.0/` were written by `tests/fixtures/make_v010_fixtures.py` with version 0.1.0,
 before any change of issue 12: one adapter per method on a tiny saved CLIP, and the logits 0.1.0 gave on fixed inputs.
+Those under `tests/fixtures/v0.2.0/` were written the same way by `make_v020_fixtures.py` with version 0.2.0 (on the
+0.1.0 fixtures' backbone), Meta-Adapter included.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from xmadapter_hf import XMAdapterConfig, XMAdapterForImageClassification
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "v0.1.0"
+FIXTURES_020 = ROOT / "tests" / "fixtures" / "v0.2.0"
 ADAPTERS = [
     "zero-shot",
     "tip-adapter",
@@ -80,3 +83,20 @@ def test_a_010_config_cannot_build_a_backbone_but_a_resaved_one_can(reference, m
         logits = again(image_embeds=reference["image_embeds"]).logits
     assert_same_logits(logits, reference["xmadapter.embeds"])
     assert XMAdapterConfig.from_pretrained(tmp_path).backbone_config["model_type"] == "clip"
+
+
+@pytest.fixture(scope="module")
+def reference_020():
+    return load_file(FIXTURES_020 / "reference.safetensors")
+
+
+@pytest.mark.parametrize("name", [*ADAPTERS, "meta-adapter"])
+def test_a_020_adapter_loads_with_the_same_logits(reference_020, name, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the configs name their backbone by its path from the repository root
+    model = XMAdapterForImageClassification.from_pretrained(FIXTURES_020 / name)
+    assert model.config.method == name.removesuffix("-half")
+    with torch.no_grad():
+        on_embeds = model(image_embeds=reference_020["image_embeds"]).logits
+        on_pixels = model(pixel_values=reference_020["pixel_values"]).logits
+    assert_same_logits(on_embeds, reference_020[f"{name}.embeds"])
+    assert_same_logits(on_pixels, reference_020[f"{name}.pixels"])

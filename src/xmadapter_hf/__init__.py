@@ -1,6 +1,6 @@
 """xmadapter-hf: cache-based few-shot adapters (XMAdapter, Tip-Adapter, ...) for frozen Hugging Face CLIP models."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 from transformers import AutoConfig, AutoModelForImageClassification  # noqa: E402
 
