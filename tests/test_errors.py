@@ -96,6 +96,8 @@ class Context:
         damage_tensor_bytes(root / "damaged" / "model.safetensors")
         shutil.copytree(root / "checkpoint", root / "non-finite")  # a NaN, with the digest of the tensors as they are
         _with_a_nan(root / "non-finite" / "model.safetensors")
+        shutil.copytree(root / "checkpoint", root / "other-digest")  # a digest of an algorithm no version uses
+        _edit_metadata(root / "other-digest" / "model.safetensors", **{DIGEST_KEY: "whirlpool2:" + "0" * 64})
         self.other_vision, _ = tiny_clip(seed=1)  # the same text tower, another vision tower
         self.other_vision.text_model.load_state_dict(self.clip.text_model.state_dict())
         self.other_vision.text_projection.load_state_dict(self.clip.text_projection.state_dict())
@@ -115,6 +117,13 @@ def _edited_copy(source: Path, target: Path, **changes) -> None:
     shutil.copytree(source, target)
     config = json.loads((target / "config.json").read_text())
     (target / "config.json").write_text(json.dumps({**config, **changes}))
+
+
+def _edit_metadata(weights: Path, **changes) -> None:
+    """Rewrites a safetensors file with ``changes`` to its metadata, its tensors as they are."""
+    with safe_open(weights, framework="pt") as handle:
+        metadata = handle.metadata()
+    save_file(load_file(weights), weights, metadata={**metadata, **changes})
 
 
 def _with_a_nan(weights: Path) -> None:
@@ -304,6 +313,8 @@ CASES = [
          OSError, _load("damaged", lambda ctx: dict(clip_model=ctx.clip, processor=ctx.processor))),
     Case("load-non-finite-weights", "files", "a model.safetensors holding a NaN (its digest matching)", ValueError,
          _load("non-finite", lambda ctx: dict(clip_model=ctx.clip, processor=ctx.processor))),
+    Case("load-unknown-digest", "files", "a model.safetensors whose digest names an unknown algorithm", OSError,
+         _load("other-digest", lambda ctx: dict(clip_model=ctx.clip, processor=ctx.processor))),
     Case("save-non-finite", "files", "save_pretrained of an adapter holding a NaN", ValueError, _save_a_nan),
     Case("load-integer-dtype", "files", "an integer `dtype` for from_pretrained", TypeError,
          _load("checkpoint", lambda ctx: dict(clip_model=ctx.clip, dtype=torch.int8))),

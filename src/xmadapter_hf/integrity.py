@@ -44,6 +44,8 @@ DIGEST_KEY = "tensors_digest"
 #: The `hashlib` algorithm of new digests; the recorded value names its own (``"sha256:<hex>"``), so a later version
 #: may change it and still check older files. benchmarks/bench_digest.py measures the candidates.
 DIGEST_ALGORITHM = "sha256"
+# Fixed-length hashlib algorithms every Python has (the shake ones need a length).
+_KNOWN_ALGORITHMS = frozenset(a for a in hashlib.algorithms_guaranteed if not a.startswith("shake"))
 
 
 def digest_chunks(tensors: dict[str, torch.Tensor]) -> Iterator[bytes | memoryview]:
@@ -84,12 +86,15 @@ def check_tensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str], pa
     if recorded is None:
         logger.warning(
             "%s was saved by xmadapter-hf %s, which recorded no digest of its tensors: damage to its bytes cannot be "
-            "detected. Save the adapter again to record one.", path, written_by or "0.1.0",
+            "detected. Save the adapter again to record one.", path, written_by or "(version unknown)",
         )  # fmt: skip
     else:
         algorithm = recorded.partition(":")[0]
-        if algorithm not in hashlib.algorithms_available:
-            raise OSError(f"{path} records a digest of an unknown algorithm ({recorded[:40]!r}): it was edited.")
+        if algorithm not in _KNOWN_ALGORITHMS:
+            raise OSError(
+                f"{path} records a tensor digest of an algorithm this version does not know ({recorded[:24]!r}...): "
+                "it was written by a newer xmadapter-hf (upgrade it to load this file) or edited."
+            )
         if tensors_digest(tensors, algorithm) != recorded:
             raise OSError(
                 f"{path} is damaged or was edited: its tensors do not match the {algorithm} digest recorded when it "
@@ -108,7 +113,7 @@ def check_finite(tensors: dict[str, torch.Tensor], where: str, remedy: str) -> N
 
     Every element is finite exactly when the smallest and the largest are (`torch.aminmax` propagates NaN): one
     reduction, which allocates nothing the tensor's size (`torch.isfinite(t).all()` would make a boolean copy of a
-    100k-class cache and run 20 times slower; benchmarks/bench_digest.py).
+    100k-class cache). Its cost is measured by benchmarks/bench_digest.py.
     """
     for key in sorted(tensors):
         tensor = tensors[key].detach()
