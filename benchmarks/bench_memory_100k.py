@@ -49,16 +49,13 @@ def current_rss_bytes() -> int:
         return peak_rss_bytes()
 
 
-def child(method: str, mode: str, classes: int, shots: int, dim: int, batch: int, repeats: int = 1) -> dict:
-    """One case, in this (fresh) process; also used by `bench_scaling.py`. Returns what it measured."""
+def build_adapter(clip, processor, method: str, mode: str, classes: int, shots: int, dim: int):
+    """The 100k-class adapter as a user builds it (see the module docstring); also used by `bench_digest.py`.
+    Returns (model, class centres (N, C), the generator, build seconds, cache seconds)."""
     import torch
 
     from xmadapter_hf import XMAdapterForImageClassification
-    from xmadapter_hf.testing import tiny_clip
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    clip, processor = tiny_clip(seed=0, projection_dim=dim)
-    baseline = current_rss_bytes()
     names = [f"class {i}" for i in range(classes)]
     started = time.perf_counter()
     model = XMAdapterForImageClassification.from_clip(
@@ -82,6 +79,21 @@ def child(method: str, mode: str, classes: int, shots: int, dim: int, batch: int
     if mode == "converted":
         model.half_cache()
     cache_seconds = time.perf_counter() - started
+    return model, centres, gen, build_seconds, cache_seconds
+
+
+def child(method: str, mode: str, classes: int, shots: int, dim: int, batch: int, repeats: int = 1) -> dict:
+    """One case, in this (fresh) process; also used by `bench_scaling.py`. Returns what it measured."""
+    import torch
+
+    from xmadapter_hf.testing import tiny_clip
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    clip, processor = tiny_clip(seed=0, projection_dim=dim)
+    baseline = current_rss_bytes()
+    model, centres, gen, build_seconds, cache_seconds = build_adapter(
+        clip, processor, method, mode, classes, shots, dim
+    )
     truth = torch.randint(0, classes, (batch,), generator=gen)
     queries = centres[truth] + 0.5 * torch.randn(batch, dim, generator=gen) / dim**0.5  # (B, C)
     times = []

@@ -4,9 +4,10 @@
 
 Used under `torchrun` by tests/test_distributed.py to show which process wrote the checkpoint: each process writes
 ``REPORT_DIR/writes_rank{RANK}.json``, the list of (event, path) pairs it made under ``WATCHED_DIR`` (files opened for
-writing, including `tempfile.mkstemp`'s, renames/replaces, directory creations and removals). Files written from
-native code without a Python-level `open` (safetensors' Rust writer) show up through the temporary file and the
-`os.replace` that `xmadapter_hf.checkpoint.atomic_write` wraps them in.
+writing, including `tempfile.mkstemp`'s, renames/replaces, mode changes, directory creations and removals). Files
+written from native code without a Python-level `open` (safetensors' Rust writer) show up through the staging
+directory, the `os.chmod` that gives them the umask's mode and the `os.replace` that moves them into place
+(`xmadapter_hf.checkpoint.save_adapter`).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def main() -> None:
             writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or bool((flags or 0) & _WRITE_FLAGS)
             if writing and inside(path):
                 writes.append((event, os.fspath(path)))
-        elif event in ("os.rename", "os.mkdir", "os.remove", "os.rmdir", "os.truncate", "shutil.copyfile"):
+        elif event in ("os.rename", "os.mkdir", "os.remove", "os.rmdir", "os.truncate", "os.chmod", "shutil.copyfile"):
             paths = [a for a in args if isinstance(a, (str, bytes, os.PathLike))]
             if any(inside(p) for p in paths):
                 writes.append((event, " -> ".join(os.fsdecode(os.fspath(p)) for p in paths)))

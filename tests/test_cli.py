@@ -306,6 +306,35 @@ def _fit(folder: Path, output: Path, method: str, *extra) -> Path:
     return output
 
 
+def test_predict_and_eval_refuse_a_damaged_adapter_with_one_line(tmp_path, capsys):
+    """Random bytes inside model.safetensors' tensor data (header intact) once loaded silently: `predict` printed
+    `nan%` and `eval` exited 0. Now both end with one line naming the file, and a non-zero status."""
+    import torch
+    from test_integrity import damage_tensor_bytes
+
+    from xmadapter_hf import XMAdapterForImageClassification
+    from xmadapter_hf.cli import main
+    from xmadapter_hf.testing import save_tiny_clip
+
+    folder = _image_folder(tmp_path / "own", images=2)
+    model = XMAdapterForImageClassification.from_clip(save_tiny_clip(tmp_path / "clip"), ["cat", "dog"],
+                                                      method="tip-adapter")  # fmt: skip
+    model.set_cache(
+        torch.randn(4, model.embed_dim, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 0, 1, 1])
+    )
+    model.save_pretrained(tmp_path / "adapter")
+    adapter, image = str(tmp_path / "adapter"), str(folder / "cat" / "0.png")
+    assert main(["predict", adapter, image]) == 0 and "cat" in capsys.readouterr().out  # it loads before the damage
+    weights = tmp_path / "adapter" / "model.safetensors"
+    damage_tensor_bytes(weights)
+    for command in (["predict", adapter, image], ["eval", adapter, "--data", str(folder)]):
+        assert main(command) == 1
+        captured = capsys.readouterr()
+        (line,) = captured.err.splitlines()
+        assert line.startswith(f"xmadapter {command[0]}: error: ") and f"{weights}' is damaged or was edited" in line
+        assert "nan" not in captured.out
+
+
 def _files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 

@@ -1,4 +1,5 @@
-"""Adapters saved by versions 0.1.0 and 0.2.0 keep loading with the same logits (issue 12, "Done when" 4 and 9).
+"""Adapters saved by versions 0.1.0 and 0.2.0 keep loading with the same logits (issue 12, "Done when" 4 and 9), with
+a warning that their weights record no digest of their tensors (issue 23, item 3: the digest came with 0.3.0).
 
 "The same" is to float rounding, 1e-5 of the largest logit: CPU kernels round differently with another thread count
 or instruction set (with torch's 2 threads on the machine that wrote the fixtures they are bit-identical), while a
@@ -36,6 +37,14 @@ ADAPTERS = [
 ]
 
 
+def assert_warned_no_digest(caplog, path: Path, version: str) -> None:
+    """Exactly one warning says that the weights file records no digest of its tensors, naming the file and the
+    version that wrote it."""
+    warned = [r.getMessage() for r in caplog.records if "no digest of its tensors" in r.getMessage()]
+    assert len(warned) == 1, [r.getMessage() for r in caplog.records]
+    assert f"{path / 'model.safetensors'}' was saved by xmadapter-hf {version}," in warned[0]
+
+
 def assert_same_logits(actual: torch.Tensor, expected: torch.Tensor) -> None:
     torch.testing.assert_close(actual, expected, rtol=0.0, atol=1e-5 * expected.abs().max().item())
 
@@ -52,6 +61,7 @@ def test_a_010_adapter_loads_with_the_same_logits_and_a_warning(reference, name,
         model = XMAdapterForImageClassification.from_pretrained(FIXTURES / name)
     warned = [r.getMessage() for r in caplog.records if "probe_image_embed" in r.getMessage()]
     assert warned and "0.1.0" in warned[0], "a missing integrity field must be reported"
+    assert_warned_no_digest(caplog, FIXTURES / name, "0.1.0")
     assert model.config.method == name.removesuffix("-half")
     assert model.config.temperature is None  # written before the scores' temperature: raw softmax, same logits
     with torch.no_grad():
@@ -92,9 +102,11 @@ def reference_020():
 
 
 @pytest.mark.parametrize("name", [*ADAPTERS, "meta-adapter"])
-def test_a_020_adapter_loads_with_the_same_logits(reference_020, name, monkeypatch):
+def test_a_020_adapter_loads_with_the_same_logits_and_a_warning(reference_020, name, monkeypatch, caplog):
     monkeypatch.chdir(ROOT)  # the configs name their backbone by its path from the repository root
-    model = XMAdapterForImageClassification.from_pretrained(FIXTURES_020 / name)
+    with caplog.at_level(logging.WARNING, logger="xmadapter_hf"):
+        model = XMAdapterForImageClassification.from_pretrained(FIXTURES_020 / name)
+    assert_warned_no_digest(caplog, FIXTURES_020 / name, "0.2.0")
     assert model.config.method == name.removesuffix("-half")
     assert model.config.temperature is None
     with torch.no_grad():

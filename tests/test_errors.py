@@ -21,15 +21,18 @@ import pytest
 import torch
 from datasets import load_dataset
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import CLASS_NAMES  # noqa: E402
+from test_integrity import damage_tensor_bytes  # noqa: E402
 
 from xmadapter_hf import METHODS, XMAdapterConfig, XMAdapterForImageClassification  # noqa: E402
 from xmadapter_hf.calibration import calibrate  # noqa: E402
 from xmadapter_hf.data.extraction import extract_embeddings  # noqa: E402
 from xmadapter_hf.data.splits import sample_few_shot  # noqa: E402
+from xmadapter_hf.integrity import DIGEST_KEY, tensors_digest  # noqa: E402
 from xmadapter_hf.methods import base as method_base  # noqa: E402
 from xmadapter_hf.testing import save_tiny_clip, tiny_clip, tiny_image_dataset  # noqa: E402
 from xmadapter_hf.training import build_optimizer  # noqa: E402
@@ -90,6 +93,12 @@ class Context:
         _edited_copy(
             root / "checkpoint", root / "on-incomplete-clip", base_model_name_or_path=str(root / "incomplete-clip")
         )
+        shutil.copytree(root / "checkpoint", root / "damaged")  # random bytes in its tensor data, header intact
+        damage_tensor_bytes(root / "damaged" / "model.safetensors")
+        shutil.copytree(root / "checkpoint", root / "non-finite")  # a NaN, with the digest of the tensors as they are
+        _with_a_nan(root / "non-finite" / "model.safetensors")
+        shutil.copytree(root / "checkpoint", root / "other-digest")  # a digest of an algorithm no version uses
+        _edit_metadata(root / "other-digest" / "model.safetensors", **{DIGEST_KEY: "whirlpool2:" + "0" * 64})
         self.other_vision, _ = tiny_clip(seed=1)  # the same text tower, another vision tower
         self.other_vision.text_model.load_state_dict(self.clip.text_model.state_dict())
         self.other_vision.text_projection.load_state_dict(self.clip.text_projection.state_dict())
@@ -109,6 +118,30 @@ def _edited_copy(source: Path, target: Path, **changes) -> None:
     shutil.copytree(source, target)
     config = json.loads((target / "config.json").read_text())
     (target / "config.json").write_text(json.dumps({**config, **changes}))
+
+
+def _edit_metadata(weights: Path, **changes) -> None:
+    """Rewrites a safetensors file with ``changes`` to its metadata, its tensors as they are."""
+    with safe_open(weights, framework="pt") as handle:
+        metadata = handle.metadata()
+    save_file(load_file(weights), weights, metadata={**metadata, **changes})
+
+
+def _with_a_nan(weights: Path) -> None:
+    """Puts a NaN into a saved adapter's learned keys and records the digest of the tensors as they then are."""
+    tensors = load_file(weights)
+    with safe_open(weights, framework="pt") as handle:
+        metadata = handle.metadata()
+    tensors["method.cache_keys"][0, 0] = float("nan")
+    save_file(tensors, weights, metadata={**metadata, DIGEST_KEY: tensors_digest(tensors)})
+
+
+def _save_a_nan(ctx):
+    model = ctx.build("tip-adapter-f")
+    model.set_cache(ctx.raw, ctx.labels)
+    with torch.no_grad():
+        model.method.cache_keys[0, 0] = float("nan")
+    model.save_pretrained(ctx.root / "nan-adapter")
 
 
 def _load(path, kwargs):
@@ -280,6 +313,13 @@ CASES = [
          ValueError, _load("checkpoint", lambda ctx: dict(clip_model=ctx.other_vision, processor=ctx.processor))),
     Case("load-incomplete-backbone", "files", "a backbone checkpoint with a weight missing", ValueError,
          _load("on-incomplete-clip", lambda ctx: {})),
+    Case("load-damaged-weights", "files", "a model.safetensors whose tensor bytes were damaged (header intact)",
+         OSError, _load("damaged", lambda ctx: dict(clip_model=ctx.clip, processor=ctx.processor))),
+    Case("load-non-finite-weights", "files", "a model.safetensors holding a NaN (its digest matching)", ValueError,
+         _load("non-finite", lambda ctx: dict(clip_model=ctx.clip, processor=ctx.processor))),
+    Case("load-unknown-digest", "files", "a model.safetensors whose digest names an unknown algorithm", OSError,
+         _load("other-digest", lambda ctx: dict(clip_model=ctx.clip, processor=ctx.processor))),
+    Case("save-non-finite", "files", "save_pretrained of an adapter holding a NaN", ValueError, _save_a_nan),
     Case("load-integer-dtype", "files", "an integer `dtype` for from_pretrained", TypeError,
          _load("checkpoint", lambda ctx: dict(clip_model=ctx.clip, dtype=torch.int8))),
     Case("split-too-few-images", "files", "fewer than K images in a class for a few-shot split", ValueError,

@@ -7,6 +7,7 @@ LFS/Xet uploads (every file goes as a regular blob), authentication, permissions
 from __future__ import annotations
 
 import json
+import logging
 import re
 import subprocess
 import sys
@@ -21,8 +22,8 @@ from huggingface_hub import ModelCard
 from safetensors.torch import load, save_file
 
 from xmadapter_hf import XMAdapterForImageClassification
-from xmadapter_hf.hub import PUSHED_FILES, PushAdapterCallback
-from xmadapter_hf.testing import save_tiny_clip, tiny_image_dataset
+from xmadapter_hf.hub import PUSHED_FILES, PushAdapterCallback, build_model_card
+from xmadapter_hf.testing import save_tiny_clip, tiny_clip, tiny_image_dataset
 
 BACKBONE_REPO = "local-user/tiny-clip"
 
@@ -205,3 +206,37 @@ def test_a_pushed_meta_adapter_is_applied_online_to_other_classes_in_a_fresh_pro
     here.build_cache(support, augment_views=1, show_progress=False)
     with torch.no_grad():
         torch.testing.assert_close(online["logits"], here(image_embeds=probe).logits, atol=1e-5, rtol=0)
+
+
+def test_a_damaged_adapter_from_the_hub_is_refused_naming_the_file_and_the_repo(make_model, local_hub, tmp_path):
+    from test_integrity import damage_tensor_bytes
+
+    make_model("tip-adapter").save_pretrained(tmp_path / "adapter")
+    damage_tensor_bytes(tmp_path / "adapter" / "model.safetensors")
+    local_hub.commit("local-user/damaged", {p.name: p.read_bytes() for p in (tmp_path / "adapter").iterdir()})
+    clip, processor = tiny_clip()
+    with patched_endpoint(local_hub, tmp_path / "home"):
+        with pytest.raises(
+            OSError, match=r"model.safetensors' \(downloaded from the Hub repo 'local-user/damaged'\) is damaged"
+        ):
+            XMAdapterForImageClassification.from_pretrained("local-user/damaged", clip_model=clip, processor=processor)
+
+
+@pytest.mark.parametrize("method", ["tip-adapter", "meta-adapter", "zero-shot"])
+def test_saving_an_adapter_that_needs_a_cache_without_one_warns_and_the_card_says_so(
+    clip_and_processor, cache_embeds, method, tmp_path, caplog
+):
+    clip, processor = clip_and_processor
+    model = XMAdapterForImageClassification.from_clip(clip, CLASS_NAMES, processor=processor, method=method)
+    needs_cache = method != "zero-shot"
+    with caplog.at_level(logging.WARNING, logger="xmadapter_hf"):
+        model.save_pretrained(tmp_path / "empty")
+    warned = [r.getMessage() for r in caplog.records if "has no cache" in r.getMessage()]
+    assert len(warned) == needs_cache and all(f"this {method} adapter has no cache" in m for m in warned)
+    card = build_model_card(model.config, "me/empty").text
+    assert ("**No cache.** This" in card and "`model.build_cache(support_set)`" in card) == needs_cache
+    model.set_cache(*cache_embeds)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="xmadapter_hf"):
+        model.save_pretrained(tmp_path / "full")
+    assert not caplog.records and "No cache" not in build_model_card(model.config, "me/full").text

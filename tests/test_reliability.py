@@ -152,6 +152,21 @@ def test_save_leaves_other_files_alone(make_model, tmp_path):
     assert (tmp_path / "optimizer.pt.json").read_text() == "keep me"
 
 
+def test_every_saved_file_gets_the_umask_s_mode(make_model, tmp_path):
+    """safetensors writes its file with mode 0600 (a temporary file's); the save gives it the umask's mode, as the
+    config and the image settings get from `open`."""
+    model = make_model("tip-adapter")
+    for umask in (0o022, 0o077):
+        previous = os.umask(umask)
+        try:
+            model.save_pretrained(tmp_path / oct(umask))
+        finally:
+            os.umask(previous)
+        modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / oct(umask)).iterdir()}
+        assert set(modes) == {"config.json", "model.safetensors", "preprocessor_config.json"}
+        assert set(modes.values()) == {0o666 & ~umask}, (oct(umask), {k: oct(v) for k, v in modes.items()})
+
+
 # ---------------------------------------------------------------------------------------------- determinism
 def _train_once(seed: int) -> dict[str, torch.Tensor]:
     clip, processor = tiny_clip()

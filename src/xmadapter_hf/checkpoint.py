@@ -6,7 +6,10 @@ processor's `preprocessor_config.json` (settings only, so that `pipeline("image-
 Saving: each file is written by its library's writer (`PreTrainedConfig.to_json_file`, safetensors' `save_file`,
 `ImageProcessingMixin.save_pretrained`) into a staging directory inside the target directory, then moved into place
 with `os.replace`, the weights first and the config last; other files in the directory are left alone. Two replaces
-are not atomic together, so the config and the safetensors metadata carry the same `save_id`, checked on load.
+are not atomic together, so the config and the safetensors metadata carry the same `save_id`, checked on load. The
+metadata also records a digest of the tensors as written (`integrity.tensors_digest`), checked on load; non-finite
+tensors are refused before anything is written. safetensors writes its file with mode 0600 (a temporary file's): the
+weights are given the mode the config got from the umask, as every other file has.
 `PreTrainedModel.save_pretrained` is not used to write the files: it writes the safetensors metadata `{"format": "pt"}`
 only (no room for the save id), writes the config as a diff against today's defaults (an adapter saved so would
 change behaviour when a default changes), sets `dtype`/`architectures` on the caller's config, and deletes weight
@@ -14,6 +17,7 @@ shards it does not write.
 """
 
 import copy
+import logging
 import os
 import shutil
 import tempfile
@@ -28,7 +32,7 @@ from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_NAME
 from . import __version__, classes, integrity, prompts
 from . import backbone as bb
 from .configuration_xmadapter import XMAdapterConfig
-from .hub import resolve_file
+from .hub import no_cache_note, resolve_file
 
 __all__ = ["load_adapter", "load_backbone", "load_backbone_and_processor", "load_processor", "read_header",
            "read_weights", "save_adapter", "storage_dtype"]  # fmt: skip
@@ -37,12 +41,16 @@ _HUB_KEYS = ("revision", "cache_dir", "token", "local_files_only", "force_downlo
 # Keyword arguments that transformers' Auto classes and pipeline pass along and that mean nothing to an adapter.
 _IGNORED_KEYS = ("trust_remote_code", "use_safetensors", "weights_only", "code_revision", "adapter_kwargs")
 
+logger = logging.getLogger(__name__)
+
 
 # ------------------------------------------------------------------------------------------------------ saving
 def save_adapter(model, save_directory, state_dict=None, is_main_process: bool = True) -> Path | None:
     """Writes an adapter checkpoint (see the module docstring); returns the directory (`None` off the main process).
 
-    ``state_dict`` (Trainer passes the whole model's) defaults to the model's; backbone tensors are dropped.
+    ``state_dict`` (Trainer passes the whole model's) defaults to the model's; backbone tensors are dropped. A
+    non-finite tensor raises `ValueError` before anything is written; an adapter whose method needs a cache and has
+    none is saved with a warning.
     """
     # As transformers does under a process group: only rank 0 writes, whatever the caller passed.
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -55,17 +63,26 @@ def save_adapter(model, save_directory, state_dict=None, is_main_process: bool =
     tensors = {k: v for k, v in state.items() if not k.startswith("clip.")}
     tensors["probe_image_embed"] = model.vision_fingerprint()
     tensors = {k: v.detach().to("cpu", storage_dtype(model, k, v)).contiguous().clone() for k, v in tensors.items()}
+    # after the cast to the stored dtypes: a float32 value beyond float16's range is an infinity in the file
+    integrity.check_finite(
+        tensors, f"Nothing was saved to {str(directory)!r}: the adapter holds",
+        "it would predict nothing meaningful (a training run that diverged?).",
+    )  # fmt: skip
     save_id = uuid.uuid4().hex
     config = copy.deepcopy(model.config)
     config.save_id, config.architectures = save_id, [type(model).__name__]
     config.validate()
+    if (note := no_cache_note(config)) is not None:
+        logger.warning("Saving to %r: %s", str(directory), note)
+    metadata = {"format": "pt", "save_id": save_id, "xmadapter_version": __version__}
+    metadata[integrity.DIGEST_KEY] = integrity.tensors_digest(tensors)  # of exactly the bytes written below
     image_processor = getattr(model.processor, "image_processor", model.processor)
     directory.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=directory, prefix=".xmadapter-save-"))
     try:
-        metadata = {"format": "pt", "save_id": save_id, "xmadapter_version": __version__}
-        save_file(tensors, str(staging / SAFE_WEIGHTS_NAME), metadata=metadata)
         config.to_json_file(staging / CONFIG_NAME, use_diff=False)
+        save_file(tensors, str(staging / SAFE_WEIGHTS_NAME), metadata=metadata)
+        shutil.copymode(staging / CONFIG_NAME, staging / SAFE_WEIGHTS_NAME)  # the umask's mode, not 0600
         if image_processor is not None and hasattr(image_processor, "save_pretrained"):
             image_processor.save_pretrained(staging)
         # the weights first, the config last: a save cut in between leaves two save ids that disagree
@@ -212,6 +229,9 @@ def load_adapter(
     integrity.check_save_id(config, metadata, path_or_repo)
     # The config's sizes are untrusted: compare them with the file before allocating anything they describe.
     tolerated = integrity.check_sizes(cls, config, shapes)
+    # The tensors' bytes, before any backbone is loaded (or downloaded) for them: a damaged file fails fast.
+    tensors, _ = read_weights(weights_path)
+    integrity.check_tensors(tensors, metadata, _weights_name(weights_path, path_or_repo), config.xmadapter_version)
     info = {"missing_keys": list(tolerated), "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
     backbone_hub = {k: v for k, v in hub.items() if k not in ("revision", "subfolder")}
     if clip_model is None:
@@ -222,8 +242,8 @@ def load_adapter(
     if processor is None:
         processor = _load_processor_quietly(config, path_or_repo, hub, backbone_hub)
     model = cls(config, clip_model=clip_model, processor=processor)
-    tensors, _ = read_weights(weights_path)
     _load_tensors(model, tensors)
+    del tensors  # the model holds its own copy: free the file's before the checks below
     model.to(next(clip_model.parameters()).device)
     if adapter_dtype is not None:
         model.cast_adapter(adapter_dtype)
@@ -237,6 +257,13 @@ def load_adapter(
         classes.replace_classes(model, class_names)
     model.eval()
     return (model, info) if output_loading_info else model
+
+
+def _weights_name(weights_path: str, path_or_repo: str) -> str:
+    """How the errors name the weights file: its path, and for a Hub download the repo it came from."""
+    if Path(path_or_repo).is_dir():
+        return repr(weights_path)
+    return f"{weights_path!r} (downloaded from the Hub repo {path_or_repo!r})"
 
 
 def _split_kwargs(kwargs: dict) -> tuple[dict, dict]:

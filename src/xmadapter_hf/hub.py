@@ -19,7 +19,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.utils import CONFIG_NAME, IMAGE_PROCESSOR_NAME, SAFE_WEIGHTS_NAME, cached_file
 
-__all__ = ["PUSHED_FILES", "PushAdapterCallback", "build_model_card", "push_adapter_to_hub", "resolve_file"]
+__all__ = ["PUSHED_FILES", "PushAdapterCallback", "build_model_card", "no_cache_note", "push_adapter_to_hub",
+           "resolve_file"]  # fmt: skip
 
 PUSHED_FILES = (CONFIG_NAME, SAFE_WEIGHTS_NAME, IMAGE_PROCESSOR_NAME, "README.md")
 
@@ -47,6 +48,20 @@ def _looks_local(name: str | None) -> bool:
 
 def _format(value, digits: int = 4) -> str:
     return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+
+
+def no_cache_note(config) -> str | None:
+    """What `save_pretrained` warns and the model card says about an adapter whose method needs a cache and that has
+    none (saved before `build_cache`, or loaded with other `class_names`); `None` for any other adapter."""
+    from .methods import get_method_class
+
+    if config.cache_size or not get_method_class(config.method).uses_cache:
+        return None
+    return (
+        f"this {config.method} adapter has no cache: it classifies with a cache of few-shot image embeddings and "
+        "cannot classify until one is built (`model.build_cache(support_set)` after loading, with a labelled image "
+        "dataset of its classes)."
+    )
 
 
 def build_model_card(config, repo_id: str, datasets: list[str] | None = None):
@@ -79,6 +94,8 @@ def build_model_card(config, repo_id: str, datasets: list[str] | None = None):
     if search:
         rows.append(("chosen on", f"a validation split of {search.get('num_validation')} images"))
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    note = no_cache_note(config)
+    warning = f"\n**No cache.** {note[0].upper()}{note[1:]}\n" if note else ""
     results = ""
     if metrics:
         split = evaluation.get("split", "unknown split")
@@ -89,7 +106,7 @@ def build_model_card(config, repo_id: str, datasets: list[str] | None = None):
 
 A few-shot image-classification adapter made with [xmadapter-hf](https://pypi.org/project/xmadapter-hf/) on a frozen
 CLIP backbone. This repository holds the adapter only; the backbone is downloaded from its own repository.
-
+{warning}
 ## Usage
 
 ```python

@@ -2,14 +2,19 @@
 
 - the version that wrote it (`packaging` versions: a newer major version is refused);
 - the config and the weights come from the same save (the `save_id` both carry; an interrupted save leaves two);
+- the tensors' bytes against the digest recorded at save (`tensors_digest` in the safetensors metadata, since 0.3.0:
+  damaged bytes under an intact header would otherwise load as silent NaNs or noise), and every floating adapter
+  tensor is finite (`check_tensors`); `save_adapter` refuses non-finite tensors before writing anything;
 - the config's sizes against the tensor shapes in the safetensors header, before any adapter tensor is allocated (a
   config claiming `cache_size` 10^10 would otherwise allocate 1.3 TB);
 - the backbone: its architecture hash, and the embeddings of a probe text and a probe image against the stored ones,
   compared by cosine (float tensors are compared with a tolerance, never by a hash of their bits).
 """
 
+import hashlib
+import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from packaging.version import InvalidVersion, Version
@@ -17,8 +22,9 @@ from packaging.version import InvalidVersion, Version
 from . import __version__
 from . import backbone as bb
 
-__all__ = ["ADDED_SINCE_0_1_0", "PROBE_TOLERANCE", "check_backbone_identity", "check_save_id", "check_sizes",
-           "check_version"]  # fmt: skip
+__all__ = ["ADDED_SINCE_0_1_0", "DIGEST_ALGORITHM", "DIGEST_KEY", "PROBE_TOLERANCE", "check_backbone_identity",
+           "check_finite", "check_save_id", "check_sizes", "check_tensors", "check_version", "digest_chunks",
+           "tensors_digest"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +37,94 @@ ADDED_SINCE_0_1_0 = {
         "the fingerprint of the backbone it was given; `save_pretrained` keeps it"
     ),
 }
+
+
+#: The safetensors metadata key holding the digest of the adapter's tensors (written since 0.3.0).
+DIGEST_KEY = "tensors_digest"
+#: The `hashlib` algorithm of new digests; the recorded value names its own (``"sha256:<hex>"``), so a later version
+#: may change it and still check older files. benchmarks/bench_digest.py measures the candidates.
+DIGEST_ALGORITHM = "sha256"
+# Fixed-length hashlib algorithms every Python has (the shake ones need a length).
+_KNOWN_ALGORITHMS = frozenset(a for a in hashlib.algorithms_guaranteed if not a.startswith("shake"))
+
+
+def digest_chunks(tensors: dict[str, torch.Tensor]) -> Iterator[bytes | memoryview]:
+    """What the digest hashes, in order: for each tensor in key order, a JSON line of its name, dtype and shape, then
+    its bytes as they lie in memory, which are the bytes safetensors stores (row-major, little-endian on the
+    platforms torch supports). Zero-copy views: the digest allocates nothing the size of a tensor."""
+    for key in sorted(tensors):
+        tensor = tensors[key].detach()
+        header = [key, str(tensor.dtype).removeprefix("torch."), list(tensor.shape)]
+        yield (json.dumps(header) + "\n").encode()
+        flat = tensor.to("cpu").contiguous().reshape(-1)
+        yield memoryview(flat.view(torch.uint8).numpy())  # any dtype (bf16 included) seen as its bytes
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor], algorithm: str = DIGEST_ALGORITHM) -> str:
+    """``"<algorithm>:<hex digest>"`` of `digest_chunks(tensors)`, with a `hashlib` algorithm (sha256 by default).
+
+    ```python
+    >>> import torch
+    >>> from xmadapter_hf.integrity import tensors_digest
+    >>> tensors_digest({"w": torch.zeros(2)})[:7]
+    'sha256:'
+    ```
+    """
+    hasher = hashlib.new(algorithm)
+    for chunk in digest_chunks(tensors):
+        hasher.update(chunk)  # hashlib releases the GIL on large buffers
+    return f"{algorithm}:{hasher.hexdigest()}"
+
+
+def check_tensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: str, written_by: str) -> None:
+    """The tensors read from ``path`` are the bytes that were saved (the recorded digest) and are all finite.
+
+    A file without a digest (written before 0.3.0, by ``written_by``) loads with a warning; a digest that does not
+    match raises `OSError` naming the file; a non-finite floating tensor raises `ValueError` naming it.
+    """
+    recorded = metadata.get(DIGEST_KEY)
+    if recorded is None:
+        logger.warning(
+            "%s was saved by xmadapter-hf %s, which recorded no digest of its tensors: damage to its bytes cannot be "
+            "detected. Save the adapter again to record one.", path, written_by or "(version unknown)",
+        )  # fmt: skip
+    else:
+        algorithm = recorded.partition(":")[0]
+        if algorithm not in _KNOWN_ALGORITHMS:
+            raise OSError(
+                f"{path} records a tensor digest of an algorithm this version does not know ({recorded[:24]!r}...): "
+                "it was written by a newer xmadapter-hf (upgrade it to load this file) or edited."
+            )
+        if tensors_digest(tensors, algorithm) != recorded:
+            raise OSError(
+                f"{path} is damaged or was edited: its tensors do not match the {algorithm} digest recorded when it "
+                "was saved. Restore it from a copy (a Hub download: `from_pretrained(..., force_download=True)`), or "
+                "save the adapter again."
+            )
+    check_finite(
+        tensors, f"{path} holds", "an adapter with them predicts nothing meaningful. This version refuses to save "
+        "one, so the file was written by an older version or edited: train or build the adapter again.",
+    )  # fmt: skip
+
+
+def check_finite(tensors: dict[str, torch.Tensor], where: str, remedy: str) -> None:
+    """Raises `ValueError` ("``where`` non-finite values in tensor ...: ``remedy``") naming the first floating tensor,
+    in key order, that holds a NaN or an infinity.
+
+    Every element is finite exactly when the smallest and the largest are (`torch.aminmax` propagates NaN): one
+    reduction, which allocates nothing the tensor's size (`torch.isfinite(t).all()` would make a boolean copy of a
+    100k-class cache). Its cost is measured by benchmarks/bench_digest.py.
+    """
+    for key in sorted(tensors):
+        tensor = tensors[key].detach()
+        if not tensor.is_floating_point() or tensor.numel() == 0:
+            continue
+        if bool(torch.isfinite(torch.stack(torch.aminmax(tensor))).all()):
+            continue
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise ValueError(
+            f"{where} non-finite values in tensor {key!r} ({bad} NaN or infinite of {tensor.numel()}): {remedy}"
+        )
 
 
 def check_version(config) -> None:
