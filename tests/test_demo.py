@@ -17,6 +17,7 @@ from xmadapter_hf import XMAdapterForImageClassification
 from xmadapter_hf.demo import (
     DEMO_CLASSES,
     DEMO_CLIP_SHA256,
+    DEMO_TASKS,
     POOL_SIZES,
     DemoCheckpointError,
     demo_clip_path,
@@ -27,6 +28,7 @@ from xmadapter_hf.demo import (
 )
 from xmadapter_hf.demo import checkpoint as demo_checkpoint
 from xmadapter_hf.demo import task as demo_task_module
+from xmadapter_hf.demo import textures as demo_textures
 from xmadapter_hf.demo.textures import HELD_OUT_COMBINATIONS, grammar_words, pretraining_combinations
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,7 +108,7 @@ def test_demo_classes_are_held_out_of_pretraining():
 
 def test_generation_is_deterministic_and_splits_are_disjoint():
     pools = {split: demo_images(split) for split in POOL_SIZES}
-    again = demo_task_module._pool.__wrapped__("validation", "photo")  # rendered anew, not from the memo
+    again = demo_task_module._pool.__wrapped__("photo", "validation", "photo")  # rendered anew, not from the memo
     assert all(np.array_equal(a, b) for a, b in zip(pools["validation"], again))
     for split, (images, labels) in pools.items():
         assert len(images) == len(labels) == POOL_SIZES[split] * len(DEMO_CLASSES)
@@ -124,6 +126,65 @@ def test_generation_is_deterministic_and_splits_are_disjoint():
     assert not np.array_equal(few, other)
     with pytest.raises(ValueError, match="shots"):
         demo_task("train", shots=65)
+
+
+def _digests(images: np.ndarray) -> set[str]:
+    return {hashlib.sha256(image.tobytes()).hexdigest() for image in images}
+
+
+def test_the_photo_task_is_the_one_the_docs_measured():
+    # docs/demo.md, docs/accuracy.md and the README's tables were measured on these pixels: a change to the textures
+    # module (e.g. a new rendering) must leave them as they are
+    images, labels = demo_images("validation")
+    digest = hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()
+    assert digest == "2eeefec1925c3263b3d8d4dbc07765cf61e80093d843c469a9cb38b7f7d61171"
+
+
+def test_sketch_task_pools_are_fixed_disjoint_and_distinct_from_the_photo_task():
+    spec = DEMO_TASKS["sketch"]
+    assert (spec.rendering, dict(spec.pool_sizes)) == ("sketch", {"train": 64, "validation": 16, "test": 50})
+    pools = {split: demo_images(split, task="sketch") for split in spec.pool_sizes}
+    for split, (images, labels) in pools.items():
+        assert images.shape == (spec.pool_sizes[split] * len(DEMO_CLASSES), 32, 32, 3) and images.dtype == np.uint8
+        assert np.array_equal(np.bincount(labels), np.full(len(DEMO_CLASSES), spec.pool_sizes[split]))
+    again = demo_task_module._pool.__wrapped__("sketch", "validation", "sketch")  # rendered anew, not from the memo
+    assert all(np.array_equal(a, b) for a, b in zip(pools["validation"], again))
+    sketch = [_digests(images) for images, _ in pools.values()]
+    assert len(set().union(*sketch)) == sum(len(images) for images, _ in pools.values())  # disjoint splits
+    assert not set().union(*sketch) & _digests(demo_images("validation")[0])  # not the photo task's images
+    few, few_labels = demo_images("train", shots=4, seed=0, task="sketch")
+    more, _ = demo_images("train", shots=8, seed=0, task="sketch")
+    assert np.array_equal(np.bincount(few_labels), np.full(len(DEMO_CLASSES), 4))
+    assert _digests(few) <= _digests(more) <= sketch[0]  # nested shot sets, drawn from the train pool
+    assert not np.array_equal(few, demo_images("train", shots=4, seed=1, task="sketch")[0])
+    clean, clean_labels = demo_images("validation", rendering="clean", task="sketch")
+    assert np.array_equal(clean_labels, pools["validation"][1]) and not _digests(clean) & sketch[1]
+    dataset = demo_task("test", shots=3, seed=2, task="sketch")
+    assert dataset.features["label"].names == list(DEMO_CLASSES) and len(dataset) == 3 * len(DEMO_CLASSES)
+
+
+def test_demo_task_refuses_an_unknown_task_or_a_rendering_of_another_task(tmp_path):
+    with pytest.raises(ValueError, match="`task` must be one of \\('photo', 'sketch'\\), got 'sketches'"):
+        demo_task("train", task="sketches")
+    with pytest.raises(ValueError, match="`rendering` must be 'sketch'"):
+        demo_images("train", rendering="photo", task="sketch")
+    with pytest.raises(ValueError, match="shots"):
+        demo_images("test", shots=51, task="sketch")
+    with pytest.raises(ValueError, match="`rendering` must be 'photo'"):
+        export_images(tmp_path / "out", rendering="sketch")
+    assert not (tmp_path / "out").exists()  # refused before writing anything
+
+
+def test_sketch_outline_marks_both_sides_of_every_edge():
+    mask = np.random.default_rng(0).random((9, 11)) < 0.5
+    expected = np.zeros_like(mask)
+    for i in range(mask.shape[0]):
+        for j in range(mask.shape[1]):
+            neighbours = [(i - 1, j), (i + 1, j), (i, j - 1), (i, j + 1)]
+            expected[i, j] = any(
+                mask[a, b] != mask[i, j] for a, b in neighbours if 0 <= a < mask.shape[0] and 0 <= b < mask.shape[1]
+            )
+    assert np.array_equal(demo_textures._outline(mask), expected)
 
 
 def test_demo_task_dataset_and_exported_imagefolder(tmp_path):
@@ -164,6 +225,23 @@ def test_zero_shot_is_well_above_chance_and_the_cache_helps(demo_clip):
     chance = 1 / len(DEMO_CLASSES)
     assert zero_shot > 2 * chance + 0.1, zero_shot  # measured: 0.481 (160 test images)
     assert adapted > zero_shot + 0.05, (adapted, zero_shot)  # measured: 0.556
+
+
+def test_sketch_task_zero_shot_is_above_chance_but_far_from_saturated(demo_clip):
+    from xmadapter_hf.demo.pretrain import pixel_values
+
+    clip, processor = demo_clip
+    model = XMAdapterForImageClassification.from_clip(clip, DEMO_CLASSES, processor=processor, method="zero-shot")
+    accuracies = {}
+    for rendering in ("sketch", "clean"):
+        images, labels = demo_images("validation", rendering=rendering, task="sketch")
+        with torch.no_grad():
+            embeds = clip.get_image_features(pixel_values=pixel_values(images)).pooler_output
+            predictions = model(image_embeds=embeds).logits.argmax(-1).numpy()
+        accuracies[rendering] = float((predictions == labels).mean())
+    chance = 1 / len(DEMO_CLASSES)
+    assert 2 * chance < accuracies["sketch"] < 0.45, accuracies  # measured: 0.266 (256 validation images)
+    assert accuracies["clean"] > 0.9, accuracies  # the same textures unshifted; measured: 0.977
 
 
 def test_pretraining_reproduces_the_recorded_first_losses():

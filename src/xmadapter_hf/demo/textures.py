@@ -5,11 +5,14 @@ one *colour* (red, orange, yellow, green, teal, blue, purple, pink) on a neutral
 at a random period, orientation and phase (nuisances the captions never mention). Its caption names the colour and
 the pattern (and sometimes the background) through one of a few templates, or only the colour or only the pattern.
 
-Two renderings:
+Three renderings:
 
 - ``"clean"``: what the demo CLIP was pre-trained on (flat colours, slight noise);
-- ``"photo"``: the demo task's rendering, a distribution shift: lower contrast, a colour cast, a brightness change,
-  a lighting gradient, blur and stronger sensor noise.
+- ``"photo"``: the demo task's rendering, a photometric shift: lower contrast, a colour cast, a brightness change,
+  a lighting gradient, blur and stronger sensor noise;
+- ``"sketch"``: the sketch task's rendering, a shift of style and geometry with clean colours: only the outlines of
+  the pattern are drawn (lines about a pixel wide, in the colour, on the background), seen closer (magnified) and
+  tilted in depth.
 
 Everything is a function of explicit seeds (`numpy.random.default_rng` keyed by integers), so an image depends only
 on its key, never on the order in which images are made.
@@ -30,6 +33,7 @@ __all__ = [
     "PATTERNS",
     "PHOTO_SHIFT",
     "RENDERINGS",
+    "SKETCH_SHIFT",
     "TextureAttributes",
     "caption",
     "grammar_words",
@@ -78,7 +82,7 @@ HELD_OUT_COMBINATIONS: tuple[tuple[str, str], ...] = (
     ("pink", "dots"),
 )
 
-RENDERINGS = ("clean", "photo")
+RENDERINGS = ("clean", "photo", "sketch")
 
 #: The ``"photo"`` rendering's distribution shift: the ranges of its per-image draws (read-only).
 PHOTO_SHIFT = MappingProxyType(
@@ -91,6 +95,11 @@ PHOTO_SHIFT = MappingProxyType(
         "noise": (0.08, 0.16),
     }
 )
+
+#: The ``"sketch"`` rendering's geometry (read-only): the image coordinates are multiplied by ``scale`` (so the
+#: pattern looks 1.2-1.8 times larger than in pre-training) and divided by ``1 + slant * (row - centre)`` (a view
+#: tilted in depth: the period changes from top to bottom), both drawn per image.
+SKETCH_SHIFT = MappingProxyType({"scale": (0.55, 0.85), "slant": 0.02})
 
 #: Caption templates naming the colour {c}, the pattern {p} and the background {b}.
 FULL_TEMPLATES = (
@@ -175,11 +184,18 @@ def _frac(x: np.ndarray) -> np.ndarray:
     return x - np.floor(x)
 
 
-def _mask(pattern: str, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The pattern's foreground mask (bool) on coordinates ``x, y`` (pixels of the output image)."""
+def _pattern_draws(pattern: str, rng: np.random.Generator, extent: float) -> tuple[float, ...]:
+    """The pattern's random period, orientation and phases (and the rings' centre, within ``extent`` pixels)."""
     period = float(rng.uniform(4.5, 12.0))
     angle = float(rng.uniform(0.0, np.pi))
     phase_a, phase_b = rng.uniform(0.0, 1.0, size=2)
+    centre = tuple(rng.uniform(-0.25 * extent, 1.25 * extent, size=2)) if pattern == "rings" else (0.0, 0.0)
+    return period, angle, float(phase_a), float(phase_b), *centre
+
+
+def _mask(pattern: str, x: np.ndarray, y: np.ndarray, draws: tuple[float, ...]) -> np.ndarray:
+    """The pattern's foreground mask (bool) on coordinates ``x, y`` (pixels), with `_pattern_draws`' ``draws``."""
+    period, angle, phase_a, phase_b, cx, cy = draws
     a = (x * np.cos(angle) + y * np.sin(angle)) / period + phase_a
     b = (-x * np.sin(angle) + y * np.cos(angle)) / period + phase_b
     if pattern == "stripes":
@@ -195,14 +211,31 @@ def _mask(pattern: str, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) 
     if pattern == "grid":
         return (_frac(a) < 0.24) | (_frac(b) < 0.24)
     if pattern == "rings":
-        size = float(x.max())
-        cx, cy = rng.uniform(-0.25 * size, 1.25 * size, size=2)
         return _frac(np.hypot(x - cx, y - cy) / period + phase_a) < 0.5
     if pattern == "bricks":
         row = np.floor(b / 0.6)
         mortar = (_frac(b / 0.6) < 0.2) | (_frac(a / 1.2 + 0.5 * (row % 2)) < 0.1)
         return ~mortar
     raise ValueError(f"Unknown pattern {pattern!r}; patterns: {PATTERNS}.")
+
+
+def _sketch_view(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``"sketch"`` rendering's geometry: the coordinates of a closer view (magnified), tilted in depth."""
+    scale = float(rng.uniform(*SKETCH_SHIFT["scale"]))
+    slant = float(rng.uniform(-SKETCH_SHIFT["slant"], SKETCH_SHIFT["slant"]))
+    centre = size / 2
+    depth = 1.0 + slant * (y - centre)  # a keystone: the pattern's scale changes from top to bottom
+    return centre + (x - centre) * scale / depth, centre + (y - centre) * scale / depth
+
+
+def _outline(mask: np.ndarray) -> np.ndarray:
+    """The pixels of a bool (H, W) mask that differ from one of their 4 neighbours: both sides of every edge."""
+    padded = np.pad(mask, 1, mode="edge")
+    height, width = mask.shape
+    edge = np.zeros_like(mask)
+    for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
+        edge |= padded[dy : dy + height, dx : dx + width] != mask
+    return edge
 
 
 def _colour(name: str, rng: np.random.Generator) -> np.ndarray:
@@ -233,14 +266,21 @@ def render(
     supersample = 2
     grid = (np.arange(size * supersample) + 0.5) / supersample
     y, x = np.meshgrid(grid, grid, indexing="ij")
-    mask = _mask(attributes.pattern, x, y, rng).astype(np.float64)
-    # anti-aliasing: average the supersampled mask over each output pixel
-    mask = mask.reshape(size, supersample, size, supersample).mean(axis=(1, 3))[..., None]
+    # every rendering draws the pattern, colour and background first, in this order: the "clean" rendering of a
+    # task's image key is the same texture as its shifted rendering
+    draws = _pattern_draws(attributes.pattern, rng, float(x.max()))
     foreground = _colour(attributes.colour, rng)
     low, high = BACKGROUNDS[attributes.background]
     background = np.full(3, rng.uniform(low, high))
+    if rendering == "sketch":
+        x, y = _sketch_view(x, y, rng, size)
+    mask = _mask(attributes.pattern, x, y, draws)
+    if rendering == "sketch":
+        mask = _outline(mask)  # lines about one output pixel wide
+    # anti-aliasing: average the supersampled mask over each output pixel
+    mask = mask.astype(np.float64).reshape(size, supersample, size, supersample).mean(axis=(1, 3))[..., None]
     image = background * (1.0 - mask) + foreground * mask  # (size, size, 3) in [0, 1]
-    if rendering == "clean":
+    if rendering in ("clean", "sketch"):
         image = image * rng.uniform(0.95, 1.05) + rng.normal(0.0, 0.02, size=image.shape)
     else:
         shift = PHOTO_SHIFT
