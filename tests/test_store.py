@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from torch.utils.data import Dataset
 
 from xmadapter_hf.data.extraction import extract_embeddings, extraction_cache_key
-from xmadapter_hf.data.loader import SMALL_JOB_VIEWS, available_cores, resolve_num_workers
+from xmadapter_hf.data.loader import SMALL_JOB_VIEWS, WORKERS_ENV, available_cores, resolve_num_workers
 from xmadapter_hf.testing import tiny_image_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,14 +65,21 @@ def test_embeddings_are_bit_identical_for_any_number_of_workers(clip_and_process
     torch.testing.assert_close(other.embeds, alone.embeds, atol=1e-6, rtol=1e-6)
 
 
-def test_num_workers_defaults_and_validation():
+def test_num_workers_defaults_and_validation(monkeypatch):
+    monkeypatch.delenv(WORKERS_ENV, raising=False)
     assert resolve_num_workers(None, SMALL_JOB_VIEWS - 1) == 0, "a small job runs in the main process"
     cores = available_cores()
     assert resolve_num_workers(None, 100_000) == (0 if cores < 2 else min(cores, 32))
+    assert resolve_num_workers(None, 4 * SMALL_JOB_VIEWS, view_size=32) == 0, "a small view costs less"
     assert resolve_num_workers(3, 1) == 3 and resolve_num_workers(0, 10**6) == 0
     for bad in (-1, 1.5, True, "2"):
         with pytest.raises(ValueError, match="num_workers"):
             resolve_num_workers(bad, 10)
+    monkeypatch.setenv(WORKERS_ENV, "3")  # what the CLI's --workers sets: the default, under an explicit argument
+    assert resolve_num_workers(None, 1) == 3 and resolve_num_workers(1, 10**6) == 1
+    monkeypatch.setenv(WORKERS_ENV, "-1")
+    with pytest.raises(ValueError, match=WORKERS_ENV):
+        resolve_num_workers(None, 1)
 
 
 def test_bad_num_workers_is_refused_before_anything_is_written(clip_and_processor, few_shot_dataset, tmp_path):

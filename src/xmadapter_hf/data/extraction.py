@@ -144,8 +144,9 @@ def extract_embeddings(
         shard_size (`int`, *optional*, defaults to 256): items per store shard (the resume granularity, and the unit
             that processes share), rounded up to whole backbone forwards ([`run_size`]).
         num_workers (`int`, *optional*): worker processes that prepare the views; 0 = the main process. By default
-            0 for fewer than 256 views, else one per available core (`data/loader.resolve_num_workers`). The result
-            is bit for bit the same for any number.
+            ``XMADAPTER_NUM_WORKERS`` where set, else 0 for fewer than 256 views of 224 px (smaller views count for
+            less), else one per available core (`data/loader.resolve_num_workers`). The result is bit for bit the
+            same for any number.
 
     Returns:
         [`ExtractedEmbeddings`]: `embeds` (V, M, C) float32 and `labels` (M,), in the order of ``indices``.
@@ -180,12 +181,13 @@ def extract_embeddings(
             label_column=label_column, autocast_dtype=autocast_dtype, dataset_fingerprint=dataset_fingerprint,
         )  # fmt: skip
         store = EmbeddingStore(cache_dir, key, description, views=max(augment_views, 1))
+    size = crop_size(image_processor)
     views = ViewsDataset(
-        undecoded(dataset, image_column), image_processor, augment_views=augment_views, seed=seed,
-        size=crop_size(image_processor), columns=(image_column, label_column),
+        undecoded(dataset, image_column), image_processor, augment_views=augment_views, seed=seed, size=size,
+        columns=(image_column, label_column),
     )  # fmt: skip
     todo = indices if store is None else store.missing(indices)
-    workers = resolve_num_workers(num_workers, len(todo) * views.views)
+    workers = resolve_num_workers(num_workers, len(todo) * views.views, size)
     progress = tqdm(total=len(indices), disable=not show_progress, desc="extract", unit="img")
     progress.update(len(indices) - len(todo))
 

@@ -23,12 +23,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..backbone import encode_images
+from . import WORKERS_ENV
 from .augment import augment_view, draw_seed
 from .images import load_image
 from .items import item_label, read_item
 
 __all__ = [
     "SMALL_JOB_VIEWS",
+    "WORKERS_ENV",
     "ViewsDataset",
     "available_cores",
     "embed_units",
@@ -36,9 +38,11 @@ __all__ = [
     "resolve_num_workers",
 ]
 
-#: Below this many views to prepare, `num_workers=None` runs in the main process: starting workers (a fork, and a
-#: first batch that nothing overlaps) costs about as much as they save on a job this small (docs/benchmarks.md).
+#: Below this many views of 224 x 224 pixels (about 1.5 s of CPU here), `num_workers=None` runs in the main process:
+#: starting workers (a fork each, and a first batch that nothing overlaps) costs about as much as they save on a job
+#: this small (docs/benchmarks.md). Smaller views count for less, in proportion to their pixels.
 SMALL_JOB_VIEWS = 256
+_REFERENCE_SIZE = 224
 # Workers `num_workers=None` never exceeds: beyond this the backbone, not the input, is the limit on any one GPU.
 _MAX_AUTO_WORKERS = 32
 
@@ -51,16 +55,23 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def resolve_num_workers(num_workers: int | None, num_views: int) -> int:
-    """The worker processes an extraction of ``num_views`` views uses.
+def resolve_num_workers(num_workers: int | None, num_views: int, view_size: int = _REFERENCE_SIZE) -> int:
+    """The worker processes an extraction of ``num_views`` views of ``view_size`` pixels square uses.
 
-    ``None`` (the default everywhere) means: 0 for a job of fewer than [`SMALL_JOB_VIEWS`] views or on a single core,
-    else one worker per available core (at most 32). Each worker runs one torch thread (set when it starts), so
-    workers never multiply torch's thread pool by the core count.
+    ``None`` (the default everywhere) means: the value of the environment variable ``XMADAPTER_NUM_WORKERS`` where it
+    is set (the CLI's ``--workers`` sets it), else 0 for a job smaller than [`SMALL_JOB_VIEWS`] views of 224 px (a
+    view's cost grows with its pixels) or on a single core, else one worker per available core (at most 32). Each
+    worker runs one torch thread (set when it starts), so workers never multiply torch's thread pool by the cores.
     """
     if num_workers is None:
+        configured = os.environ.get(WORKERS_ENV, "").strip()
+        if configured:
+            if not configured.isdigit():
+                raise ValueError(f"{WORKERS_ENV} must be an int >= 0 (0: no workers), got {configured!r}.")
+            return int(configured)
         cores = available_cores()
-        return 0 if num_views < SMALL_JOB_VIEWS or cores < 2 else min(cores, _MAX_AUTO_WORKERS)
+        small = num_views * view_size**2 < SMALL_JOB_VIEWS * _REFERENCE_SIZE**2
+        return 0 if small or cores < 2 else min(cores, _MAX_AUTO_WORKERS)
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise ValueError(f"`num_workers` must be an int >= 0 (0: no workers) or None (auto), got {num_workers!r}.")
     return num_workers
