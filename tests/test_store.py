@@ -71,6 +71,9 @@ def test_num_workers_defaults_and_validation(monkeypatch):
     cores = available_cores()
     assert resolve_num_workers(None, 100_000) == (0 if cores < 2 else min(cores, 32))
     assert resolve_num_workers(None, 4 * SMALL_JOB_VIEWS, view_size=32) == 0, "a small view costs less"
+    assert resolve_num_workers(None, SMALL_JOB_VIEWS - 1, num_items=10) == resolve_num_workers(None, 10**6), (
+        "decoding counts too"
+    )
     assert resolve_num_workers(3, 1) == 3 and resolve_num_workers(0, 10**6) == 0
     for bad in (-1, 1.5, True, "2"):
         with pytest.raises(ValueError, match="num_workers"):

@@ -38,11 +38,13 @@ __all__ = [
     "resolve_num_workers",
 ]
 
-#: Below this many views of 224 x 224 pixels (about 1.5 s of CPU here), `num_workers=None` runs in the main process:
-#: starting workers (a fork each, and a first batch that nothing overlaps) costs about as much as they save on a job
-#: this small (docs/benchmarks.md). Smaller views count for less, in proportion to their pixels.
+#: Below this much work, in views of 224 x 224 pixels (about 6 ms of CPU each here, so about 1.5 s in all),
+#: `num_workers=None` runs in the main process: starting workers (a fork each, and a first batch that nothing
+#: overlaps) costs about as much as they save on a job this small (docs/benchmarks.md). A smaller view counts for
+#: less, in proportion to its pixels, and decoding an item counts for 0.4 of a view (2.5 ms for a 500x375 JPEG).
 SMALL_JOB_VIEWS = 256
 _REFERENCE_SIZE = 224
+_DECODE_SHARE = 0.4
 # Workers `num_workers=None` never exceeds: beyond this the backbone, not the input, is the limit on any one GPU.
 _MAX_AUTO_WORKERS = 32
 
@@ -55,13 +57,17 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def resolve_num_workers(num_workers: int | None, num_views: int, view_size: int = _REFERENCE_SIZE) -> int:
-    """The worker processes an extraction of ``num_views`` views of ``view_size`` pixels square uses.
+def resolve_num_workers(
+    num_workers: int | None, num_views: int, view_size: int = _REFERENCE_SIZE, num_items: int = 0
+) -> int:
+    """The worker processes an extraction of ``num_items`` items, ``num_views`` views in all, of ``view_size``
+    pixels square uses.
 
     ``None`` (the default everywhere) means: the value of the environment variable ``XMADAPTER_NUM_WORKERS`` where it
-    is set (the CLI's ``--workers`` sets it), else 0 for a job smaller than [`SMALL_JOB_VIEWS`] views of 224 px (a
-    view's cost grows with its pixels) or on a single core, else one worker per available core (at most 32). Each
-    worker runs one torch thread (set when it starts), so workers never multiply torch's thread pool by the cores.
+    is set (the CLI's ``--workers`` sets it), else 0 on a single core or for a job under [`SMALL_JOB_VIEWS`] views of
+    224 px (a view's cost grows with its pixels; decoding an item counts for 0.4 of one), else one worker per
+    available core (at most 32). Each worker runs one torch thread (set when it starts), so workers never multiply
+    torch's thread pool by the core count.
     """
     if num_workers is None:
         configured = os.environ.get(WORKERS_ENV, "").strip()
@@ -69,9 +75,9 @@ def resolve_num_workers(num_workers: int | None, num_views: int, view_size: int 
             if not configured.isdigit():
                 raise ValueError(f"{WORKERS_ENV} must be an int >= 0 (0: no workers), got {configured!r}.")
             return int(configured)
+        work = num_views * (view_size / _REFERENCE_SIZE) ** 2 + num_items * _DECODE_SHARE  # in 224 px views
         cores = available_cores()
-        small = num_views * view_size**2 < SMALL_JOB_VIEWS * _REFERENCE_SIZE**2
-        return 0 if small or cores < 2 else min(cores, _MAX_AUTO_WORKERS)
+        return 0 if work < SMALL_JOB_VIEWS or cores < 2 else min(cores, _MAX_AUTO_WORKERS)
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise ValueError(f"`num_workers` must be an int >= 0 (0: no workers) or None (auto), got {num_workers!r}.")
     return num_workers
