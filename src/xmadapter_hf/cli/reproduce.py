@@ -105,6 +105,7 @@ def run(args) -> int:
             meta_adapter_require_all_classes=not args.meta_adapter_allow_missing_classes,
             backbone_name=args.backbone_name, feature_dir=args.feature_dir, batch_size=args.batch_size,
             overwrite=args.overwrite, plot=not args.no_plot, on_cell=report, show_progress=show_progress(args),
+            num_workers=args.workers,
         )  # fmt: skip
     except (ReproduceError, ImportError) as error:  # ImportError: the open_clip extra (its message names it)
         raise CLIError(str(error)) from error

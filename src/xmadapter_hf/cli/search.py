@@ -70,7 +70,7 @@ def run(args) -> int:
     before = (config.sharpness, config.residual_ratio, config.text_sharpness)
     result = model.search_hyperparameters(
         validation, search_scale=search_scale(args),
-        search_step=tuple(args.search_step),
+        search_step=tuple(args.search_step), num_workers=args.workers,
     )  # fmt: skip
     text = "" if result.text_sharpness is None else f", text sharpness {before[2]:.4g} -> {config.text_sharpness:.4g}"
     print(f"searched on {origin} ({result.num_validation} images): validation accuracy {result.accuracy:.4f}")
