@@ -15,6 +15,7 @@ any number of workers.
 
 from __future__ import annotations
 
+import ctypes
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -45,6 +46,8 @@ __all__ = [
 SMALL_JOB_VIEWS = 256
 _REFERENCE_SIZE = 224
 _DECODE_SHARE = 0.4
+# glibc's mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 # Workers `num_workers=None` never exceeds: beyond this the backbone, not the input, is the limit on any one GPU.
 _MAX_AUTO_WORKERS = 32
 
@@ -147,10 +150,24 @@ def _as_is(batch):
     return batch
 
 
+def _keep_freed_memory() -> None:
+    """Asks glibc's malloc to keep freed memory for reuse: a worker allocates and frees megabytes per view (decoded
+    images, float arrays), and by default returns them to the OS (or maps them afresh) each time, so every view
+    pays page faults again: measured 195,000 faults and 0.55 s of system time for 480 views in one worker, against
+    86,000 and 0.24 s with these settings (most of what is left is the shared memory each batch travels in)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, 64 << 20)  # blocks under 64 MB come from the heap, not a fresh mapping
+        libc.mallopt(_M_TRIM_THRESHOLD, 256 << 20)  # and the heap keeps up to 256 MB free instead of shrinking
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): nothing to tune
+        pass
+
+
 def _init_worker(_worker_id: int) -> None:
     # One torch thread per worker: N workers each starting torch's default pool (one thread per core) would run N x
     # cores threads. The views are prepared by PIL and numpy, which run on the calling thread anyway.
     torch.set_num_threads(1)
+    _keep_freed_memory()
 
 
 class _Batches:
