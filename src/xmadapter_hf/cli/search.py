@@ -3,7 +3,8 @@
 The validation images are `--validation` (a folder, a saved dataset, a `datasets` name, or a split name of
 `--data`); without it, with `--data`, the validation rows of the adapter's `split.json` (written by `xmadapter
 fit` when it drew the validation images from the training pool), else the data's `validation` split. The chosen
-values are written into the adapter's config (`--output` writes a copy elsewhere instead).
+values, and the scores' temperature refitted on the same split (`xmadapter_hf.calibration`), are written into the
+adapter's config (`--output` writes a copy elsewhere instead).
 """
 
 from __future__ import annotations
@@ -68,16 +69,24 @@ def run(args) -> int:
     validation = relabel(validation, model.config.class_names, origin)
     config = model.config
     before = (config.sharpness, config.residual_ratio, config.text_sharpness)
+    from ..calibration import calibrate
+    from ..training.search import validation_embeddings
+
+    # once: the search and the temperature both read them
+    embeds, labels = validation_embeddings(model, validation, num_workers=args.workers)
     result = model.search_hyperparameters(
-        validation, search_scale=search_scale(args),
-        search_step=tuple(args.search_step), num_workers=args.workers,
+        embeds, labels, search_scale=search_scale(args),
+        search_step=tuple(args.search_step),
     )  # fmt: skip
+    fitted = calibrate(model, embeds, labels)  # the temperature was fitted for the old values: refit it
     text = "" if result.text_sharpness is None else f", text sharpness {before[2]:.4g} -> {config.text_sharpness:.4g}"
     print(f"searched on {origin} ({result.num_validation} images): validation accuracy {result.accuracy:.4f}")
     print(
         f"sharpness {before[0]:.4g} -> {config.sharpness:.4g}, residual ratio {before[1]:.4g} -> "
         f"{config.residual_ratio:.4g}{text}"
     )
+    if fitted.temperature is not None:
+        print(f"scores' temperature refitted on the same split: {fitted.temperature:.4g}")
     output = Path(args.output) if args.output else adapter_dir
     model.save_pretrained(output)
     print(f"wrote {output}")
