@@ -4,8 +4,11 @@ Part 1, the backbone stubbed (a module that returns zeros): `extract_embeddings`
 JPEG files (smooth colour fields plus noise, quality 90) at 224 px (`CLIPImageProcessor()`'s defaults: resize 224,
 centre crop 224) with ``--views`` augmented views each, for 0, 1 and 2 workers (and every core where there are more).
 Recorded per run: views per second, the ratio to 0 workers, the CPU time of the main process and of its workers (per
-view), and the 1-minute load average before and after (on a shared machine the wall time measures the other jobs
-too; the CPU time does not). A small job (``--small-items`` items) shows what starting workers costs.
+view), the cores the run got (CPU time / wall time) and the 1-minute load average before and after (on a shared
+machine the wall time measures the other jobs too; the CPU time does not. Where the kernel's scheduler autogroup is
+on, the CPU is shared between sessions, not processes: while other sessions are busy, worker processes get no more
+CPU than the main process alone would, so the speed-up shows on an idle machine only). A small job
+(``--small-items`` items) shows what starting workers costs.
 
 Part 2, real backbones: extraction with the shipped demo CLIP (32 px; ``--demo-items`` x ``--demo-views``) and with
 `xmadapter_hf.testing.vit_b_clip` (ViT-B/16 sized, random weights, 224 px; ``--vit-items`` x ``--vit-views``) on the
@@ -105,8 +108,9 @@ def stubbed(pairs, views: int, worker_counts: list[int], batch_size: int, repeat
     total = len(pairs) * views
     print(f"\n{label}: {len(pairs)} JPEGs 500x375 x {views} views at 224 px = {total} views, backbone stubbed, "
           f"best of {repeats}")  # fmt: skip
-    print("| workers | wall s | views/s | vs 0 workers | CPU main s | CPU workers s | CPU ms/view | load avg |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| workers | wall s | views/s | vs 0 workers | CPU main s | CPU workers s | CPU ms/view | cores used | "
+          "load avg |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
     calls = {
         w: lambda w=w: extract_embeddings(
             backbone, processor, pairs, augment_views=views, batch_size=batch_size, num_workers=w, show_progress=False
@@ -119,7 +123,7 @@ def stubbed(pairs, views: int, worker_counts: list[int], batch_size: int, repeat
         rate, cpu = total / run["wall"], run["cpu_main"] + run["cpu_workers"]
         load = f"{run['load'][0]:.2f} / {run['load'][1]:.2f}"
         print(f"| {workers} | {run['wall']:.2f} | {rate:.0f} | {rate / base:.2f}x | {run['cpu_main']:.2f} | "
-              f"{run['cpu_workers']:.2f} | {1e3 * cpu / total:.1f} | {load} |")  # fmt: skip
+              f"{run['cpu_workers']:.2f} | {1e3 * cpu / total:.1f} | {cpu / run['wall']:.2f} | {load} |")  # fmt: skip
 
 
 def backbone_only(backbone, processor, pairs, views: int, batch_size: int):
@@ -172,6 +176,11 @@ def main() -> None:
     print(f"python {platform.python_version()}, torch {torch.__version__}, {cores} cores available, "
           f"{torch.get_num_threads()} torch thread(s) in the main process, 1 in each worker")  # fmt: skip
     worker_counts = [0, 1, 2] + ([cores] if cores > 2 else [])
+    try:  # with autogroup, CFS shares the CPU between sessions, not processes: workers add no CPU on a busy machine
+        autogroup = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+        print(f"scheduler autogroup: {'on' if autogroup else 'off'}; load average {os.getloadavg()}")
+    except OSError:
+        pass
     with tempfile.TemporaryDirectory() as folder:
         pairs = write_jpegs(Path(folder), max(args.items, args.demo_items, args.vit_items, args.small_items))
         stubbed(pairs[: args.items], args.views, worker_counts, args.batch_size, args.repeats, "Input pipeline")

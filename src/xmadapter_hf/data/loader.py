@@ -1,9 +1,9 @@
 """The parallel input pipeline: decoding, augmentation and preprocessing in `DataLoader` worker processes.
 
 An extraction costs, per item, one decode (about 2.5 ms of CPU for a 500x375 JPEG) and per view one augmentation
-(about 3 ms) and one pass through the image processor (about 3.3 ms on the PIL path): a single process supplies on
-the order of 150 views per second (docs/benchmarks.md, "Input pipeline"), far below what a GPU embeds. So the views
-are prepared by `torch.utils.data.DataLoader` worker processes while the main process runs the backbone on the
+(about 3 ms) and one pass through the image processor (about 3.3 ms on the PIL path): a single core supplies 170-310
+views per second (docs/benchmarks.md, "Input pipeline"), far below what a GPU embeds (docs/large_caches.md). So the
+views are prepared by `torch.utils.data.DataLoader` worker processes while the main process runs the backbone on the
 batch before (the DataLoader prefetches two batches per worker; on CUDA the batches are pinned and copied
 asynchronously).
 
@@ -39,7 +39,7 @@ __all__ = [
     "resolve_num_workers",
 ]
 
-#: Below this much work, in views of 224 x 224 pixels (about 6 ms of CPU each here, so about 1.5 s in all),
+#: Below this much work, in views of 224 x 224 pixels (3-6 ms of CPU each here, so about 1-1.5 s in all),
 #: `num_workers=None` runs in the main process: starting workers (a fork each, and a first batch that nothing
 #: overlaps) costs about as much as they save on a job this small (docs/benchmarks.md). A smaller view counts for
 #: less, in proportion to its pixels, and decoding an item counts for 0.4 of a view (2.5 ms for a 500x375 JPEG).
