@@ -99,7 +99,8 @@ def batch(demo_folder, tmp_path_factory):
                  2, "--seed", 0, 1, "--output", work / "demo"],
     }  # fmt: skip
     second = {
-        "eval": ["eval", adapter, "--data", demo_folder, "--json", "--plot", work / "cm.png"],
+        # with 2 worker processes: fit's test score (a small job at 32 px: no workers by default) must not change
+        "eval": ["eval", adapter, "--data", demo_folder, "--json", "--plot", work / "cm.png", "--workers", 2],
         "predict": ["predict", adapter, image, demo_folder / "test" / "blue grid", "--json", "--top-k", 2],
         "search": ["search", adapter, "--data", demo_folder, "--output", work / "searched"],
         "export": ["export", adapter, work / "onnx", "--what", "head"],
@@ -410,3 +411,20 @@ def test_predict_and_eval_with_support_match_the_python_api(method, demo_folder,
     correct = sum(predicted == file.parent.name for predicted, file in zip(python, files))
     assert evaluation["images"] == 12 and evaluation["accuracy"] == pytest.approx(correct / 12)
     assert evaluation["method"] == method and set(evaluation["per_class"]) == set(names)
+
+
+def test_workers_option_is_the_extractions_default_for_the_command_only(demo_folder, monkeypatch):
+    from xmadapter_hf.cli import main
+    from xmadapter_hf.cli.common import CLIError
+    from xmadapter_hf.data import WORKERS_ENV
+
+    monkeypatch.delenv(WORKERS_ENV, raising=False)
+    seen = {}
+
+    def stop(*args, **kwargs):  # where the command would load the adapter and extract
+        seen["workers"] = os.environ.get(WORKERS_ENV)
+        raise CLIError("stopped here")
+
+    monkeypatch.setattr("xmadapter_hf.cli.evaluate.load_adapter", stop)
+    assert main(["eval", str(demo_folder), "--data", str(demo_folder), "--workers", "3"]) == 1
+    assert seen == {"workers": "3"} and WORKERS_ENV not in os.environ, "set for the command, restored after it"

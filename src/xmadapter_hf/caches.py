@@ -29,7 +29,7 @@ _HALF = {torch.float16: "float16", torch.bfloat16: "bfloat16", "float16": "float
 @torch.no_grad()
 def build_cache(
     model, dataset, augment_views: int, batch_size: int, seed: int, *, image_column=None, label_column=None,
-    processor=None, show_progress=True, cache_dir=None, autocast_dtype=None,
+    processor=None, show_progress=True, cache_dir=None, autocast_dtype=None, num_workers=None,
 ):  # fmt: skip
     """Implements `XMAdapterForImageClassification.build_cache` (see there)."""
     processor = processor or model.processor
@@ -42,7 +42,7 @@ def build_cache(
     extracted = extract_embeddings(
         model.clip, processor, dataset, augment_views=augment_views, seed=seed, batch_size=batch_size,
         image_column=image_column, label_column=label_column, show_progress=show_progress, cache_dir=cache_dir,
-        autocast_dtype=autocast_dtype,
+        autocast_dtype=autocast_dtype, num_workers=num_workers,
     )  # fmt: skip
     set_cache(model, extracted.embeds.mean(dim=0), extracted.labels)  # keys: the mean of the views, normalised
     model.config.augment_views, model.config.seed = augment_views, seed

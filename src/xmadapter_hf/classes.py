@@ -83,7 +83,7 @@ def _check_support_labels(labels: torch.Tensor, num_new: int) -> None:
 @torch.no_grad()
 def add_classes(
     model, class_names, dataset=None, *, embeds=None, labels=None, augment_views=None, batch_size=32,
-    image_column=None, label_column=None, processor=None, show_progress=True, text_batch_size=256,
+    image_column=None, label_column=None, processor=None, show_progress=True, text_batch_size=256, num_workers=None,
 ):  # fmt: skip
     """Implements `XMAdapterForImageClassification.add_classes` (see there)."""
     config = model.config
@@ -111,6 +111,7 @@ def add_classes(
         extracted = extract_embeddings(
             model.clip, processor or model.processor, dataset, augment_views=views, seed=config.seed or 0,
             batch_size=batch_size, image_column=image_column, label_column=label_column, show_progress=show_progress,
+            num_workers=num_workers,
         )  # fmt: skip
         embeds, labels = extracted.embeds.mean(dim=0), extracted.labels  # as `build_cache` averages the views
     if has_cache:

@@ -32,14 +32,16 @@ class AdapterCacheMixin:
         show_progress: bool = True,
         cache_dir: str | os.PathLike | None = None,
         autocast_dtype: torch.dtype | None = None,
+        num_workers: int | None = None,
     ) -> "XMAdapterForImageClassification":
         """Fills the cache from a labelled few-shot image set (`datasets.Dataset` or a torch `Dataset`).
 
         Keys average the raw embeddings of ``augment_views`` augmented views (RandomResizedCrop scale 0.5-1 +
         horizontal flip; 0 = the plain view), then normalise; labels are stored as integers. Creates (or resizes)
         the method's cache-shaped parameters and sets `config.cache_size`: build optimisers after this call.
-        ``cache_dir`` and ``autocast_dtype`` go to [`~xmadapter_hf.data.extraction.extract_embeddings`] (an on-disk
-        extraction cache that a rerun reuses without a backbone forward; mixed precision for the backbone).
+        ``cache_dir``, ``autocast_dtype`` and ``num_workers`` go to
+        [`~xmadapter_hf.data.extraction.extract_embeddings`] (the embedding store, which a rerun reads without a
+        backbone forward; mixed precision for the backbone; worker processes that prepare the images).
 
         Before any image goes through the backbone, the labels are read and checked: a `ClassLabel` column must
         name the model's `class_names` in the same order (build the model with
@@ -49,6 +51,7 @@ class AdapterCacheMixin:
         return caches.build_cache(
             self, dataset, augment_views, batch_size, seed, image_column=image_column, label_column=label_column,
             processor=processor, show_progress=show_progress, cache_dir=cache_dir, autocast_dtype=autocast_dtype,
+            num_workers=num_workers,
         )  # fmt: skip
 
     def set_cache(self, embeds: torch.Tensor, labels: torch.Tensor) -> None:
@@ -71,6 +74,7 @@ class AdapterCacheMixin:
         label_column: str | None = None,
         processor=None,
         show_progress: bool = True,
+        num_workers: int | None = None,
     ) -> "XMAdapterForImageClassification":
         """Adds classes to a built (or trained) adapter without retraining it (docs/add-classes.md).
 
@@ -86,12 +90,13 @@ class AdapterCacheMixin:
         Old classes' logits do not change for every method but the Multi-Modal Adapter (its attention runs over all
         class tokens). Everything is checked before any state changes: a name the model has, a repeated or empty
         name, an empty list, a new class without support images, support of the wrong shape. Parameters are
-        replaced: an optimiser or Trainer built before refuses its next step (build a new one).
+        replaced: an optimiser or Trainer built before refuses its next step (build a new one). ``num_workers`` goes
+        to [`~xmadapter_hf.data.extraction.extract_embeddings`] (worker processes that prepare the support images).
         """
         return classes.add_classes(
             self, class_names, dataset, embeds=embeds, labels=labels, augment_views=augment_views,
             batch_size=batch_size, image_column=image_column, label_column=label_column, processor=processor,
-            show_progress=show_progress,
+            show_progress=show_progress, num_workers=num_workers,
         )  # fmt: skip
 
     def half_cache(self, dtype: torch.dtype | str | None = None) -> "XMAdapterForImageClassification":

@@ -18,6 +18,7 @@ import os
 import sys
 import warnings
 
+from ..data import WORKERS_ENV
 from . import add_classes, demo, evaluate, export, fit, predict, push, reproduce, search
 from .common import CLIError, Command, one_line
 
@@ -119,6 +120,19 @@ def _quiet_libraries():
         hub_logger.setLevel(before[5])
 
 
+@contextlib.contextmanager
+def _environment_kept(name: str):
+    """Restores the environment variable ``name`` (which --workers sets) when the command ends."""
+    before = os.environ.get(name)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs `xmadapter` with `argv` (default: the process arguments); returns the exit status."""
     parser = build_parser()
@@ -127,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     debug = args.debug
-    # both restore what they change when the command ends
-    with warnings.catch_warnings(), _quiet_libraries():
+    # all three restore what they change when the command ends
+    with warnings.catch_warnings(), _quiet_libraries(), _environment_kept(WORKERS_ENV):
         if not debug:
             warnings.showwarning = _show_warning
             warnings.filterwarnings("ignore", category=FutureWarning)

@@ -11,7 +11,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import CLIError, Command, add_progress_argument, add_threads_argument, load_adapter, set_threads
+from .common import (
+    CLIError,
+    Command,
+    add_progress_argument,
+    add_threads_argument,
+    add_workers_argument,
+    load_adapter,
+    set_threads,
+    set_workers,
+)
 from .common import show_progress as progress_wanted
 from .data import open_support
 
@@ -23,6 +32,7 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--output", required=True, help="the directory to write the grown adapter to (new or empty)")
     add_threads_argument(parser)
+    add_workers_argument(parser)
     add_progress_argument(parser)
 
 
@@ -41,6 +51,7 @@ def run(args) -> int:
     _check_output(output, args.adapter)
     dataset, names, _ = open_support(args.support)
     set_threads(args.threads)
+    set_workers(args.workers)
     model = load_adapter(args.adapter)
     config = model.config
     before, entries = config.num_classes, config.cache_size

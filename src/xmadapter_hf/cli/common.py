@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..data import WORKERS_ENV
 from ..jsonsafe import dumps
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "add_support_argument",
     "add_threads_argument",
     "add_training_arguments",
+    "add_workers_argument",
     "default_method",
     "load_adapter",
     "method_names",
@@ -28,6 +30,7 @@ __all__ = [
     "positive_int",
     "search_scale",
     "set_threads",
+    "set_workers",
     "show_progress",
     "write_json",
 ]
@@ -124,6 +127,21 @@ def set_threads(threads: int | None) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def add_workers_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--workers", type=nonnegative_int, metavar="N", help="processes that decode, augment and preprocess the "
+        "images while the backbone embeds (0: none; default: 0 for under 256 views, else one per core; the "
+        "embeddings do not depend on it)",
+    )  # fmt: skip
+
+
+def set_workers(workers: int | None) -> None:
+    """--workers as the default of every extraction the command runs (`XMADAPTER_NUM_WORKERS`, which
+    `data.loader.resolve_num_workers` reads where no `num_workers` is given; `main` restores it after the command)."""
+    if workers is not None:
+        os.environ[WORKERS_ENV] = str(workers)
 
 
 def add_progress_argument(parser: argparse.ArgumentParser) -> None:

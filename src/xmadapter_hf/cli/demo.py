@@ -22,9 +22,11 @@ from .common import (
     add_progress_argument,
     add_threads_argument,
     add_training_arguments,
+    add_workers_argument,
     method_names,
     search_scale,
     set_threads,
+    set_workers,
     show_progress,
     write_json,
 )
@@ -54,6 +56,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-plot", action="store_true", help="no PNGs (matplotlib not needed)")
     parser.add_argument("--export-images", metavar="DIR", help="write the demo task as an image folder and exit")
     add_threads_argument(parser, default=DEMO_THREADS)
+    add_workers_argument(parser)
     add_progress_argument(parser)
 
 
@@ -117,6 +120,7 @@ def run(args) -> int:
         except ImportError as error:
             raise CLIError(f"{error} (or pass --no-plot)") from error
     set_threads(args.threads)
+    set_workers(args.workers)
     methods = args.methods or demo_methods()
     output = Path(args.output)
     total = len(args.seed) * len(args.shots) * len(methods)

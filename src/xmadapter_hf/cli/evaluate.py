@@ -16,9 +16,11 @@ from .common import (
     add_progress_argument,
     add_support_argument,
     add_threads_argument,
+    add_workers_argument,
     load_adapter,
     positive_int,
     set_threads,
+    set_workers,
 )
 from .common import show_progress as progress_wanted
 from .data import open_data, open_support, pick_split, relabel
@@ -33,6 +35,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=64, help="images per backbone forward (64)")
     add_support_argument(parser)
     add_threads_argument(parser)
+    add_workers_argument(parser)
     add_progress_argument(parser)
 
 
@@ -79,6 +82,7 @@ def run(args) -> int:
     origin = data.describe(split)
     support = open_support(args.support) if args.support else None
     set_threads(args.threads)
+    set_workers(args.workers)
     model = load_adapter(args.adapter, support, progress_wanted(args))
     dataset = relabel(dataset, model.config.class_names, origin)
     result = {"adapter": args.adapter, "method": model.config.method, "data": origin}

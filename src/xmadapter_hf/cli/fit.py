@@ -19,11 +19,13 @@ from .common import (
     add_progress_argument,
     add_threads_argument,
     add_training_arguments,
+    add_workers_argument,
     default_method,
     method_names,
     positive_int,
     search_scale,
     set_threads,
+    set_workers,
     show_progress,
     write_json,
 )
@@ -65,6 +67,7 @@ def add_arguments(parser) -> None:
         help='a prompt template with {} (repeatable; default "a photo of a {}.")',
     )  # fmt: skip
     add_threads_argument(parser)
+    add_workers_argument(parser)
     add_progress_argument(parser)
 
 
@@ -149,6 +152,7 @@ def run(args) -> int:
         test = relabel(test, names, test_origin)
 
     set_threads(args.threads)
+    set_workers(args.workers)
     backbone = args.model or demo_clip_path()
     print(
         f"data: {origin}: {len(names)} classes, {sum(counts)} images; {args.shots} shots per class, seed {args.seed}"
@@ -167,7 +171,7 @@ def run(args) -> int:
     model, report = fit(
         model, few_shot, validation, augment_views=args.augment_views, seed=args.seed, epochs=args.epochs,
         search_scale=search_scale(args), show_progress=show_progress(args),
-        search=not args.no_search,
+        search=not args.no_search, extraction_workers=args.workers,
     )  # fmt: skip
     seconds = time.perf_counter() - started
     result = {

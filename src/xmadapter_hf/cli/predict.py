@@ -23,9 +23,11 @@ from .common import (
     add_progress_argument,
     add_support_argument,
     add_threads_argument,
+    add_workers_argument,
     load_adapter,
     positive_int,
     set_threads,
+    set_workers,
     show_progress,
 )
 from .data import image_extensions, images_under, open_support
@@ -39,6 +41,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=32, help="images per forward (32)")
     add_support_argument(parser)
     add_threads_argument(parser)
+    add_workers_argument(parser)
     add_progress_argument(parser)
 
 
@@ -133,6 +136,7 @@ def run(args) -> int:
     files = image_files(args.images)
     support = open_support(args.support) if args.support else None
     set_threads(args.threads)
+    set_workers(args.workers)
     model = load_adapter(args.adapter, support, show_progress(args))
     entries = predict(model, files, args.top_k, args.batch_size)
     if args.json:

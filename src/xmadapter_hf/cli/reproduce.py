@@ -18,9 +18,11 @@ from .common import (
     add_progress_argument,
     add_threads_argument,
     add_training_arguments,
+    add_workers_argument,
     positive_int,
     search_scale,
     set_threads,
+    set_workers,
     show_progress,
 )
 
@@ -69,6 +71,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=32, help="images per backbone forward (32)")
     parser.add_argument("--no-plot", action="store_true", help="do not draw the few-shot curves")
     add_threads_argument(parser)
+    add_workers_argument(parser)
     add_progress_argument(parser)
 
 
@@ -84,6 +87,7 @@ def run(args) -> int:
     if args.templates is not None and args.templates not in list_template_sources():
         raise CLIError(f"--templates: invalid choice: {args.templates!r} (choose from {list_template_sources()})", 2)
     set_threads(args.threads)
+    set_workers(args.workers)
 
     def report(cell, rows, skipped):
         what = "done before" if skipped else f"{rows[0]['seconds']:.1f} s"
@@ -101,6 +105,7 @@ def run(args) -> int:
             meta_adapter_require_all_classes=not args.meta_adapter_allow_missing_classes,
             backbone_name=args.backbone_name, feature_dir=args.feature_dir, batch_size=args.batch_size,
             overwrite=args.overwrite, plot=not args.no_plot, on_cell=report, show_progress=show_progress(args),
+            num_workers=args.workers,
         )  # fmt: skip
     except (ReproduceError, ImportError) as error:  # ImportError: the open_clip extra (its message names it)
         raise CLIError(str(error)) from error

@@ -17,9 +17,11 @@ from .common import (
     add_progress_argument,
     add_search_arguments,
     add_threads_argument,
+    add_workers_argument,
     load_adapter,
     search_scale,
     set_threads,
+    set_workers,
 )
 from .data import open_data, pick_split, relabel, resolve_split
 from .fit import SPLIT_FILE
@@ -32,6 +34,7 @@ def add_arguments(parser) -> None:
     add_search_arguments(parser)
     parser.add_argument("--output", help="write the searched adapter here (default: update the adapter in place)")
     add_threads_argument(parser)
+    add_workers_argument(parser)
     add_progress_argument(parser)
 
 
@@ -59,6 +62,7 @@ def run(args) -> int:
     adapter_dir = Path(args.adapter)
     validation, origin = _validation(args, adapter_dir)
     set_threads(args.threads)
+    set_workers(args.workers)
     model = load_adapter(args.adapter)
     if not model.method.uses_cache:
         raise CLIError(f"method {model.config.method!r} has no cache: it has no residual ratio or sharpness to search")
@@ -68,7 +72,8 @@ def run(args) -> int:
     from ..calibration import calibrate
     from ..training.search import validation_embeddings
 
-    embeds, labels = validation_embeddings(model, validation)  # once: the search and the temperature both read them
+    # once: the search and the temperature both read them
+    embeds, labels = validation_embeddings(model, validation, num_workers=args.workers)
     result = model.search_hyperparameters(
         embeds, labels, search_scale=search_scale(args),
         search_step=tuple(args.search_step),

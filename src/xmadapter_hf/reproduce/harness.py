@@ -1,11 +1,12 @@
 """`run_protocol`: a paper's protocol in one call — extract once, fit every method, evaluate, write the report.
 
 The grid is (dataset, method, shots, seed); each point is a *cell*. Embeddings are extracted once per (backbone,
-dataset, split, augmentation) and kept on disk keyed by each image's identity ([`FeatureStore`]), so every method,
-shot count and seed reuses them: an image's augmented views are drawn from ``(augment_seed, index in the full
-split, view)`` whichever few-shot subset it is in. Each finished cell is one JSON file, written to a temporary name
-and renamed into place, so a killed run continues where it stopped (a cell that was being fitted is redone) and a
-run whose settings differ from those recorded in the output folder stops instead of mixing results.
+dataset, split, augmentation) into the embedding store (`data/store.py`), keyed by each image's identity
+([`FeatureStore`]), so every method, shot count and seed reuses them: an image's augmented views are drawn from
+``(augment_seed, index in the full split, view)`` whichever few-shot subset it is in. Each finished cell is one
+JSON file, written to a temporary name and renamed into place, so a killed run continues where it stopped (a cell
+that was being fitted is redone) and a run whose settings differ from those recorded in the output folder stops
+instead of mixing results.
 
 Only the public API is used: `XMAdapterForImageClassification.from_clip`, `fit` (on already extracted embeddings),
 `extract_embeddings` (with ``indices=``, the positions in the full split), and for Meta-Adapter's protocol
@@ -255,6 +256,7 @@ def run_protocol(
     plot: bool = True,
     on_cell: Callable[[dict, list[dict], bool], None] | None = None,
     show_progress: bool = False,
+    num_workers: int | None = None,
 ) -> ReproduceResult:
     """Runs ``protocol`` over (datasets x methods x shots x seeds) and writes CSV, JSON, Markdown and a plot.
 
@@ -280,11 +282,14 @@ def run_protocol(
             in the dataset); the meta-adapter protocol only, where they are recorded in the settings.
         backbone_name (`str`, *optional*): the backbone's name for the report and the published comparison
             (default: [`backbone_label`] of ``model``).
-        feature_dir: the embedding store (default ``output_dir/features``); share it between output folders.
+        feature_dir: the embedding store's folder (default ``output_dir/features``; `data/store.py`): share it
+            between output folders, and between processes running at once.
         backbone (`tuple`, *optional*): an already loaded ``(clip, processor)``.
         overwrite (`bool`): discard the cells of an output folder written with other settings.
         plot (`bool`): draw the few-shot curves when matplotlib is installed.
         on_cell (`Callable`, *optional*): called after each cell with ``(cell, rows, skipped)``.
+        num_workers (`int`, *optional*): worker processes that prepare the images for the backbone
+            (`extract_embeddings`' ``num_workers``; default: 0 for a small job, else one per core).
 
     Returns:
         [`ReproduceResult`]
@@ -314,6 +319,7 @@ def run_protocol(
     store = FeatureStore(
         feature_dir if feature_dir is not None else output / "features", clip, processor,
         augment_seed=augment_seed, batch_size=batch_size, autocast_dtype=autocast_dtype, show_progress=show_progress,
+        num_workers=num_workers,
     )  # fmt: skip
     from .. import __version__
 

@@ -140,6 +140,7 @@ def fit(
     training_arguments: dict | None = None,
     early_stopping_patience: int | None = None,
     keep_best_epoch: bool | None = None,
+    extraction_workers: int | None = None,
 ):
     r"""Adapts ``model`` to a few-shot task in one call (see the module docstring for the steps).
 
@@ -170,12 +171,16 @@ def fit(
             method). `False` keeps the last epoch.
         validation_labels (`torch.Tensor`, *optional*): with validation embeddings.
         extraction_batch_size (`int`, *optional*, defaults to 32): images per backbone forward.
-        cache_dir (`str` or `os.PathLike`, *optional*): on-disk extraction cache (see `extract_embeddings`).
+        cache_dir (`str` or `os.PathLike`, *optional*): the embedding store (see `extract_embeddings`): a rerun, or
+            another process at the same time, reuses what is stored there.
         autocast_dtype (`torch.dtype`, *optional*): mixed precision for the backbone forward.
         view_sampling (`str`, *optional*, defaults to `"gaussian"`): see [`EmbeddingViewsDataset`].
         show_progress (`bool`, *optional*, defaults to `True`): progress bars.
         search (`bool`, *optional*, defaults to `True`): run the validation searches. `False` keeps the config's
             residual ratio and sharpness (and lets a cache method fit without a validation split).
+        extraction_workers (`int`, *optional*): worker processes that prepare the images for the backbone
+            (`extract_embeddings`' ``num_workers``; default: 0 for a small job, else one per core). The embeddings
+            do not depend on it.
         training_arguments (`dict`, *optional*): any other `TrainingArguments` field, over the recipe's (the same
             arguments as [`recipe_arguments`]; e.g. `{"lr_scheduler_type": "linear", "max_grad_norm": 1.0}`).
 
@@ -211,6 +216,7 @@ def fit(
         raise TypeError(f"`keep_best_epoch` must be True, False or None, got {keep_best_epoch!r}.")
     check_int("seed", seed, -(2**62))
     check_int("extraction_batch_size", extraction_batch_size, 1)
+    check_int("extraction_workers", extraction_workers, 0, allow_none=True)
     check_choice("view_sampling", view_sampling, VIEW_SAMPLINGS)
     check_number("learning_rate", learning_rate, 0.0, low_open=True, allow_none=True)
     method = model.method
@@ -248,7 +254,7 @@ def fit(
     # ---- 1. extraction (the only backbone work)
     started = time.perf_counter()
     common = dict(batch_size=extraction_batch_size, cache_dir=cache_dir, autocast_dtype=autocast_dtype,
-                  show_progress=show_progress)  # fmt: skip
+                  show_progress=show_progress, num_workers=extraction_workers)  # fmt: skip
     if isinstance(train_dataset, ExtractedEmbeddings):
         views = train_dataset
         augment_views = views.embeds.shape[0]  # what was extracted, whatever `augment_views` says

@@ -173,7 +173,9 @@ def search_hyperparameters(
 
 
 # -------------------------------------------------------------------------------------------------- on a model
-def validation_embeddings(model, validation, labels=None, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+def validation_embeddings(
+    model, validation, labels=None, batch_size: int = 32, num_workers: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw embeddings `(M, C)` and labels of a validation split: an image dataset (plain view) or (embeds, labels)."""
     if isinstance(validation, torch.Tensor):
         if labels is None:
@@ -185,7 +187,13 @@ def validation_embeddings(model, validation, labels=None, batch_size: int = 32) 
     from ..data.extraction import extract_embeddings
 
     extracted = extract_embeddings(
-        model.clip, model.processor, validation, augment_views=0, batch_size=batch_size, show_progress=False
+        model.clip,
+        model.processor,
+        validation,
+        augment_views=0,
+        batch_size=batch_size,
+        show_progress=False,
+        num_workers=num_workers,
     )
     return extracted.embeds[0], extracted.labels
 
@@ -203,6 +211,7 @@ def search_on_validation(
     text_search_scale: float | None = None,
     text_search_step: int | None = None,
     batch_size: int = 32,
+    num_workers: int | None = None,
 ) -> SearchResult:
     """Grid-searches what the model's method tunes on a validation split and writes the choice into `model.config`.
 
@@ -218,6 +227,8 @@ def search_on_validation(
             range is scaled by s / 100.
         search_step (`(int, int)`, *optional*): its sizes; defaults to the dataset's or `(200, 20)`. An explicit
             argument always wins over the dataset's value.
+        batch_size, num_workers: how validation images are extracted (images per backbone forward; worker
+            processes that prepare them, see `extract_embeddings`).
     """
     if not model.method.searches():  # the method does not say what to tune
         raise ValueError(
@@ -230,7 +241,7 @@ def search_on_validation(
             "(the search scores the cache on the validation split)."
         )
     search_grid, search_scale, search_step = resolve_search_grid(search_grid, search_scale, search_step, dataset_name)
-    raw, labels = validation_embeddings(model, validation, labels, batch_size)
+    raw, labels = validation_embeddings(model, validation, labels, batch_size, num_workers)
     device = model.class_embeds.device
     space = model.method.search_space(Fn.l2_normalize(raw.to(device).float()), model.cache_state())
     labels = check_labels("labels", labels.to(device), raw.shape[0], model.config.num_classes)
