@@ -265,8 +265,8 @@ def fit(
         overrides["learning_rate"] = learning_rate
 
     with _all_or_nothing(model):
-        # ---- 2. cache: keys average the views (raw), then normalise (in set_cache)
-        model.set_cache(views.embeds.mean(dim=0), views.labels)  # (V, M, C) -> (M, C)
+        # ---- 2. cache: keys average the views (raw), then normalise; the method reads every view (set_cache)
+        model.set_cache(views.embeds, views.labels)  # (V, M, C)
         model.config.augment_views, model.config.seed = augment_views, seed
         model.eval()
         if val_embeds is not None:
