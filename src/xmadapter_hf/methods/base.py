@@ -276,14 +276,18 @@ class LogitTerm:
     Attributes:
         logits (`torch.Tensor` of shape `(M, N)`): float32 logits of the validation queries.
         weight_field (`str`): the config field holding its weight.
-        paper_grid (`tuple[float, ...]`, *optional*): the weights its paper's code searches, already multiplied by
-            ``s / 100`` for the backbone's logit scale ``s`` (the paper's were for OpenAI CLIP's 100); the search
-            uses them instead of its automatic range when asked for the papers' grids. `None`: no such grid.
+        paper_grid (`tuple[float, ...]`, *optional*): the weights its paper's code searches, increasing, already
+            multiplied by ``s / 100`` for the backbone's logit scale ``s`` (the paper's were for OpenAI CLIP's 100);
+            the search uses them instead of its automatic range when asked for the papers' grids. `None`: no such
+            grid (the automatic range always).
+        can_switch_off (`bool`, *optional*, defaults to `False`): the search also tries a weight of 0 (the term
+            off), first, so that a tie keeps the term off: for a term added beside others that may not help.
     """
 
     logits: torch.Tensor
     weight_field: str
     paper_grid: tuple[float, ...] | None = None
+    can_switch_off: bool = False
 
 
 @dataclass

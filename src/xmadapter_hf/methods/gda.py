@@ -109,12 +109,13 @@ def class_means(views: torch.Tensor, labels: torch.Tensor, num_classes: int, dty
 
 
 def _no_spread_message(views: torch.Tensor) -> str:
+    per_image = f"{views.shape[0]} view{'s' if views.shape[0] > 1 else ''} each"
     return (
-        f"GDA estimates a covariance shared by the classes from how each class's views spread around its mean, but "
-        f"these {views.shape[1]} support images ({views.shape[0]} view(s) each) have no spread: every class has a "
-        "single view (1 shot without augmented views) or identical ones. Its logits would be zero-shot CLIP's. Give "
-        "augmented views (`build_cache(..., augment_views=10)` or `fit(..., augment_views=10)`, the official code's "
-        "10; `set_cache` takes raw embeddings (V, NK, C) with every view), more shots, or use another method."
+        "GDA estimates a covariance shared by the classes from how each class's views spread around its mean, but "
+        f"these {views.shape[1]} support images ({per_image}) have no spread: every class has a single view (1 shot "
+        "without augmented views) or identical ones. Its logits would be zero-shot CLIP's. Give augmented views "
+        "(`build_cache(..., augment_views=10)` or `fit(..., augment_views=10)`, the official code's 10; `set_cache` "
+        "takes raw embeddings (V, NK, C) with every view), more shots, or use another method."
     )
 
 
