@@ -118,6 +118,21 @@ def test_accumulation_equals_one_big_batch(make_model, cache_embeds, tmp_path, m
 
 
 @pytest.mark.parametrize("method", METHODS)
+def test_searched_fields_are_the_search_space_s(make_model, cache_embeds, method):
+    """`searched_fields(config)` (what `fit(search=False)` and the CLI report as kept) names the fields the search
+    space sets."""
+    model = make_model(method, **SETTINGS)
+    space = model.method.search_space(torch.nn.functional.normalize(cache_embeds[0], dim=-1), model.cache_state())
+    declared = model.method.searched_fields(model.config)
+    if space is None:
+        assert declared == () and not model.method.searches()
+        return
+    fields = [space.residual_ratio_field] if space.terms else []
+    fields += [term.sharpness_field for term in space.terms] + [term.weight_field for term in space.logit_terms]
+    assert sorted(declared) == sorted(fields) and model.method.searches()
+
+
+@pytest.mark.parametrize("method", METHODS)
 def test_image_classification_pipeline(make_model, clip_and_processor, test_dataset, method):
     model = make_model(method, **SETTINGS)
     _, processor = clip_and_processor

@@ -10,7 +10,8 @@ method: it asks the method. The hooks, each with a default that fits a method wi
   the cross-modal disagreement the `disagreement` hard-sample criterion needs.
 - ``recipe``: the [`TrainingRecipe`] of a trainable method (`None`: training-free); ``parameter_groups(lr, wd)``:
   its optimiser groups.
-- ``search_space(image_embeds, state)``: what the validation search tunes (`None`: nothing).
+- ``search_space(image_embeds, state)``: what the validation search tunes (`None`: nothing);
+  ``searched_fields(config)``: the config fields it sets (what `fit(search=False)` leaves at their values).
 - ``logit_parts(output)``: what each term of the logits adds (zero-shot, the caches), for readouts such as
   `xmadapter predict`.
 - ``export_constants(state)`` and ``export_forward(image_embeds, state, constants)``: what `export.export_onnx`
@@ -416,6 +417,12 @@ class AdapterMethod(nn.Module):
     def search_space(self, image_embeds: torch.Tensor, state: CacheState) -> SearchSpace | None:
         """What the validation search tunes on normalised validation embeddings `(M, C)`; `None`: nothing."""
         return None
+
+    @classmethod
+    def searched_fields(cls, config) -> tuple[str, ...]:
+        """The config fields that the search space sets under ``config`` (its terms' fields), in the order the search
+        chooses them; none by default."""
+        return ()
 
     def logit_parts(self, output: MethodOutput) -> dict[str, torch.Tensor]:
         """What each named term adds to ``output.logits``: name -> `(B, N)` float32 (zero-shot CLIP by default). The

@@ -308,6 +308,10 @@ class GDA(AdapterMethod):
         zs = output.zero_shot_logits.float()
         return {"zero_shot": zs, "gaussian": output.logits.float() - zs}
 
+    @classmethod
+    def searched_fields(cls, config) -> tuple[str, ...]:
+        return ("gaussian_ratio",)
+
     def search_space(self, image_embeds: torch.Tensor, state: CacheState) -> SearchSpace:
         """``alpha`` alone: the Gaussian logits are computed once; the official grid, scaled by ``s / 100``, is the
         term's paper grid."""

@@ -48,7 +48,8 @@ class FitReport:
         zero_shot_accuracy (`float`): zero-shot CLIP.
         training_free_accuracy (`float`): after the first search, before training (Tip-Adapter for cache methods).
         accuracy (`float`): the final model.
-        search_before (`dict`), search_after (`dict`): the searched values and their validation accuracy.
+        search_before (`dict`), search_after (`dict`): the searched values (by config field) and their validation
+            accuracy.
         final_loss (`float`): mean training loss of the last epoch.
         extraction_seconds (`float`), training_seconds (`float`): wall times.
     """
@@ -92,11 +93,9 @@ class FitReport:
             )
         chosen = self.search_after or self.search_before
         if chosen:
-            text = "" if chosen["text_sharpness"] is None else f", text sharpness {chosen['text_sharpness']:.4g}"
-            lines.append(
-                f"searched on the validation split: sharpness {chosen['sharpness']:.4g}, residual ratio "
-                f"{chosen['residual_ratio']:.4g}{text}"
-            )
+            values = [f"{name.replace('_', ' ')} {value:.4g}" for name, value in chosen.items()
+                      if name != "accuracy" and value is not None]  # fmt: skip
+            lines.append(f"searched on the validation split: {', '.join(values)}")
         lines.append(f"extraction {self.extraction_seconds:.1f} s, training {self.training_seconds:.1f} s")
         return "\n".join(lines)
 
@@ -160,7 +159,8 @@ def fit(
         view_sampling (`str`, *optional*, defaults to `"gaussian"`): see [`EmbeddingViewsDataset`].
         show_progress (`bool`, *optional*, defaults to `True`): progress bars.
         search (`bool`, *optional*, defaults to `True`): run the validation searches. `False` keeps the config's
-            residual ratio and sharpness (and lets a cache method fit without a validation split).
+            values (residual ratio and sharpness; GDA's `gaussian_ratio`) and lets a cache method fit without a
+            validation split.
         training_arguments (`dict`, *optional*): any other `TrainingArguments` field, over the recipe's (the same
             arguments as [`recipe_arguments`]; e.g. `{"lr_scheduler_type": "linear", "max_grad_norm": 1.0}`).
 
@@ -203,8 +203,9 @@ def fit(
     searches = method.searches() and search
     if searches and validation_dataset is None:
         raise ValueError(
-            f"Method {model.config.method!r} searches its residual ratio and sharpness on a validation split: pass "
-            "`validation_dataset` (images, or raw embeddings with `validation_labels`), or `search=False`."
+            f"Method {model.config.method!r} chooses its searched values (a cache's residual ratio and sharpness, "
+            "a term's weight) on a validation split: pass `validation_dataset` (images, or raw embeddings with "
+            "`validation_labels`), or `search=False`."
         )
     if isinstance(validation_dataset, torch.Tensor):
         if validation_labels is None:
@@ -372,9 +373,13 @@ def _preserved_global_rng():
 
 
 def _search_summary(result) -> dict:
-    return {
-        "accuracy": float(result.accuracy),
-        "sharpness": float(result.sharpness),
-        "residual_ratio": float(result.residual_ratio),
-        "text_sharpness": None if result.text_sharpness is None else float(result.text_sharpness),
-    }
+    """The validation accuracy and the searched values: a cache's sharpness, residual ratio and text sharpness (`None`
+    without a text cache) where the space has cache terms, then any other field it searched (a logit term's weight)."""
+    summary = {"accuracy": float(result.accuracy)}
+    if result.sharpness is not None:
+        summary.update(
+            sharpness=float(result.sharpness), residual_ratio=float(result.residual_ratio),
+            text_sharpness=None if result.text_sharpness is None else float(result.text_sharpness),
+        )  # fmt: skip
+    summary.update({name: float(value) for name, value in (result.fields or {}).items() if name not in summary})
+    return summary
