@@ -10,6 +10,7 @@ code is `main_few_shots.py` of the mrflogs/ICLR24 repository (commit 560fe21); t
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -81,14 +82,13 @@ class GaussianDiscriminant:
     num_views: int
 
 
-def _normalized_rows(views: torch.Tensor, dtype: torch.dtype, device) -> list[tuple[torch.Tensor, slice]]:
-    """``(normalised views of a chunk (n, C), the chunk's rows)`` for every view and chunk of images, in ``dtype``."""
-    chunks = []
+def _normalized_rows(views: torch.Tensor, dtype: torch.dtype, device) -> Iterator[tuple[torch.Tensor, slice]]:
+    """``(normalised views of a chunk (n, C), the chunk's rows)`` for every view and chunk of images, in ``dtype``
+    (one chunk at a time: a float64 copy of every view of a large support set would double its memory)."""
     for view in views:
         for start in range(0, view.shape[0], _CHUNK):
             rows = slice(start, start + _CHUNK)
-            chunks.append((Fn.l2_normalize(view[rows].to(device=device, dtype=dtype)), rows))
-    return chunks
+            yield Fn.l2_normalize(view[rows].to(device=device, dtype=dtype)), rows
 
 
 def class_means(views: torch.Tensor, labels: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
@@ -147,8 +147,8 @@ def gaussian_discriminant(
         [`GaussianDiscriminant`].
 
     Raises:
-        ValueError: a class without images, or views without spread (1 shot and one view per image): the
-            covariance would be zero and GDA's logits zero-shot CLIP's.
+        ValueError: a class without images, or views without spread (1 shot and one view per image, or identical
+            views: ``tr(cov)`` at most `MIN_SPREAD`): the covariance would be zero and GDA's logits zero-shot CLIP's.
     """
     dtype = views.dtype if dtype is None else dtype
     labels = labels.long()
