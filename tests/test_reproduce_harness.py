@@ -25,11 +25,11 @@ from xmadapter_hf import ExtractedEmbeddings, XMAdapterForImageClassification, e
 from xmadapter_hf.cli import main
 from xmadapter_hf.reproduce import (
     base_to_novel_task,
+    cells,
     dataset_layout,
     domain_generalisation_task,
     few_shot_task,
     harmonic_mean,
-    harness,
     meta_adapter_task,
     prompt_templates,
     read_dataset,
@@ -273,8 +273,8 @@ def test_meta_adapter_protocol_fits_base_classes_then_scores_all_classes(data_ro
         scored.append(original(model, embeds))
         return scored[-1]
 
-    original = harness._logits
-    monkeypatch.setattr(harness, "_logits", logits)
+    original = cells._logits
+    monkeypatch.setattr(cells, "_logits", logits)
     output = tmp_path / "meta"
     meta = dict(protocol="meta-adapter", methods=["meta-adapter", "tip-adapter", "zero-shot"], shots=[2], seeds=[1],
                 meta_adapter_require_all_classes=False)  # fmt: skip

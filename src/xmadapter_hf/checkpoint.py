@@ -30,8 +30,8 @@ from . import backbone as bb
 from .configuration_xmadapter import XMAdapterConfig
 from .hub import resolve_file
 
-__all__ = ["load_adapter", "load_backbone", "load_processor", "read_header", "read_weights", "save_adapter",
-           "storage_dtype"]  # fmt: skip
+__all__ = ["load_adapter", "load_backbone", "load_backbone_and_processor", "load_processor", "read_header",
+           "read_weights", "save_adapter", "storage_dtype"]  # fmt: skip
 
 _HUB_KEYS = ("revision", "cache_dir", "token", "local_files_only", "force_download", "proxies", "subfolder")
 # Keyword arguments that transformers' Auto classes and pipeline pass along and that mean nothing to an adapter.
@@ -153,6 +153,31 @@ def load_processor(name_or_path: str, revision: str | None = None, **kwargs):
     from transformers import AutoProcessor
 
     return AutoProcessor.from_pretrained(name_or_path, revision=revision or "main", **kwargs)
+
+
+def load_backbone_and_processor(
+    clip_model_or_path, processor=None, *, revision: str | None = None, base_model_name_or_path: str | None = None
+):
+    """``(backbone, processor, base_model_name_or_path)`` for `from_clip`: the backbone loaded from a Hub id or local
+    path, or the given `CLIPModel` checked; the processor given, else loaded from where the backbone came from; and
+    the Hub id to record (``base_model_name_or_path``, else the path, else the backbone's `name_or_path`)."""
+    if isinstance(clip_model_or_path, (str, os.PathLike)):
+        clip_model = load_backbone(str(clip_model_or_path), revision=revision)
+        processor = processor or load_processor(str(clip_model_or_path), revision=revision)
+        base_model_name_or_path = base_model_name_or_path or str(clip_model_or_path)
+    else:
+        clip_model = clip_model_or_path
+        bb.check_backbone(clip_model)
+        base_model_name_or_path = base_model_name_or_path or getattr(clip_model, "name_or_path", None) or None
+    if processor is None:
+        if not base_model_name_or_path:
+            raise ValueError(
+                "Pass `processor=` (a CLIPProcessor): the backbone object does not say where it came from."
+            )
+        processor = load_processor(base_model_name_or_path, revision=revision)
+    if getattr(processor, "tokenizer", None) is None:
+        raise TypeError(f"`processor` must carry a tokenizer (a CLIPProcessor); got {type(processor).__name__}.")
+    return clip_model, processor, base_model_name_or_path
 
 
 # ----------------------------------------------------------------------------------------------------- loading

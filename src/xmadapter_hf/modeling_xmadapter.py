@@ -4,66 +4,29 @@ The model holds the backbone (`clip.`), the method (`method.`) and the tensors e
 embeddings, the cache, the backbone's probe embeddings); its forward normalises the image embeddings, asks the method
 for logits and adds the loss. Cache building (`caches.py`), text encoding (`prompts.py`), checkpoints
 (`checkpoint.py`), the validation search (`training/search.py`) and the Hub (`hub.py`) live in their own modules; the
-methods below that reach them are the transformers-style entry points.
+methods below that reach them are the transformers-style entry points. The methods that edit the cache and the
+classes come from a base class (`modeling_cache.py`); the checks of the constructor and of `forward` are in
+`modeling_checks.py`, the output class in `modeling_outputs.py`.
 """
-
-import dataclasses
-import os
-from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.modeling_outputs import ImageClassifierOutput
 
 from . import backbone as bb
-from . import caches, checkpoint, classes, prompts
+from . import caches, checkpoint, prompts
 from . import functional as Fn
 from .configuration_xmadapter import XMAdapterConfig
-from .methods import AdapterMethod, CacheState, MethodOutput, get_method_class, registered_methods
-from .training.losses import hard_sample_weights, weighted_cross_entropy
-from .validation import describe
+from .methods import AdapterMethod, CacheState, get_method_class
+from .modeling_cache import AdapterCacheMixin
+from .modeling_checks import check_inputs, checked_backbone, expected_adapter_shapes, own_buffers
+from .modeling_outputs import METHOD_OUTPUT_FIELDS, XMAdapterImageClassifierOutput
+from .training.losses import adapter_loss
 
 __all__ = ["XMAdapterForImageClassification", "XMAdapterImageClassifierOutput"]
 
-#: A method's output fields, which the model's output carries under the same names.
-_METHOD_OUTPUT_FIELDS = tuple(field.name for field in dataclasses.fields(MethodOutput))
 
-
-@dataclass
-class XMAdapterImageClassifierOutput(ImageClassifierOutput):
-    r"""
-    loss (`torch.FloatTensor` of shape `()`, *optional*):
-        ``sum_i(w_i * CE_i) / n_items`` when `labels` are given.
-    logits (`torch.FloatTensor` of shape `(B, N)`):
-        The method's final logits.
-    zero_shot_logits (`torch.FloatTensor` of shape `(B, N)`):
-        ``s * f W^T``, zero-shot CLIP's logits.
-    cache_logits (`torch.FloatTensor` of shape `(B, N)`, *optional*):
-        The (fused) cache term ``A L`` before the residual ratio: ``logits = zero_shot_logits + alpha *
-        cache_logits`` for the cache methods; `None` for methods without a cache.
-    image_cache_logits (`torch.FloatTensor` of shape `(B, N)`, *optional*):
-        ``A_img L``, the image cache's contribution.
-    text_cache_logits (`torch.FloatTensor` of shape `(B, N)`, *optional*):
-        ``A_txt L``, XMAdapter's text cache's contribution.
-    affinity_ratio (`torch.FloatTensor` of shape `(B,)`, *optional*):
-        XMAdapter's ``gamma`` per image (the weight of the image cache).
-    disagreement (`torch.FloatTensor` of shape `(B,)`, *optional*):
-        XMAdapter's cross-modal disagreement ``d`` (training with labels and `hard_sample_strength > 0`).
-    image_embeds (`torch.FloatTensor` of shape `(B, C)`):
-        The normalised image embeddings the adapter saw.
-    """
-
-    zero_shot_logits: torch.FloatTensor | None = None
-    cache_logits: torch.FloatTensor | None = None
-    image_cache_logits: torch.FloatTensor | None = None
-    text_cache_logits: torch.FloatTensor | None = None
-    affinity_ratio: torch.FloatTensor | None = None
-    disagreement: torch.FloatTensor | None = None
-    image_embeds: torch.FloatTensor | None = None
-
-
-class XMAdapterForImageClassification(PreTrainedModel):
+class XMAdapterForImageClassification(AdapterCacheMixin, PreTrainedModel):
     r"""A frozen `CLIPModel` (under the prefix `clip.`) with a cache-based few-shot adapter on its embeddings.
 
     Build one with [`~XMAdapterForImageClassification.from_clip`], fill its cache with
@@ -94,17 +57,7 @@ class XMAdapterForImageClassification(PreTrainedModel):
     def __init__(self, config: XMAdapterConfig, clip_model=None, processor=None):
         # Validate before building anything; if anything still fails, the caller's config is left as it was (the
         # parent constructor sets attributes on it).
-        if not config.class_names:
-            raise ValueError("`config.class_names` is empty: an adapter needs at least one class.")
-        if clip_model is None:
-            clip_model = _backbone_of(config)
-        bb.check_backbone(clip_model)
-        dim = bb.projection_dim(clip_model)
-        if config.projection_dim is not None and config.projection_dim != dim:
-            raise ValueError(
-                f"The adapter was built for a backbone of projection dim {config.projection_dim}, but the given "
-                f"backbone has projection dim {dim}."
-            )
+        clip_model, dim = checked_backbone(config, clip_model)
         before = dict(config.__dict__)
         try:
             self._build(config, clip_model, processor, dim)
@@ -117,7 +70,7 @@ class XMAdapterForImageClassification(PreTrainedModel):
         super().__init__(config)
         self.clip = clip_model
         self.processor = processor
-        for name, (shape, dtype) in _own_buffers(config, dim).items():
+        for name, (shape, dtype) in own_buffers(config, dim).items():
             self.register_buffer(name, torch.zeros(shape, dtype=dtype))
         # The adapter's initial weights are a function of `config.seed` alone, not of the global RNG state: two
         # builds with the same seed are bit-identical.
@@ -142,11 +95,7 @@ class XMAdapterForImageClassification(PreTrainedModel):
         Computed on the meta device: nothing is allocated, however large the sizes a config claims (a checkpoint's
         config is untrusted input; `from_pretrained` compares these shapes with the safetensors header first).
         """
-        shapes = {name: shape for name, (shape, _) in _own_buffers(config, dim).items()}
-        with torch.device("meta"):
-            method = get_method_class(config.method)(config, dim)
-        shapes.update({f"method.{k}": tuple(v.shape) for k, v in method.state_dict().items()})
-        return shapes
+        return expected_adapter_shapes(config, dim)
 
     # ------------------------------------------------------------------------------------------ initialisation
     def _init_weights(self, module):
@@ -241,144 +190,14 @@ class XMAdapterForImageClassification(PreTrainedModel):
             base_model_revision=revision,
             **config_overrides,
         )
-        if isinstance(clip_model_or_path, (str, os.PathLike)):
-            clip_model = checkpoint.load_backbone(str(clip_model_or_path), revision=revision)
-            processor = processor or checkpoint.load_processor(str(clip_model_or_path), revision=revision)
-            base_model_name_or_path = base_model_name_or_path or str(clip_model_or_path)
-        else:
-            clip_model = clip_model_or_path
-            bb.check_backbone(clip_model)
-            base_model_name_or_path = base_model_name_or_path or getattr(clip_model, "name_or_path", None) or None
-        if processor is None:
-            if not base_model_name_or_path:
-                raise ValueError(
-                    "Pass `processor=` (a CLIPProcessor): the backbone object does not say where it came from."
-                )
-            processor = checkpoint.load_processor(base_model_name_or_path, revision=revision)
-        if getattr(processor, "tokenizer", None) is None:
-            raise TypeError(f"`processor` must carry a tokenizer (a CLIPProcessor); got {type(processor).__name__}.")
+        clip_model, processor, base_model_name_or_path = checkpoint.load_backbone_and_processor(
+            clip_model_or_path, processor, revision=revision, base_model_name_or_path=base_model_name_or_path
+        )
         config.base_model_name_or_path = base_model_name_or_path
         model = cls(config, clip_model=clip_model, processor=processor)
         model.to(next(clip_model.parameters()).device)
         prompts.encode_class_texts(model, batch_size=text_batch_size)
         return model.eval()
-
-    def build_cache(
-        self,
-        dataset,
-        augment_views: int = 10,
-        batch_size: int = 32,
-        seed: int = 0,
-        *,
-        image_column: str | None = None,
-        label_column: str | None = None,
-        processor=None,
-        show_progress: bool = True,
-        cache_dir: str | os.PathLike | None = None,
-        autocast_dtype: torch.dtype | None = None,
-    ) -> "XMAdapterForImageClassification":
-        """Fills the cache from a labelled few-shot image set (`datasets.Dataset` or a torch `Dataset`).
-
-        Keys average the raw embeddings of ``augment_views`` augmented views (RandomResizedCrop scale 0.5-1 +
-        horizontal flip; 0 = the plain view), then normalise; labels are stored as integers. Creates (or resizes)
-        the method's cache-shaped parameters and sets `config.cache_size`: build optimisers after this call.
-        ``cache_dir`` and ``autocast_dtype`` go to [`~xmadapter_hf.data.extraction.extract_embeddings`] (an on-disk
-        extraction cache that a rerun reuses without a backbone forward; mixed precision for the backbone).
-
-        Before any image goes through the backbone, the labels are read and checked: a `ClassLabel` column must
-        name the model's `class_names` in the same order (build the model with
-        ``from_clip(clip, dataset.features["label"].names, ...)``), every label must be a class id and every class
-        must have an image.
-        """
-        return caches.build_cache(
-            self, dataset, augment_views, batch_size, seed, image_column=image_column, label_column=label_column,
-            processor=processor, show_progress=show_progress, cache_dir=cache_dir, autocast_dtype=autocast_dtype,
-        )  # fmt: skip
-
-    def set_cache(self, embeds: torch.Tensor, labels: torch.Tensor) -> None:
-        """Sets the cache from raw embeddings (NK, C) (normalised here) and integer labels (NK,).
-
-        Validates everything before changing any state; then resizes and initialises the method's cache parameters.
-        """
-        caches.set_cache(self, embeds, labels)
-
-    def add_classes(
-        self,
-        class_names: list[str],
-        dataset=None,
-        *,
-        embeds: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        augment_views: int | None = None,
-        batch_size: int = 32,
-        image_column: str | None = None,
-        label_column: str | None = None,
-        processor=None,
-        show_progress: bool = True,
-    ) -> "XMAdapterForImageClassification":
-        """Adds classes to a built (or trained) adapter without retraining it (docs/add-classes.md).
-
-        The new names are encoded with the adapter's templates and appended to ``W``, `class_names`, `id2label` and
-        `label2id`; their few-shot support images (``dataset``, whose labels 0..M-1 index ``class_names``, extracted
-        with the cache's `augment_views` and seed) or raw embeddings (``embeds`` `(M, C)` with ``labels`` `(M,)`)
-        are appended to the cache, and every cache-shaped parameter of the method grows through the method's
-        `add_classes` hook: old rows are kept bit for bit, new learned keys start from their embeddings,
-        class-agnostic weights and the searched hyperparameters are kept, a half-precision cache stays half
-        precision. `config.shots` becomes `None` when the classes no longer have equal K; `config.classes_added`
-        counts the classes added. A model without a cache takes names only.
-
-        Old classes' logits do not change for every method but the Multi-Modal Adapter (its attention runs over all
-        class tokens). Everything is checked before any state changes: a name the model has, a repeated or empty
-        name, an empty list, a new class without support images, support of the wrong shape. Parameters are
-        replaced: an optimiser or Trainer built before refuses its next step (build a new one).
-        """
-        return classes.add_classes(
-            self, class_names, dataset, embeds=embeds, labels=labels, augment_views=augment_views,
-            batch_size=batch_size, image_column=image_column, label_column=label_column, processor=processor,
-            show_progress=show_progress,
-        )  # fmt: skip
-
-    def half_cache(self, dtype: torch.dtype | str | None = None) -> "XMAdapterForImageClassification":
-        """Stores the whole cache in half precision for inference, learned keys included.
-
-        `config.cache_dtype` already stores the frozen cache ``E`` in fp16/bf16; a method's learned keys stay float32
-        parameters for training. This call casts both to ``dtype`` (default: `config.cache_dtype` if it is a half
-        type, else `float16`) and records it in `config.cache_dtype`: a 100k-class, 16-shot cache at C = 512 then takes
-        1.6 GiB per tensor instead of 3.1 GiB. The affinity maths stays float32 and chunked, so logits move by the
-        rounding of the keys only. The learned keys become frozen: training refuses to run until [`float_cache`]
-        makes them float32 parameters again (the rounding stays). `save_pretrained` then writes half-precision keys
-        and `from_pretrained` gives them back in half precision. Called before `set_cache`, the learned keys are
-        created in half precision directly, which is how an inference-only model of a very large cache is built.
-
-        Example:
-
-        ```python
-        >>> from xmadapter_hf import XMAdapterForImageClassification
-        >>> from xmadapter_hf.testing import tiny_clip, tiny_image_dataset
-        >>> clip, processor = tiny_clip()
-        >>> model = XMAdapterForImageClassification.from_clip(clip, ["cat", "dog"], processor=processor)
-        >>> _ = model.build_cache(tiny_image_dataset(num_classes=2, shots=2), augment_views=1, show_progress=False)
-        >>> model.half_cache().cache_embeds.dtype, model.method.cache_keys.dtype
-        (torch.float16, torch.float16)
-        ```
-        """
-        caches.half_cache(self, dtype)
-        return self
-
-    def float_cache(self) -> "XMAdapterForImageClassification":
-        """Undoes [`half_cache`] for the learned keys: float32 trainable parameters again (the rounding stays).
-
-        The frozen cache ``E`` keeps `config.cache_dtype`, which is a storage choice that training accepts.
-        """
-        with torch.no_grad():
-            self.method.cast_cache(torch.float32)
-        return self
-
-    def cast_adapter(self, dtype: torch.dtype) -> "XMAdapterForImageClassification":
-        """Casts the adapter's floating tensors (the method's weights and the model's buffers) to ``dtype``, leaving
-        the backbone as it is (`from_pretrained(dtype=...)` with a `clip_model=` the caller owns)."""
-        caches.cast_adapter(self, dtype)
-        return self
 
     def search_hyperparameters(self, validation, labels=None, **kwargs):
         """Chooses what the method's search space tunes (Tip-Adapter: `sharpness` and `residual_ratio`; XMAdapter also
@@ -392,60 +211,6 @@ class XMAdapterForImageClassification(PreTrainedModel):
     def embed_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Raw backbone embeddings of pixel values (no gradient reaches the frozen backbone)."""
         return bb.encode_images(self.clip, pixel_values)
-
-    def _check_inputs(self, pixel_values, image_embeds, labels, cache_index) -> None:
-        if (pixel_values is None) == (image_embeds is None):
-            raise ValueError("Pass exactly one of `pixel_values` (B, 3, H, W) and `image_embeds` (B, C).")
-        if pixel_values is not None:
-            if not isinstance(pixel_values, torch.Tensor) or not pixel_values.is_floating_point():
-                raise TypeError(f"`pixel_values` must be a floating-point tensor; got {describe(pixel_values)}.")
-            if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
-                raise ValueError(f"`pixel_values` must have shape (B, 3, H, W); got {tuple(pixel_values.shape)}.")
-            batch = pixel_values.shape[0]
-        else:
-            if not isinstance(image_embeds, torch.Tensor) or not image_embeds.is_floating_point():
-                raise TypeError(f"`image_embeds` must be a floating-point tensor; got {describe(image_embeds)}.")
-            if image_embeds.ndim != 2 or image_embeds.shape[1] != self.embed_dim:
-                raise ValueError(
-                    f"`image_embeds` must have shape (B, {self.embed_dim}); got {tuple(image_embeds.shape)}."
-                )
-            batch = image_embeds.shape[0]
-        if self.method.uses_cache and self.config.cache_size == 0:
-            raise ValueError(f"Method {self.config.method!r} needs a cache: call `model.build_cache(dataset)` first.")
-        if labels is not None:
-            if not isinstance(labels, torch.Tensor) or labels.dtype.is_floating_point or labels.shape != (batch,):
-                raise ValueError(f"`labels` must be an integer tensor of shape ({batch},); got {describe(labels)}.")
-            valid = labels[labels != -100]
-            if valid.numel() and (valid.min() < 0 or valid.max() >= self.config.num_classes):
-                raise ValueError(
-                    f"`labels` must lie in [0, {self.config.num_classes - 1}] (or be -100); "
-                    f"got values in [{int(valid.min())}, {int(valid.max())}]."
-                )
-        if cache_index is not None:
-            if not isinstance(cache_index, torch.Tensor) or cache_index.shape != (batch,):
-                raise ValueError(
-                    f"`cache_index` must be an integer tensor of shape ({batch},); got {describe(cache_index)}."
-                )
-            if cache_index.numel() and cache_index.max() >= self.config.cache_size:
-                raise ValueError(f"`cache_index` must be < cache_size ({self.config.cache_size}), or -1 for none.")
-        if self.training and labels is not None and torch.is_grad_enabled():
-            self._check_trainable()
-
-    def _check_trainable(self) -> None:
-        if not self.method.trainable:
-            trainable = [name for name in registered_methods() if get_method_class(name).trainable]
-            raise ValueError(
-                f"Method {self.config.method!r} is training-free: it has no trainable parameters. Train one of "
-                f"{', '.join(map(repr, trainable))}, or evaluate without training."
-            )
-        # `half_cache()` freezes the learned keys; `model.to(torch.bfloat16)` keeps them trainable in bf16
-        for name in self.method.cache_parameters:
-            learned = getattr(self.method, name)
-            if not learned.requires_grad:
-                raise ValueError(
-                    f"The learned cache keys are stored in {learned.dtype} for inference (`half_cache()`); call "
-                    "`model.float_cache()` before training."
-                )
 
     def forward(
         self,
@@ -466,19 +231,12 @@ class XMAdapterForImageClassification(PreTrainedModel):
                 cache (-1 if none), so the hard-sample criterion leaves its own entry out.
             kwargs: `num_items_in_batch` (passed by Trainer) normalises the loss; other keys are ignored.
         """
-        self._check_inputs(pixel_values, image_embeds, labels, cache_index)
+        check_inputs(self, pixel_values, image_embeds, labels, cache_index)
         raw = self.embed_images(pixel_values) if pixel_values is not None else image_embeds
         image = Fn.l2_normalize(raw.float())  # (B, C) float32 whatever the model's dtype: the logits are float32
         out = self.method(image, self.cache_state(), labels=labels, cache_index=cache_index)
-        loss = None
-        if labels is not None:
-            config = self.config
-            weights = hard_sample_weights(
-                out.logits, labels, config.hard_sample_strength, config.hard_sample_criterion,
-                out.disagreement, config.hard_sample_focal_power,
-            )  # fmt: skip
-            loss = weighted_cross_entropy(out.logits, labels, weights, kwargs.get("num_items_in_batch"))
-        fields = {name: getattr(out, name) for name in _METHOD_OUTPUT_FIELDS}  # the same names: a mechanical mapping
+        loss = None if labels is None else adapter_loss(out, labels, self.config, kwargs.get("num_items_in_batch"))
+        fields = {name: getattr(out, name) for name in METHOD_OUTPUT_FIELDS}  # the same names: a mechanical mapping
         output = XMAdapterImageClassifierOutput(loss=loss, image_embeds=image, **fields)
         return output if return_dict is not False else output.to_tuple()
 
@@ -557,27 +315,3 @@ class XMAdapterForImageClassification(PreTrainedModel):
             cls, pretrained_model_name_or_path, config=config, clip_model=clip_model, processor=processor,
             dtype=dtype, device_map=device_map, **kwargs,
         )  # fmt: skip
-
-
-def _own_buffers(config: XMAdapterConfig, dim: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """The model's own buffers (name -> (shape, dtype)); the method's tensors come on top."""
-    n, entries = config.num_classes, config.cache_size
-    return {
-        "class_embeds": ((n, dim), torch.float32),  # W, (N, C)
-        "cache_embeds": ((entries, dim), getattr(torch, config.cache_dtype)),  # E, (NK, C)
-        "cache_labels": ((entries,), torch.long),  # (NK,)
-        "probe_text_embed": ((dim,), torch.float32),  # backbone integrity: the text tower
-        "probe_image_embed": ((dim,), torch.float32),  # backbone integrity: the vision tower
-    }
-
-
-def _backbone_of(config: XMAdapterConfig):
-    """A randomly initialised backbone of the architecture `config.backbone_config` records (for `cls(config)`)."""
-    if config.backbone_config is None:
-        raise ValueError(
-            "This config records no backbone architecture (`backbone_config`; configs written by xmadapter-hf 0.1.0 "
-            "have none), so `XMAdapterForImageClassification(config)` cannot build one. Load the adapter with "
-            "`XMAdapterForImageClassification.from_pretrained(path)`, build one with `from_clip(...)`, or pass "
-            "`clip_model=`."
-        )
-    return bb.backbone_from_config(config.backbone_config)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["IGNORE_INDEX", "hard_sample_weights", "weighted_cross_entropy"]
+__all__ = ["IGNORE_INDEX", "adapter_loss", "hard_sample_weights", "weighted_cross_entropy"]
 
 #: Labels equal to this are ignored (and not counted), as in transformers.
 IGNORE_INDEX = -100
@@ -63,3 +63,13 @@ def weighted_cross_entropy(
     if isinstance(num_items, torch.Tensor):
         num_items = num_items.to(ce.device)
     return ce.sum() / num_items
+
+
+def adapter_loss(out, labels: torch.Tensor, config, num_items: int | torch.Tensor | None = None) -> torch.Tensor:
+    """The model's loss: [`weighted_cross_entropy`] of a method's output (its ``logits``, and its ``disagreement``
+    for the hard-sample weights) with the config's hard-sample settings."""
+    weights = hard_sample_weights(
+        out.logits, labels, config.hard_sample_strength, config.hard_sample_criterion,
+        out.disagreement, config.hard_sample_focal_power,
+    )  # fmt: skip
+    return weighted_cross_entropy(out.logits, labels, weights, num_items)

@@ -1,0 +1,290 @@
+"""The grid search over a method's [`~xmadapter_hf.methods.SearchSpace`]: a pure function of tensors,
+
+    logits(beta, alpha) = zero_shot_logits + alpha * sum_t weight_t exp(-beta_t (1 - cos_t)) L
+
+searched as Tip-Adapter does: the first cache's sharpness and the residual ratio jointly (sharpness outer, ratio
+inner, ties keep the first strict maximum), then each further cache's sharpness on its own 1-D grid (XMAdapter's text
+cache; coordinate-wise, not a 3-D grid). The cache logits ``A L`` are computed once per sharpness value with the
+library's one implementation (`methods/cache.py`) and every residual ratio is scored in one batched op; since the
+fusion is linear and each weight is per row, the other caches' halves are computed once for the whole grid.
+
+The entry points on a model and on raw tensors, which build the search space, are in `search.py`; the grids' values
+in `grids.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..methods import CacheTerm, SearchSpace
+from ..methods.cache import affinity_, class_sums
+from ..validation import check_choice, check_int, check_number, check_pair
+from .grids import SEARCH_GRIDS, linear_grid, log_grid, residual_ratio_grid, sharpness_grid
+
+__all__ = [
+    "AUTO_COARSE_STEPS",
+    "AUTO_FINE_STEPS",
+    "AUTO_RATIO_DECADES",
+    "AUTO_SHARPNESS_RANGE",
+    "SearchResult",
+    "default_chunk_size",
+    "ratio_balance",
+    "search_space_grid",
+]
+
+
+@dataclass
+class SearchResult:
+    """The values chosen by the search and the grids it searched.
+
+    Args:
+        sharpness (`float`): the chosen ``beta`` of the first cache.
+        residual_ratio (`float`): the chosen ``alpha`` (already on the backbone's logit scale).
+        text_sharpness (`float` or `None`): the chosen ``beta_txt`` of a second cache; `None` when there is none.
+        accuracy (`float`): validation accuracy in [0, 1] at the chosen values.
+        num_validation (`int`): the number of validation samples ``M`` (with a few images per class, report it).
+        sharpness_grid (`list[float]`), residual_ratio_grid (`list[float]`), text_sharpness_grid (`list[float]`):
+            the values searched.
+        grid_accuracy (`torch.Tensor` of shape `(len(sharpness_grid), len(residual_ratio_grid))`): validation
+            accuracy of every (beta, alpha) cell (at the further caches' starting sharpness).
+        text_grid_accuracy (`torch.Tensor` of shape `(len(text_sharpness_grid),)` or `None`): validation accuracy of
+            every ``beta_txt`` at the chosen (beta, alpha).
+        fields (`dict[str, float]`): the chosen values under the config fields the search space names.
+    """
+
+    sharpness: float
+    residual_ratio: float
+    text_sharpness: float | None
+    accuracy: float
+    num_validation: int
+    sharpness_grid: list[float]
+    residual_ratio_grid: list[float]
+    text_sharpness_grid: list[float] | None = None
+    grid_accuracy: torch.Tensor | None = None
+    text_grid_accuracy: torch.Tensor | None = None
+    fields: dict | None = None
+
+
+def _count_correct(zero_shot: torch.Tensor, cache: torch.Tensor, ratios: torch.Tensor, labels: torch.Tensor):
+    """Correct predictions of ``zero_shot + alpha * cache`` for every alpha at once. Returns (P,) int64."""
+    logits = zero_shot[None] + ratios[:, None, None] * cache[None]  # (P, m, N)
+    return (logits.argmax(dim=-1) == labels[None]).sum(dim=1)  # (P, m) -> (P,)
+
+
+def _first_maximum(counts: torch.Tensor) -> int:
+    """Flat index of the first maximum, i.e. the first strict improvement in row-major loop order."""
+    flat = counts.reshape(-1)
+    return int((flat == flat.max()).nonzero()[0, 0])
+
+
+def _term_logits(distance, sharpness, space: SearchSpace, buffer=None) -> torch.Tensor:
+    """``A L`` of one cache from its hoisted ``1 - cos`` (`(m, NK)`), into a reused buffer."""
+    num_classes = space.zero_shot_logits.shape[1]
+    return class_sums(affinity_(distance, sharpness, out=buffer), space.cache_labels, num_classes, space.shots)
+
+
+def _fused(parts: list[torch.Tensor], terms: list[CacheTerm], rows: slice) -> torch.Tensor:
+    """``sum_t weight_t A_t L`` of a chunk of rows (a weight of None is 1)."""
+    fused = None
+    for logits, term in zip(parts, terms):
+        weight = term.weight
+        if weight is not None:
+            logits = weight * logits if weight.shape[0] == 1 else weight[rows] * logits
+        fused = logits if fused is None else fused + logits
+    return fused
+
+
+def _grid_counts(space, labels, chunks, sharpnesses, ratios, fixed: list[float], varied: int) -> torch.Tensor:
+    """Correct counts of every (sharpness of term ``varied``, ratio) cell, the other terms at ``fixed`` values.
+
+    ``ratios`` is `(P,)` (the same residual ratios for every sharpness) or `(S, P)` (a row per sharpness value)."""
+    ratios = ratios.expand(len(sharpnesses), -1) if ratios.dim() == 1 else ratios
+    counts = torch.zeros(len(sharpnesses), ratios.shape[1], dtype=torch.long, device=labels.device)
+    for rows in chunks:
+        distances = [1.0 - term.cosines[rows] for term in space.terms]  # hoisted: only the exp depends on beta
+        buffer = torch.empty_like(distances[varied])
+        parts = [None if t == varied else _term_logits(d, fixed[t], space) for t, d in enumerate(distances)]
+        for i, sharpness in enumerate(sharpnesses):
+            parts[varied] = _term_logits(distances[varied], sharpness, space, buffer)
+            counts[i] += _count_correct(space.zero_shot_logits[rows], _fused(parts, space.terms, rows), ratios[i],
+                                        labels[rows])  # fmt: skip
+    return counts
+
+
+#: The bounds of `search_grid="auto"`: sharpness on a log grid over Tip-Adapter's whole permitted range (0, 100]
+#: (from 0.1: below it every entry weighs alike), the residual ratio over four decades around ``alpha_ref(beta)``.
+AUTO_SHARPNESS_RANGE = (0.1, 100.0)
+AUTO_RATIO_DECADES = (-2.0, 2.0)
+#: (sharpness values, residual-ratio values) of the coarse stage and values per axis of the fine stage.
+AUTO_COARSE_STEPS = (40, 32)
+AUTO_FINE_STEPS = 11
+#: Rows the balance `alpha_ref` is measured on (the first rows of the validation split).
+_BALANCE_ROWS = 512
+
+
+def ratio_balance(space: SearchSpace, sharpnesses, fixed: list[float], varied: int = 0) -> torch.Tensor:
+    """``alpha_ref(beta)`` for each sharpness value, `(S,)`: the residual ratio at which the fused cache logits spread
+    across classes as much as the zero-shot logits do,
+
+        alpha_ref(beta) = mean_rows std_classes(zero_shot) / mean_rows std_classes(sum_t weight_t A_t L),
+
+    measured on the first 512 validation rows. It carries the backbone's logit scale (in the zero-shot logits) and
+    the spread of the cache cosines (in ``A``), so the searched ratios follow both; labels are not used."""
+    rows = slice(0, min(_BALANCE_ROWS, space.zero_shot_logits.shape[0]))
+    distances = [1.0 - term.cosines[rows] for term in space.terms]
+    parts = [None if t == varied else _term_logits(d, fixed[t], space) for t, d in enumerate(distances)]
+    target = space.zero_shot_logits[rows].std(dim=1).mean()
+    balance = []
+    for sharpness in sharpnesses:
+        parts[varied] = _term_logits(distances[varied].clone(), sharpness, space)
+        spread = _fused(parts, space.terms, rows).std(dim=1).mean()
+        balance.append(float(target / spread) if spread > 0 and torch.isfinite(spread) else float("nan"))
+    values = torch.tensor(balance, dtype=torch.float64)
+    finite = values[torch.isfinite(values)]
+    fallback = float(finite.max()) if finite.numel() else 1.0  # a cache without spread: the widest balance found
+    return torch.where(torch.isfinite(values), values, torch.full_like(values, fallback))
+
+
+def _auto_search(space, labels, chunks, fixed, coarse_steps, fine_steps):
+    """Coarse-to-fine search of (sharpness of the first term, residual ratio): returns ((count, beta, alpha) of the
+    first maximum, the coarse betas, the coarse ratios `(S, P)`, the coarse counts) (coarse maxima win ties with the
+    fine stage: it is searched second and only strict improvements move the choice)."""
+    betas = log_grid(*AUTO_SHARPNESS_RANGE, coarse_steps[0])
+    balance = ratio_balance(space, betas, fixed)  # (S,)
+    factors = torch.tensor(log_grid(10 ** AUTO_RATIO_DECADES[0], 10 ** AUTO_RATIO_DECADES[1], coarse_steps[1]),
+                           dtype=torch.float64)  # fmt: skip
+    ratios = (balance[:, None] * factors[None]).float().to(labels.device)  # (S, P)
+    counts = _grid_counts(space, labels, chunks, betas, ratios, fixed, varied=0)
+    best_i, best_k = divmod(_first_maximum(counts), ratios.shape[1])
+    best = (int(counts[best_i, best_k]), betas[best_i], float(ratios[best_i, best_k]))
+    # fine stage: one coarse step either side of the choice on both axes, log-spaced
+    beta_step = (AUTO_SHARPNESS_RANGE[1] / AUTO_SHARPNESS_RANGE[0]) ** (1 / max(1, coarse_steps[0] - 1))
+    ratio_step = float(factors[1] / factors[0]) if coarse_steps[1] > 1 else 10.0
+    fine_betas = [b for b in log_grid(best[1] / beta_step, best[1] * beta_step, fine_steps) if b <= 100.0]
+    fine_ratios = torch.tensor(log_grid(best[2] / ratio_step, best[2] * ratio_step, fine_steps), device=labels.device)
+    fine = _grid_counts(space, labels, chunks, fine_betas, fine_ratios, fixed, varied=0)
+    fine_i, fine_k = divmod(_first_maximum(fine), fine_ratios.numel())
+    if int(fine[fine_i, fine_k]) > best[0]:
+        best = (int(fine[fine_i, fine_k]), fine_betas[fine_i], float(fine_ratios[fine_k]))
+    return best, betas, ratios, counts
+
+
+def _auto_text_search(space, labels, chunks, fixed, term, ratio, coarse_steps, fine_steps):
+    """Coarse-to-fine 1-D search of a further term's sharpness at the chosen ratio: (count, beta_txt, grid, counts)."""
+    ratio_tensor = torch.tensor([ratio], device=labels.device)
+    betas = log_grid(*AUTO_SHARPNESS_RANGE, coarse_steps)
+    counts = _grid_counts(space, labels, chunks, betas, ratio_tensor, fixed, term)[:, 0]
+    best_j = _first_maximum(counts)
+    best = (int(counts[best_j]), betas[best_j])
+    step = (AUTO_SHARPNESS_RANGE[1] / AUTO_SHARPNESS_RANGE[0]) ** (1 / max(1, coarse_steps - 1))
+    fine_betas = [b for b in log_grid(best[1] / step, best[1] * step, fine_steps) if b <= 100.0]
+    fine = _grid_counts(space, labels, chunks, fine_betas, ratio_tensor, fixed, term)[:, 0]
+    fine_j = _first_maximum(fine)
+    if int(fine[fine_j]) > best[0]:
+        best = (int(fine[fine_j]), fine_betas[fine_j])
+    return best, betas, counts
+
+
+def default_chunk_size(num_rows: int, num_entries: int, num_classes: int, num_ratios: int) -> int:
+    """Validation rows per chunk so that the search's working tensors stay near 256 MiB: about ``rows * (2 NK +
+    P N)`` float32 values (the hoisted distances and their affinities, the scores of every ratio)."""
+    per_row = 4 * (2 * num_entries + num_ratios * num_classes + num_classes)
+    return max(1, min(num_rows, (256 << 20) // max(1, per_row)))
+
+
+@torch.no_grad()  # a learned gamma or keys may come with gradients attached; the search never needs them
+def search_space_grid(
+    space: SearchSpace,
+    labels: torch.Tensor,
+    logit_scale: float,
+    *,
+    search_grid: str = "tip-adapter-grid",
+    search_scale: Sequence[float] = (7.0, 3.0),
+    search_step: Sequence[int] = (200, 20),
+    start: float = 0.1,
+    text_search_scale: float | None = None,
+    text_search_step: int | None = None,
+    starting_sharpness: Sequence[float] | None = None,
+    chunk_size: int | None = None,
+) -> SearchResult:
+    """The grid search over a [`~xmadapter_hf.methods.SearchSpace`] (see the module docstring).
+
+    ``search_grid="tip-adapter-grid"``: Tip-Adapter's linear grids, the first term's sharpness over ``search_step[0]``
+    values below ``search_scale[0]`` with the residual ratio (``search_step[1]`` values below ``search_scale[1]``,
+    scaled by ``logit_scale / 100``), the further terms held at ``starting_sharpness``; then each further term's
+    sharpness on its own grid (``text_search_scale``/``_step``, defaulting to the first term's).
+
+    ``search_grid="auto"``: backbone-adaptive and coarse-to-fine (docs/methods.md): sharpness on a log grid over
+    [0.1, 100] (`AUTO_COARSE_STEPS[0]` values), the residual ratio on a log grid over ``alpha_ref(beta) * [1e-2,
+    1e2]`` ([`ratio_balance`]; `AUTO_COARSE_STEPS[1]` values), then a finer grid one coarse step around the choice;
+    each further term's sharpness likewise in 1-D. ``search_scale`` and ``search_step`` are not used.
+    ``chunk_size`` bounds the rows processed at once (default: [`default_chunk_size`])."""
+    logit_scale = check_number("logit_scale", logit_scale, 0.0, low_open=True)
+    check_choice("search_grid", search_grid, SEARCH_GRIDS)
+    further = len(space.terms) - 1
+    fixed = [0.0, *(starting_sharpness or [1.0] * further)]
+    num_rows, device = labels.shape[0], labels.device
+    if search_grid == "tip-adapter-grid":
+        (beta_max, alpha_max), (beta_steps, alpha_steps) = (
+            check_pair("search_scale", search_scale, "sharpness, residual_ratio"),
+            check_pair("search_step", search_step, "sharpness, residual_ratio"),
+        )
+    if chunk_size is None:
+        num_ratios = AUTO_COARSE_STEPS[1] if search_grid == "auto" else alpha_steps
+        size = default_chunk_size(num_rows, space.terms[0].cosines.shape[1], space.zero_shot_logits.shape[1],
+                                  num_ratios)  # fmt: skip
+    else:
+        size = check_int("chunk_size", chunk_size, 1)
+    chunks = [slice(i, min(i + size, num_rows)) for i in range(0, num_rows, size)]
+
+    if search_grid == "auto":
+        (count, beta, alpha), sharpnesses, ratios, counts = _auto_search(
+            space, labels, chunks, fixed, AUTO_COARSE_STEPS, AUTO_FINE_STEPS
+        )
+        fixed[0] = beta
+        result = SearchResult(
+            sharpness=beta, residual_ratio=alpha, text_sharpness=None, accuracy=count / num_rows,
+            num_validation=num_rows, sharpness_grid=sharpnesses, residual_ratio_grid=ratios.cpu().tolist(),
+            grid_accuracy=counts.cpu().float() / num_rows,
+        )  # fmt: skip
+        for term in range(1, further + 1):
+            (count, text_beta), text_grid, text_counts = _auto_text_search(
+                space, labels, chunks, fixed, term, alpha, AUTO_COARSE_STEPS[0], AUTO_FINE_STEPS
+            )
+            fixed[term] = text_beta
+            result.accuracy = count / num_rows
+            result.text_sharpness, result.text_sharpness_grid = text_beta, text_grid
+            result.text_grid_accuracy = text_counts.cpu().float() / num_rows
+        result.fields = {space.residual_ratio_field: result.residual_ratio}
+        result.fields.update({term.sharpness_field: value for term, value in zip(space.terms, fixed)})
+        return result
+
+    sharpnesses = sharpness_grid(beta_max, beta_steps, start)
+    alphas = residual_ratio_grid(alpha_max, alpha_steps, logit_scale, start)
+    if further:
+        text_scale = beta_max if text_search_scale is None else text_search_scale
+        text_steps = beta_steps if text_search_step is None else text_search_step
+        text_sharpnesses = linear_grid(text_scale, text_steps, start, "text_search_scale", "text_search_step")
+    ratios = torch.tensor(alphas, dtype=torch.float32, device=device)
+
+    counts = _grid_counts(space, labels, chunks, sharpnesses, ratios, fixed, varied=0)
+    best_i, best_k = divmod(_first_maximum(counts), len(alphas))
+    fixed[0] = sharpnesses[best_i]
+    result = SearchResult(
+        sharpness=sharpnesses[best_i], residual_ratio=alphas[best_k], text_sharpness=None,
+        accuracy=int(counts[best_i, best_k]) / num_rows, num_validation=num_rows, sharpness_grid=sharpnesses,
+        residual_ratio_grid=alphas, grid_accuracy=counts.cpu().float() / num_rows,
+    )  # fmt: skip
+    for term in range(1, further + 1):
+        text_counts = _grid_counts(space, labels, chunks, text_sharpnesses, ratios[best_k : best_k + 1], fixed, term)
+        best_j = _first_maximum(text_counts)
+        fixed[term] = text_sharpnesses[best_j]
+        result.accuracy = int(text_counts[best_j, 0]) / num_rows
+        result.text_sharpness, result.text_sharpness_grid = text_sharpnesses[best_j], text_sharpnesses
+        result.text_grid_accuracy = text_counts[:, 0].cpu().float() / num_rows
+    result.fields = {space.residual_ratio_field: result.residual_ratio}
+    result.fields.update({term.sharpness_field: value for term, value in zip(space.terms, fixed)})
+    return result
