@@ -13,8 +13,10 @@ from conftest import CLASS_NAMES
 
 from xmadapter_hf import XMAdapterForImageClassification
 from xmadapter_hf.data.extraction import extract_embeddings
+from xmadapter_hf.methods import LogitTerm, SearchSpace
 from xmadapter_hf.methods.gda import OFFICIAL_ALPHA_GRID, gaussian_discriminant
 from xmadapter_hf.testing import tiny_image_dataset
+from xmadapter_hf.training.grid_search import AUTO_WEIGHT_STEPS, logit_term_grid, search_space_grid, weight_balance
 
 NEW = ["purple grape", "white cloud", "black night"]
 
@@ -74,13 +76,22 @@ def _epochs(support, labels):
 
 @pytest.mark.parametrize("shots", [(4, 4, 4, 4, 4), (1, 3, 2, 5, 1)], ids=["balanced", "unequal"])
 @pytest.mark.parametrize("dim", [16, 64], ids=["n>d", "n<d"])
-def test_the_closed_form_equals_the_official_computation_in_float64(shots, dim):
+def test_the_closed_form_and_alpha_equal_the_official_computation_in_float64(shots, dim):
     support, labels, weights, (val, val_labels), (test, _) = _task(shots=shots, dim=dim)
-    W, b, _, _ = _official(*_epochs(support, labels), weights.t(), val, val_labels, test, torch.float64)
+    W, b, alpha, test_logits = _official(*_epochs(support, labels), weights.t(), val, val_labels, test, torch.float64)
     ours = gaussian_discriminant(support, labels, len(shots))
     assert ours.weight.dtype == torch.float64 and ours.num_views == support.shape[0] * len(labels)
     torch.testing.assert_close(val @ ours.weight.t() + ours.bias, val @ W + b, rtol=1e-6, atol=0)
     torch.testing.assert_close(ours.weight, W.t(), rtol=1e-6, atol=1e-9)
+    # the library's search over the official grid (s = 100: the grid as written) chooses the official alpha
+    space = SearchSpace(100.0 * val @ weights.t(), labels, [], logit_terms=[
+        LogitTerm(val @ ours.weight.t() + ours.bias, "gaussian_ratio", OFFICIAL_ALPHA_GRID)])  # fmt: skip
+    result = search_space_grid(space, val_labels, 100.0, search_grid="paper", starting_weights=[1.0])
+    assert result.fields == {"gaussian_ratio": alpha} and result.weight_grids["gaussian_ratio"] == [
+        *OFFICIAL_ALPHA_GRID
+    ]
+    ours_test = 100.0 * test @ weights.t() + alpha * (test @ ours.weight.t() + ours.bias)
+    assert torch.equal(ours_test.argmax(-1), test_logits.argmax(-1))
 
 
 def test_the_model_equals_the_official_logits_in_float32(clip_and_processor):
@@ -98,7 +109,10 @@ def test_the_model_equals_the_official_logits_in_float32(clip_and_processor):
     W, b, alpha, test_logits = _official(*_epochs(support, labels), weights.t(), val, val_labels, test, torch.float32)
     with torch.no_grad():
         torch.testing.assert_close(model.method.gaussian_logits(test), test @ W + b, rtol=1e-4, atol=0)
-        model.config.gaussian_ratio = alpha
+    result = model.search_hyperparameters(val, val_labels, search_grid="paper")  # the official grid at s = 100
+    assert model.config.gaussian_ratio == alpha and result.weight_grids["gaussian_ratio"] == [*OFFICIAL_ALPHA_GRID]
+    assert model.config.search_result["search_grid"] == "paper" and "search_scale" not in model.config.search_result
+    with torch.no_grad():
         out = model(image_embeds=test)
     torch.testing.assert_close(out.logits, test_logits, rtol=1e-4, atol=1e-3)
     assert torch.equal(out.logits.argmax(-1), test_logits.argmax(-1))
@@ -211,8 +225,12 @@ def test_other_classes_forget_the_statistics_and_build_cache_estimates_them_agai
         assert torch.equal(getattr(other.method, name), getattr(fresh.method, name)), name
 
 
-def test_statistics_keep_their_float32_values_in_a_bf16_model(make_model, cache_embeds):
-    model = make_model("gda")
+def test_statistics_keep_their_float32_values_in_a_bf16_model(clip_and_processor, cache_embeds):
+    clip, processor = clip_and_processor
+    model = XMAdapterForImageClassification.from_clip(  # a backbone of its own: the cast must not reach the shared one
+        copy.deepcopy(clip), CLASS_NAMES, processor=processor, method="gda"
+    )
+    model.set_cache(*cache_embeds)
     before = {k: v.clone() for k, v in model.method.state_dict().items()}
     model.to(torch.bfloat16)
     assert model.class_embeds.dtype == torch.bfloat16
@@ -226,3 +244,54 @@ def test_the_official_grid_is_the_paper_grid_on_the_backbone_s_scale(make_model,
     scale = model.logit_scale / 100.0
     assert space.logit_terms[0].paper_grid == pytest.approx([a * scale for a in OFFICIAL_ALPHA_GRID])
     assert OFFICIAL_ALPHA_GRID == (0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 100.0)
+
+
+def test_the_automatic_weight_grid_follows_the_balance_and_a_switchable_term_may_be_off():
+    """`search_grid="auto"`: the weight on a log grid around the weight at which the term's logits spread across
+    classes as the zero-shot logits do; the search picks the first best weight on validation; a term that may be
+    switched off tries 0 first, so that a term that only hurts is left out."""
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(4).repeat(10)
+    zero_shot = 5.0 * torch.randn(40, 4, generator=gen)
+    helpful = 0.01 * F.one_hot(labels, 4).float() + 0.001 * torch.randn(40, 4, generator=gen)
+    space = SearchSpace(zero_shot, labels, [], logit_terms=[LogitTerm(helpful, "gaussian_ratio")])
+    reference = float(zero_shot.std(dim=1).mean() / helpful.std(dim=1).mean())
+    assert weight_balance(space, space.logit_terms[0]) == pytest.approx(reference)
+    grid = logit_term_grid(space, space.logit_terms[0], "auto")
+    assert len(grid) == AUTO_WEIGHT_STEPS and grid[0] == pytest.approx(reference / 100) and grid[-1] == pytest.approx(
+        reference * 1000)  # fmt: skip
+    result = search_space_grid(space, labels, 100.0, search_grid="auto")
+    logits = zero_shot[None] + torch.tensor(grid)[:, None, None] * helpful[None]
+    correct = (logits.argmax(-1) == labels).sum(-1)
+    assert result.fields["gaussian_ratio"] == grid[int((correct == correct.max()).nonzero()[0])]
+    assert result.accuracy == float(correct.max()) / 40 == 1.0
+    harmful = -helpful  # it ranks the right class last
+    space = SearchSpace(zero_shot, labels, [], logit_terms=[LogitTerm(harmful, "w", can_switch_off=True)])
+    result = search_space_grid(space, labels, 100.0, search_grid="auto", starting_weights=[3.0])
+    assert result.fields == {"w": 0.0} and result.weight_grids["w"][0] == 0.0
+    assert result.accuracy == float((zero_shot.argmax(-1) == labels).float().mean())
+
+
+def test_a_logit_term_beside_a_cache_is_searched_after_it():
+    """A space with a cache and a logit term (as XMAdapter could hold one beside its caches): the cache's (beta,
+    alpha) are searched with the term at its starting weight, then the term's weight with the cache at its choice."""
+    from xmadapter_hf.methods import CacheTerm
+    from xmadapter_hf.methods.cache import affinity_, class_sums
+
+    gen = torch.Generator().manual_seed(1)
+    labels, cache_labels = torch.arange(3).repeat(8), torch.arange(3).repeat_interleave(2)
+    zero_shot, cosines = torch.randn(24, 3, generator=gen), torch.rand(24, 6, generator=gen)
+    extra = torch.randn(24, 3, generator=gen) + 2.0 * F.one_hot(labels, 3)
+    term = LogitTerm(extra, "gaussian_ratio", paper_grid=(0.1, 1.0, 10.0))
+    space = SearchSpace(zero_shot, cache_labels, [CacheTerm(cosines, "sharpness")], logit_terms=[term])
+    kwargs = dict(search_grid="paper", search_scale=(5.0, 3.0), search_step=(5, 4))
+    result = search_space_grid(space, labels, 100.0, starting_weights=[0.5], **kwargs)
+    alone = search_space_grid(SearchSpace(zero_shot + 0.5 * extra, cache_labels, [CacheTerm(cosines, "sharpness")]),
+                              labels, 100.0, **kwargs)  # fmt: skip
+    assert (result.sharpness, result.residual_ratio) == (alone.sharpness, alone.residual_ratio)
+    cache = class_sums(affinity_(1.0 - cosines, alone.sharpness), cache_labels, 3, None)
+    base = zero_shot + alone.residual_ratio * cache
+    correct = [int(((base + w * extra).argmax(-1) == labels).sum()) for w in (0.1, 1.0, 10.0)]
+    assert result.fields["gaussian_ratio"] == (0.1, 1.0, 10.0)[correct.index(max(correct))]
+    assert result.accuracy == max(correct) / 24
+    assert set(result.fields) == {"residual_ratio", "sharpness", "gaussian_ratio"}

@@ -203,6 +203,7 @@ class MethodOutput(ModelOutput):
     text_cache_logits: torch.Tensor | None = None
     affinity_ratio: torch.Tensor | None = None
     disagreement: torch.Tensor | None = None
+    gaussian_logits: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)

@@ -300,13 +300,14 @@ class GDA(AdapterMethod):
 
     def forward(self, image_embeds, state: CacheState, labels=None, cache_index=None) -> MethodOutput:
         zs = Fn.zero_shot_logits(image_embeds, state.class_embeds, state.logit_scale)  # (B, N)
-        logits = zs + self.config.gaussian_ratio * self.gaussian_logits(image_embeds)
-        return MethodOutput(logits=logits, zero_shot_logits=zs)
+        gaussian = self.gaussian_logits(image_embeds)  # (B, N)
+        logits = zs + self.config.gaussian_ratio * gaussian
+        return MethodOutput(logits=logits, zero_shot_logits=zs, gaussian_logits=gaussian)
 
     def logit_parts(self, output: MethodOutput) -> dict[str, torch.Tensor]:
         """Zero-shot and ``alpha (f W_g^T + b)`` (the Gaussian discriminant)."""
-        zs = output.zero_shot_logits.float()
-        return {"zero_shot": zs, "gaussian": output.logits.float() - zs}
+        alpha = self.config.gaussian_ratio
+        return {"zero_shot": output.zero_shot_logits.float(), "gaussian": alpha * output.gaussian_logits.float()}
 
     @classmethod
     def searched_fields(cls, config) -> tuple[str, ...]:
