@@ -133,6 +133,7 @@ def test_fit_writes_the_adapter_its_split_and_a_report_naming_each_split(batch, 
     assert report["test"]["accuracy"] > report["test"]["zero_shot_accuracy"]  # measured 0.52 vs 0.44
     config = json.loads((output / "config.json").read_text())
     assert config["class_names"] == list(DEMO_CLASSES) and config["shots"] == 4
+    assert config["temperature"] > 0 and report["fit"]["temperature"] == config["temperature"]  # fitted on validation
 
 
 def test_eval_predict_search_export_on_the_fitted_adapter(batch, demo_folder):
@@ -151,8 +152,11 @@ def test_eval_predict_search_export_on_the_fitted_adapter(batch, demo_folder):
     assert len(predictions) == 1 + 25 and predictions[0]["image"] == str(
         demo_folder / "test" / "red zigzag" / "000.png"
     )
+    temperature = json.loads((adapter / "config.json").read_text())["temperature"]
     for entry in predictions:
         assert len(entry["predictions"]) == 2 and 0 < entry["affinity_ratio"] < 1
+        assert entry["temperature"] == temperature and sum(p["score"] for p in entry["predictions"]) <= 1 + 1e-6
+        assert entry["predictions"][0]["logit"] >= entry["predictions"][1]["logit"]  # ranked by logit
         for p in entry["predictions"]:  # XMAdapter's logit is zero-shot + image cache + text cache, nothing else
             assert set(p["parts"]) == {"zero_shot", "image_cache", "text_cache"}
             assert sum(p["parts"].values()) == pytest.approx(p["logit"], abs=1e-4)
@@ -161,6 +165,7 @@ def test_eval_predict_search_export_on_the_fitted_adapter(batch, demo_folder):
     assert "searched on the validation split of the image folder" in searched and "residual ratio" in searched
     config = json.loads((work / "searched" / "config.json").read_text())
     assert config["search_result"]["split"] == "validation" and config["search_result"]["num_validation"] == 256
+    assert config["temperature"] > 0 and "scores' temperature refitted on the same split" in searched
 
     assert "head:" in _ok(results["export"]) and (work / "onnx" / "head.onnx").is_file()
 
@@ -267,6 +272,10 @@ def test_reduced_demo_shows_the_prior_and_the_gain_for_every_seed(batch):
         zero_shot = accuracy["zero-shot", 16]
         assert zero_shot > 2 * chance
         assert max(accuracy["tip-adapter-f", 16], accuracy["xmadapter", 16]) >= zero_shot + 0.10, (seed, accuracy)
+    assert "test split calibration, expected calibration error (15 bins) and NLL" in stdout
+    for row in rows:  # the temperature fitted on validation never makes the test split's calibration worse
+        assert row["temperature"] > 0 and row["ece_after"] <= row["ece_before"], row
+        assert row["zero_shot_ece_after"] <= row["zero_shot_ece_before"], row
     for name in ("few_shot_curve.png", "affinity_ratio.png", "table.md"):
         assert (output / name).stat().st_size > 100
 

@@ -53,6 +53,7 @@ def test_a_010_adapter_loads_with_the_same_logits_and_a_warning(reference, name,
     warned = [r.getMessage() for r in caplog.records if "probe_image_embed" in r.getMessage()]
     assert warned and "0.1.0" in warned[0], "a missing integrity field must be reported"
     assert model.config.method == name.removesuffix("-half")
+    assert model.config.temperature is None  # written before the scores' temperature: raw softmax, same logits
     with torch.no_grad():
         on_embeds = model(image_embeds=reference["image_embeds"]).logits
         on_pixels = model(pixel_values=reference["pixel_values"]).logits
@@ -95,6 +96,7 @@ def test_a_020_adapter_loads_with_the_same_logits(reference_020, name, monkeypat
     monkeypatch.chdir(ROOT)  # the configs name their backbone by its path from the repository root
     model = XMAdapterForImageClassification.from_pretrained(FIXTURES_020 / name)
     assert model.config.method == name.removesuffix("-half")
+    assert model.config.temperature is None
     with torch.no_grad():
         on_embeds = model(image_embeds=reference_020["image_embeds"]).logits
         on_pixels = model(pixel_values=reference_020["pixel_values"]).logits

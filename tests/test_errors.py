@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from conftest import CLASS_NAMES  # noqa: E402
 
 from xmadapter_hf import METHODS, XMAdapterConfig, XMAdapterForImageClassification  # noqa: E402
+from xmadapter_hf.calibration import calibrate  # noqa: E402
 from xmadapter_hf.data.extraction import extract_embeddings  # noqa: E402
 from xmadapter_hf.data.splits import sample_few_shot  # noqa: E402
 from xmadapter_hf.methods import base as method_base  # noqa: E402
@@ -242,6 +243,9 @@ CASES = [
     Case("negative-sharpness", "config", "negative sharpness", ValueError, _config(sharpness=-2.0)),
     Case("sharpness-above-100", "config", "sharpness above 100 (exp underflows)", ValueError,
          _config(text_sharpness=150.0)),
+    Case("zero-temperature", "config", "a scores' temperature of 0", ValueError, _config(temperature=0.0)),
+    Case("calibrate-labels-out-of-range", "config", "calibrate() with a label outside the classes", ValueError,
+         lambda ctx: calibrate(ctx.model, ctx.raw, torch.full((len(ctx.labels),), 4))),
     Case("template-without-braces", "config", "a prompt template without {}", ValueError,
          _config(prompt_templates=["a photo of a cat"])),
     Case("duplicate-class-names", "config", "duplicate class names", ValueError,

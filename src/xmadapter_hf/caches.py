@@ -64,6 +64,7 @@ def set_cache(model, embeds: torch.Tensor, labels: torch.Tensor) -> None:
     model.cache_embeds = keys
     model.cache_labels = labels.to(device)
     model.probe_image_embed.zero_()  # the keys come from the backbone in use: `vision_fingerprint` takes its own
+    model.config.temperature = None  # fitted for the old cache, whose logits' scale (e.g. K entries a class) differs
     record_cache(model)
     model.method.resize_cache(keys.shape[0])
     model.method.to(device)

@@ -160,6 +160,7 @@ def replace_classes(model, class_names, text_batch_size: int = 256):
     caches.record_cache(model)
     config.classes_added = 0
     config.evaluation = None  # the metrics were of the other classes
+    config.temperature = None  # and so was the temperature's fit (a cache of the new classes will replace the old)
     model.method.resize_cache(0)
     return model
 

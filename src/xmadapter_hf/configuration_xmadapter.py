@@ -176,6 +176,12 @@ class XMAdapterConfig(PreTrainedConfig):
             What the last validation search chose and measured (values, grid, validation size, accuracy).
         evaluation (`dict`, *optional*):
             Metrics of the last evaluation, shown on the model card.
+        temperature (`float`, *optional*):
+            `T` of the scores `softmax(logits / T)` that `xmadapter predict` and `XMAdapterImageClassificationPipeline`
+            show; fitted by `fit` on the validation split after its final search (`xmadapter_hf.calibration`).
+            `None` = not fitted: `T = 1`, the raw softmax, which saturates at 100 %/0 % for searched residual ratios.
+            It never changes the logits, their argmax or training. `set_cache` resets it (it was fitted for another
+            cache); `add_classes` keeps it (the logits' scale is unchanged).
         base_model_name_or_path (`str`, *optional*), base_model_revision (`str`, *optional*):
             The backbone to load (a Hub id or a local path) and its revision (a commit sha pins it).
         projection_dim (`int`, *optional*):
@@ -218,6 +224,7 @@ class XMAdapterConfig(PreTrainedConfig):
     seed: int | None = None
     search_result: dict | None = None
     evaluation: dict | None = None
+    temperature: int | float | None = validated_field(_positive("temperature"), default=None)
     base_model_name_or_path: str | None = None
     base_model_revision: str | None = None
     projection_dim: int | None = validated_field(at_least("projection_dim", 1), default=None)

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..jsonsafe import dumps
+
 __all__ = [
     "CLIError",
     "Command",
@@ -135,9 +137,10 @@ def show_progress(args: argparse.Namespace) -> bool:
 
 
 def write_json(path: str | os.PathLike, payload) -> Path:
+    """Writes ``payload`` as JSON (a number that is not finite becomes `null`: `xmadapter_hf.jsonsafe`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    path.write_text(dumps(payload, indent=2, sort_keys=False) + "\n")
     return path
 
 

@@ -1,8 +1,10 @@
 """`xmadapter demo`: every method at 1/2/4/8/16 shots on the demo task, offline, on the shipped demo CLIP.
 
-Prints the test accuracy table (mean over the seeds) and XMAdapter's affinity ratio per shot count, and writes into
-`--output`: `results.json` (every fit), `table.md`, `few_shot_curve.png` (accuracy against shots, one line per
-method) and `affinity_ratio.png` (XMAdapter's image vs text cache weight against shots). The demo task is 16
+Prints the test accuracy table (mean over the seeds), XMAdapter's affinity ratio per shot count and the test split's
+calibration (expected calibration error and NLL of the scores before and after the temperature `fit` fitted on the
+validation split), and writes into `--output`: `results.json` (every fit), `table.md` (the three tables),
+`few_shot_curve.png` (accuracy against shots, one line per method) and `affinity_ratio.png` (XMAdapter's image vs
+text cache weight against shots). The demo task is 16
 texture classes the demo CLIP never saw in pre-training, rendered with a distribution shift (docs/demo.md); the
 validation split (16 images per class) chooses the searched values, the test split (25 per class) is scored once.
 `--export-images DIR` only writes the demo task as an image folder (DIR/{train,validation,test}/<class>/*.png,
@@ -102,7 +104,7 @@ def run(args) -> int:
     from tqdm.auto import tqdm
 
     from ..demo import DEMO_CLASSES, POOL_SIZES
-    from ..demo.compare import accuracy_table, affinity_ratio_table, compare_methods, demo_methods
+    from ..demo.compare import accuracy_table, affinity_ratio_table, calibration_table, compare_methods, demo_methods
 
     _check(args)
     if args.export_images:
@@ -144,9 +146,11 @@ def run(args) -> int:
     ratios = affinity_ratio_table(results)
     if ratios:
         print(f"\nXMAdapter's learned cache weights (mean affinity ratio on the test split):\n{ratios}")
+    calibration = calibration_table(results)
+    print(f"\ntest split calibration, expected calibration error (15 bins) and NLL, T = 1 → fitted T:\n{calibration}")
     output.mkdir(parents=True, exist_ok=True)
     written = [write_json(output / "results.json", [r.to_dict() for r in results])]
-    (output / "table.md").write_text(table + ("\n\n" + ratios if ratios else "") + "\n")
+    (output / "table.md").write_text(table + ("\n\n" + ratios if ratios else "") + "\n\n" + calibration + "\n")
     written.append(output / "table.md")
     if not args.no_plot:
         written += _plots(results, output)

@@ -10,8 +10,7 @@ is then matched to those classes.
 
 from __future__ import annotations
 
-import json
-
+from ..jsonsafe import dumps
 from .common import (
     Command,
     add_progress_argument,
@@ -89,7 +88,7 @@ def run(args) -> int:
 
         result["plot"] = str(plot_confusion_matrix(result["confusion_matrix"], model.config.class_names, args.plot))
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(dumps(result, indent=2))
         return 0
     print(
         f"accuracy on {origin} ({result['images']} images): {model.config.method} {result['accuracy']:.4f}, "

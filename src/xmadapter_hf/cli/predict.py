@@ -6,15 +6,18 @@ Each class's logit is split into its parts, read from the model's output fields:
 Gaussian discriminant (`gaussian_ratio x (f W_g^T + b)`); for methods whose adapter changes the embeddings instead
 (CLIP-Adapter, the Multi-Modal Adapter), the adapter's change of the logit. The parts add up to the logit. Folders
 are searched recursively for image files.
+Classes are ranked by their logits (equal logits: the lower class index first); each score is ``softmax(logits /
+T)`` with the temperature `fit` fitted on the validation split (`config.temperature`; an adapter without one shows
+the raw softmax, which the output says is uncalibrated).
 With `--support DIR` the adapter is first given DIR's classes instead of its own and a cache of DIR's images
 (`from_pretrained(class_names=...)` + `build_cache`, no training: Meta-Adapter's online use; any method).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from ..jsonsafe import dumps
 from .common import (
     CLIError,
     Command,
@@ -70,9 +73,11 @@ def logit_parts(model, out) -> dict:
 
 
 def predict(model, files: list[Path], top_k: int, batch_size: int) -> list[dict]:
-    """One entry per file: its top-k classes with probability, logit and the logit's parts."""
+    """One entry per file: its top-k classes by logit, with score (``softmax(logits / T)``), logit and the logit's
+    parts, and the temperature ``T`` (`None`: not fitted, the raw softmax)."""
     import torch
 
+    from ..calibration import probabilities, rank_by_logits
     from ..data.images import load_image
 
     names = model.config.class_names
@@ -84,21 +89,21 @@ def predict(model, files: list[Path], top_k: int, batch_size: int) -> list[dict]
         pixels = model.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
         with torch.no_grad():
             out = model(pixel_values=pixels.to(model.class_embeds.device))
-        probabilities = out.logits.float().softmax(-1)
+        scores = probabilities(out.logits, model.config.temperature)  # (B, N)
         parts = logit_parts(model, out)
-        best = probabilities.topk(top_k, dim=-1)
+        best = rank_by_logits(out.logits.float(), top_k)  # (B, top_k): not by score, which ties at 0 and 1
         for row, path in enumerate(batch):
             predictions = []
-            for score, label in zip(best.values[row].tolist(), best.indices[row].tolist()):
+            for label in best[row].tolist():
                 predictions.append(
                     {
                         "label": names[label],
-                        "score": score,
+                        "score": float(scores[row, label]),
                         "logit": float(out.logits[row, label]),
                         "parts": {name: float(value[row, label]) for name, value in parts.items()},
                     }
                 )
-            entry = {"image": str(path), "predictions": predictions}
+            entry = {"image": str(path), "temperature": model.config.temperature, "predictions": predictions}
             if out.affinity_ratio is not None:
                 entry["affinity_ratio"] = float(out.affinity_ratio[row])
             entries.append(entry)
@@ -116,6 +121,15 @@ def _text(entry: dict) -> str:
     return "\n".join(lines)
 
 
+def _scores_line(temperature: float | None) -> str:
+    if temperature is None:
+        return (
+            "scores: softmax of the logits, uncalibrated (this adapter has no fitted temperature: `xmadapter fit` "
+            "fits one on the validation split); classes ranked by logit"
+        )
+    return f"scores: softmax(logits / {temperature:.4g}) (T fitted on the validation split); classes ranked by logit"
+
+
 def run(args) -> int:
     files = image_files(args.images)
     support = open_support(args.support) if args.support else None
@@ -123,9 +137,9 @@ def run(args) -> int:
     model = load_adapter(args.adapter, support, show_progress(args))
     entries = predict(model, files, args.top_k, args.batch_size)
     if args.json:
-        print(json.dumps(entries, indent=2))
+        print(dumps(entries, indent=2))
     else:
-        print("\n".join(_text(entry) for entry in entries))
+        print("\n".join([_scores_line(model.config.temperature), *(_text(entry) for entry in entries)]))
     return 0
 
 

@@ -4,7 +4,8 @@ saved adapter.
 The validation images are `--validation` (a folder, a saved dataset, a `datasets` name, or a split name of
 `--data`); without it, with `--data`, the validation rows of the adapter's `split.json` (written by `xmadapter
 fit` when it drew the validation images from the training pool), else the data's `validation` split. The chosen
-values are written into the adapter's config (`--output` writes a copy elsewhere instead).
+values, and the scores' temperature refitted on the same split (`xmadapter_hf.calibration`), are written into the
+adapter's config (`--output` writes a copy elsewhere instead).
 """
 
 from __future__ import annotations
@@ -67,12 +68,19 @@ def run(args) -> int:
     validation = relabel(validation, model.config.class_names, origin)
     config = model.config
     before = {name: getattr(config, name) for name in model.method.searched_fields(config)}
+    from ..calibration import calibrate
+    from ..training.search import validation_embeddings
+
+    embeds, labels = validation_embeddings(model, validation)  # once: the search and the temperature both read them
     result = model.search_hyperparameters(
-        validation, search_scale=search_scale(args),
+        embeds, labels, search_scale=search_scale(args),
         search_step=tuple(args.search_step),
     )  # fmt: skip
+    fitted = calibrate(model, embeds, labels)  # the temperature was fitted for the old values: refit it
     print(f"searched on {origin} ({result.num_validation} images): validation accuracy {result.accuracy:.4f}")
     print(", ".join(f"{name.replace('_', ' ')} {before[name]:.4g} -> {getattr(config, name):.4g}" for name in before))
+    if fitted.temperature is not None:
+        print(f"scores' temperature refitted on the same split: {fitted.temperature:.4g}")
     output = Path(args.output) if args.output else adapter_dir
     model.save_pretrained(output)
     print(f"wrote {output}")

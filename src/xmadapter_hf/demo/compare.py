@@ -3,7 +3,9 @@
 For each seed and shot count K: K training images per class are drawn from the demo task's train pool with the seed;
 their augmented views (10, `fit`'s default) are extracted once and shared by every method; each method runs through
 [`~xmadapter_hf.fit`] with its defaults, choosing its searched values on the validation split (16 images per class);
-accuracy is on the test split (25 per class), which no step sees before the final evaluation.
+accuracy is on the test split (25 per class), which no step sees before the final evaluation. Beside accuracy, each
+result carries the test split's expected calibration error and negative log-likelihood of the scores before (`T = 1`)
+and after the temperature `fit` fitted on the validation split (`xmadapter_hf.calibration`), and zero-shot CLIP's.
 
 Example (one seed, one shot count, the two training-free methods):
 
@@ -29,6 +31,7 @@ __all__ = [
     "DemoResult",
     "accuracy_table",
     "affinity_ratio_table",
+    "calibration_table",
     "compare_methods",
     "demo_methods",
     "summarize",
@@ -61,6 +64,12 @@ class DemoResult:
             split; `None` for other methods.
         seconds (`float`), extraction_seconds (`float`): wall time of the fit and of the shared extraction.
         searched (`dict` or `None`): the searched values and their validation accuracy (cache methods).
+        temperature (`float` or `None`): the temperature `fit` fitted on the validation split.
+        ece_before (`float`), ece_after (`float`): the method's expected calibration error on the test split (15
+            bins), at `T = 1` and at the fitted temperature.
+        nll_before (`float`), nll_after (`float`): its mean negative log-likelihood on the test split, the same two.
+        zero_shot_ece_before (`float`), zero_shot_ece_after (`float`): zero-shot CLIP's test ECE, raw and with a
+            temperature fitted on its validation logits the same way.
     """
 
     seed: int
@@ -74,20 +83,40 @@ class DemoResult:
     seconds: float
     extraction_seconds: float
     searched: dict | None = None
+    temperature: float | None = None
+    ece_before: float | None = None
+    ece_after: float | None = None
+    nll_before: float | None = None
+    nll_after: float | None = None
+    zero_shot_ece_before: float | None = None
+    zero_shot_ece_after: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _test_accuracy(model, embeds: torch.Tensor, labels: torch.Tensor) -> tuple[float, float, float | None]:
-    """(method, zero-shot) top-1 accuracy of raw image embeddings, and the mean affinity ratio if there is one."""
+def _test_metrics(model, test: tuple, validation: tuple) -> dict:
+    """The method's and zero-shot CLIP's test accuracy, ECE and NLL (before and after the temperature), and the mean
+    affinity ratio if there is one; zero-shot CLIP's temperature is fitted on its validation logits."""
+    from ..calibration import expected_calibration_error, fit_temperature, negative_log_likelihood
+
+    (embeds, labels), temperature = test, model.config.temperature
     with torch.no_grad():
         out = model(image_embeds=embeds)
-    ratio = None if out.affinity_ratio is None else float(out.affinity_ratio.float().mean())
-    return (
-        float((out.logits.argmax(-1) == labels).float().mean()),
-        float((out.zero_shot_logits.argmax(-1) == labels).float().mean()),
-        ratio,
+        zero_shot_validation = model(image_embeds=validation[0]).zero_shot_logits
+    zero_shot_temperature = fit_temperature(zero_shot_validation, validation[1]).temperature
+    logits, zero_shot = out.logits.float(), out.zero_shot_logits.float()
+    return dict(
+        test_accuracy=float((logits.argmax(-1) == labels).float().mean()),
+        zero_shot_accuracy=float((zero_shot.argmax(-1) == labels).float().mean()),
+        affinity_ratio=None if out.affinity_ratio is None else float(out.affinity_ratio.float().mean()),
+        temperature=temperature,
+        ece_before=expected_calibration_error(logits, labels),
+        ece_after=expected_calibration_error(logits, labels, temperature),
+        nll_before=negative_log_likelihood(logits, labels),
+        nll_after=negative_log_likelihood(logits, labels, temperature),
+        zero_shot_ece_before=expected_calibration_error(zero_shot, labels),
+        zero_shot_ece_after=expected_calibration_error(zero_shot, labels, zero_shot_temperature),
     )
 
 
@@ -156,12 +185,11 @@ def compare_methods(
                         adapter, views, val_embeds, validation_labels=val_labels, seed=seed, search_scale=scale,
                         show_progress=show_progress,
                     )  # fmt: skip
-                    test, zero_shot, ratio = _test_accuracy(adapter, test_embeds, test_labels)
+                    metrics = _test_metrics(adapter, (test_embeds, test_labels), (val_embeds, val_labels))
                     result = DemoResult(
-                        seed=seed, shots=k, method=method, search=search, test_accuracy=test,
-                        zero_shot_accuracy=zero_shot, validation_accuracy=report.accuracy, affinity_ratio=ratio,
+                        seed=seed, shots=k, method=method, search=search, validation_accuracy=report.accuracy,
                         seconds=time.perf_counter() - started, extraction_seconds=extraction,
-                        searched=report.search_after or report.search_before,
+                        searched=report.search_after or report.search_before, **metrics,
                     )  # fmt: skip
                     results.append(result)
                     if on_result is not None:
@@ -222,4 +250,30 @@ def affinity_ratio_table(results: Sequence[DemoResult]) -> str:
     lines = [f"| XMAdapter cache weight | {_shots_header(shots)} |", "|---|" + "---:|" * len(shots)]
     lines.append("| image cache (affinity ratio) | " + " | ".join(f"{summary[k][0]:.3f}" for k in shots) + " |")
     lines.append("| text cache (1 - ratio) | " + " | ".join(f"{1 - summary[k][0]:.3f}" for k in shots) + " |")
+    return "\n".join(lines)
+
+
+def calibration_table(results: Sequence[DemoResult]) -> str:
+    """Markdown: the test split's ECE and NLL per method (rows) and shot count (columns), ``before → after`` the
+    fitted temperature (means over seeds), then a line with zero-shot CLIP's raw and temperature-scaled ECE."""
+    shots = sorted({r.shots for r in results})
+    cells: dict[str, dict[int, list[DemoResult]]] = {}
+    for r in results:
+        cells.setdefault(r.method, {}).setdefault(r.shots, []).append(r)
+
+    def mean(row: list[DemoResult], name: str) -> float:
+        return statistics.fmean(getattr(r, name) for r in row)
+
+    lines = [f"| method | metric | {_shots_header(shots)} |", "|---|---|" + "---:|" * len(shots)]
+    for name, row in cells.items():
+        for metric in ("ece", "nll"):
+            values = [
+                f"{mean(row[k], metric + '_before'):.3f} → {mean(row[k], metric + '_after'):.3f}" if k in row else "-"
+                for k in shots
+            ]
+            lines.append(f"| {name} | {metric.upper()} | " + " | ".join(values) + " |")
+    raw, scaled = mean(list(results), "zero_shot_ece_before"), mean(list(results), "zero_shot_ece_after")
+    lines.append(
+        f"\nzero-shot CLIP's test ECE: raw {raw:.3f}, with a temperature fitted on its validation logits {scaled:.3f}"
+    )
     return "\n".join(lines)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from ..jsonsafe import dumps
 from .cells import _read_cell, _Runner, _templates
 from .features import FeatureStore, _digest
 from .protocols import DOMAIN_GENERALISATION_TARGETS, META_ADAPTER_DATASETS, meta_adapter_task
@@ -223,7 +224,7 @@ def _check_run_file(output: Path, settings: dict, overwrite: bool) -> None:
         import shutil
 
         shutil.rmtree(output / "cells")
-    _write_atomic(run_file, json.dumps({"format": _FORMAT, "settings": settings}, indent=2) + "\n")
+    _write_atomic(run_file, dumps({"format": _FORMAT, "settings": settings}, indent=2) + "\n")
 
 
 def run_protocol(
@@ -340,7 +341,7 @@ def run_protocol(
                     else:
                         cell_rows = runner.run(protocol, dataset, targets, method, k, seed)
                         payload = {"settings_key": settings_key, "cell": cell, "rows": cell_rows}
-                        _write_atomic(path, json.dumps(payload, indent=1) + "\n")
+                        _write_atomic(path, dumps(payload, indent=1) + "\n")  # never NaN (jsonsafe)
                         run += 1
                     rows.extend(cell_rows)
                     if on_cell is not None:

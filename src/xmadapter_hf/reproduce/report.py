@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import statistics
 import uuid
 from pathlib import Path
 
+from ..jsonsafe import dumps
 from .protocols import harmonic_mean as _harmonic_mean
 from .published import comparable, published_results
 
@@ -140,7 +140,7 @@ def write_reports(output: Path, rows, summary, settings, notes, *, plot: bool = 
     _write_atomic(output / FILES["csv"], buffer.getvalue())
     files["csv"] = str(output / FILES["csv"])
     payload = {"format": _FORMAT, "settings": settings, "notes": notes, "summary": summary, "rows": rows}
-    _write_atomic(output / FILES["json"], json.dumps(payload, indent=1, default=str) + "\n")
+    _write_atomic(output / FILES["json"], dumps(payload, indent=1, default=str) + "\n")  # never NaN (jsonsafe)
     files["json"] = str(output / FILES["json"])
     notes_text = "".join(f"- {n}\n" for n in notes)
     text = f"# {settings['protocol']} results\n\n{notes_text}\n{markdown_table(summary)}"

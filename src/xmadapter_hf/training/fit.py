@@ -6,7 +6,9 @@
 3. search the training-free values on validation (training starts from them: docs/training.md);
 4. train trainable methods with [`XMAdapterTrainer`] and [`recipe_arguments`] (the method's recipe) on one draw per
    image and epoch from its cached views ([`EmbeddingViewsDataset`]);
-5. search again. The chosen values end up in `model.config` (`search_result`).
+5. search again. The chosen values end up in `model.config` (`search_result`);
+6. fit the scores' temperature on the validation split (`config.temperature`, see `xmadapter_hf.calibration`): the
+   logits and their argmax stay as they are, ``softmax(logits / T)`` becomes a probability worth showing.
 
 `fit` changes the model only if it succeeds: when anything raises (an interrupt included), the model's adapter
 tensors, its config and its mode are put back as they were before the call.
@@ -26,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 
+from ..calibration import calibrate
 from ..data.extraction import ExtractedEmbeddings, extract_embeddings
 from ..data.views import VIEW_SAMPLINGS, EmbeddingViewsDataset
 from ..validation import check_choice, check_int, check_number, check_tensor
@@ -51,6 +54,9 @@ class FitReport:
         search_before (`dict`), search_after (`dict`): the searched values (by config field) and their validation
             accuracy.
         final_loss (`float`): mean training loss of the last epoch.
+        temperature (`float`): the fitted `config.temperature` (`None`: no validation split, or nothing to fit).
+        calibration (`dict`): the fit's [`~xmadapter_hf.calibration.TemperatureFit`] on the validation split: NLL
+            and expected calibration error before (`T = 1`) and after, and whether `T` stopped at a bound.
         extraction_seconds (`float`), training_seconds (`float`): wall times.
     """
 
@@ -68,6 +74,8 @@ class FitReport:
     search_before: dict | None = None
     search_after: dict | None = None
     final_loss: float | None = None
+    temperature: float | None = None
+    calibration: dict | None = None
     extraction_seconds: float = 0.0
     training_seconds: float = 0.0
     extra: dict = field(default_factory=dict)
@@ -96,6 +104,13 @@ class FitReport:
             values = [f"{name.replace('_', ' ')} {value:.4g}" for name, value in chosen.items()
                       if name != "accuracy" and value is not None]  # fmt: skip
             lines.append(f"searched on the validation split: {', '.join(values)}")
+        if self.calibration is not None and self.temperature is not None:
+            fitted = self.calibration
+            lines.append(
+                f"scores' temperature fitted on the validation split: {self.temperature:.4g} (NLL "
+                f"{fitted['nll_before']:.4f} -> {fitted['nll_after']:.4f}, ECE {fitted['ece_before']:.4f} -> "
+                f"{fitted['ece_after']:.4f})"
+            )
         lines.append(f"extraction {self.extraction_seconds:.1f} s, training {self.training_seconds:.1f} s")
         return "\n".join(lines)
 
@@ -291,6 +306,9 @@ def fit(
             report.search_after = _search_summary(model.search_hyperparameters(val_embeds, val_labels, **search_args))
         if val_embeds is not None:
             (report.accuracy,) = _accuracies(model, val_embeds, val_labels)
+            # ---- 6. the scores' temperature, on the final logits (set_cache reset it to None)
+            fitted = calibrate(model, val_embeds, val_labels)
+            report.temperature, report.calibration = fitted.temperature, fitted.to_dict()
     return model, report
 
 
