@@ -3,8 +3,9 @@
 For each seed, 3 of the demo task's 16 texture classes (drawn with the seed) are held out as the new classes and the
 other 13 are the base. Each method is adapted to the base classes by `fit` with its defaults (16 training images per
 class with their 10 augmented views, the base classes' validation images), then grown with `add_classes` by the 3
-new classes and their 16 support images (the mean of each image's views, which `build_cache` computes), with no
-training step on them. Reported on the test split (25 images per class), scored over all 16 classes:
+new classes and their 16 support images (all their views: the cache keys average them as `build_cache` does, and
+GDA reads each view), with no training step on them. Reported on the test split (25 images per class), scored over
+all 16 classes:
 
 - the new classes' test images: the grown method, and a training-free Tip-Adapter built on the same grown cache with
   the method's residual ratio and sharpness (a method without a cache term: with those of a Tip-Adapter fitted on the
@@ -72,7 +73,7 @@ def measure(clip, processor, methods, seeds, shots: int = 16, augment_views: int
         train_labels = relabel(views.labels, order)
         base = train_labels < base_count
         base_views = ExtractedEmbeddings(views.embeds[:, base], train_labels[base])
-        support, support_labels = views.embeds[:, ~base].mean(0), train_labels[~base] - base_count
+        support, support_labels = views.embeds[:, ~base], train_labels[~base] - base_count  # (V, M, C)
         v_labels, t_labels = relabel(val_labels, order), relabel(test_labels, order)
         base_val, new_test = v_labels < base_count, t_labels >= base_count
 

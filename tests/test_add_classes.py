@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import math
 import statistics
 from pathlib import Path
 
@@ -27,6 +28,10 @@ SETTINGS = {"sharpness": 6.0, "residual_ratio": 5.0}
 #: Methods whose old classes' logits depend on the other classes (docs/add-classes.md): the Multi-Modal Adapter's
 #: attention runs over all class tokens.
 COUPLED = {"multimodal-adapter"}
+#: Methods whose old classes' logits of an image all move by the same amount (docs/add-classes.md): GDA's uniform prior
+#: ``log(1 / N)`` takes the grown N, so they move by ``alpha log(N_old / N)``; predictions and probabilities over the
+#: old classes are unchanged.
+PRIOR_SHIFT = {"gda": lambda config, old, new: config.gaussian_ratio * math.log(old / new)}
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +109,9 @@ def test_add_three_classes_to_a_trained_adapter(clip_and_processor, task, method
         if key in get_method_class(method).cache_parameters:
             assert torch.equal(new[: len(old)], old), f"{key}: old rows kept bit for bit"
             torch.testing.assert_close(new[len(old) :], model.cache_embeds[len(old) :].to(new.dtype))
+        elif new.shape != old.shape:  # class rows (GDA's discriminant): the old ones kept, the bias's prior moved
+            prior = math.log(len(BASE) / 7) if key == "gaussian_bias" else 0.0
+            torch.testing.assert_close(new[: len(old)], old + prior, rtol=0, atol=1e-3, msg=key)
         elif not key.startswith("memo_"):
             assert torch.equal(new, old), f"{key}: a class-agnostic weight is kept"
 
@@ -113,6 +121,9 @@ def test_add_three_classes_to_a_trained_adapter(clip_and_processor, task, method
     change = (after[:, : len(BASE)] - before).abs().max().item()
     if method in COUPLED:
         assert change > 1e-4, "documented: the Multi-Modal Adapter's old columns move with the class set"
+    elif method in PRIOR_SHIFT:
+        shift = PRIOR_SHIFT[method](config, len(BASE), 7)
+        torch.testing.assert_close(after[:, : len(BASE)] - before, torch.full_like(before, shift), rtol=0, atol=5e-3)
     else:
         assert change <= 1e-6, change
 

@@ -9,10 +9,11 @@ from datasets import Dataset
 from transformers import Trainer, TrainingArguments, pipeline
 
 from xmadapter_hf import XMAdapterConfig, XMAdapterForImageClassification, registered_methods
+from xmadapter_hf.methods import get_method_class
 from xmadapter_hf.training import build_optimizer
 
 METHODS = registered_methods()
-TRAINABLE = [m for m in METHODS if m not in ("zero-shot", "tip-adapter")]
+TRAINABLE = [m for m in METHODS if get_method_class(m).trainable]
 # a few settings each method reads, so that the battery is not run at values where a term vanishes
 SETTINGS = {"sharpness": 6.0, "residual_ratio": 1.5}
 
@@ -21,7 +22,8 @@ def test_every_method_of_the_config_is_registered():
     from xmadapter_hf.methods import METHODS as CONFIG_METHODS
 
     assert sorted(CONFIG_METHODS) == METHODS
-    assert len(METHODS) == 7
+    assert len(METHODS) == 8
+    assert sorted(TRAINABLE) == ["clip-adapter", "meta-adapter", "multimodal-adapter", "tip-adapter-f", "xmadapter"]
 
 
 def _args(tmp_path, batch, accumulation=1, steps=3):
@@ -116,6 +118,21 @@ def test_accumulation_equals_one_big_batch(make_model, cache_embeds, tmp_path, m
 
 
 @pytest.mark.parametrize("method", METHODS)
+def test_searched_fields_are_the_search_space_s(make_model, cache_embeds, method):
+    """`searched_fields(config)` (what `fit(search=False)` and the CLI report as kept) names the fields the search
+    space sets."""
+    model = make_model(method, **SETTINGS)
+    space = model.method.search_space(torch.nn.functional.normalize(cache_embeds[0], dim=-1), model.cache_state())
+    declared = model.method.searched_fields(model.config)
+    if space is None:
+        assert declared == () and not model.method.searches()
+        return
+    fields = [space.residual_ratio_field] if space.terms else []
+    fields += [term.sharpness_field for term in space.terms] + [term.weight_field for term in space.logit_terms]
+    assert sorted(declared) == sorted(fields) and model.method.searches()
+
+
+@pytest.mark.parametrize("method", METHODS)
 def test_image_classification_pipeline(make_model, clip_and_processor, test_dataset, method):
     model = make_model(method, **SETTINGS)
     _, processor = clip_and_processor
@@ -138,6 +155,7 @@ def test_image_classification_pipeline(make_model, clip_and_processor, test_data
         ("affinity_ratio_init", 1.0, ValueError),
         ("cache_dtype", "int8", ValueError),
         ("meta_reduction", 0, ValueError),
+        ("gaussian_ratio", -1.0, ValueError),
         ("use_text_cache", "yes", TypeError),
     ],
 )

@@ -61,6 +61,8 @@ class Context:
         self.model = self.build("xmadapter")
         self.model.set_cache(self.raw, self.labels)
         self.empty = self.build("tip-adapter")
+        self.gda = self.build("gda")
+        self.gda.set_cache(self.raw, self.labels)
         (root / "existing.json").write_text('{"keep": true}\n')
         (root / "checkpoint").mkdir()
         self.model.save_pretrained(root / "checkpoint")
@@ -166,6 +168,12 @@ def _bomb(ctx):
         Image.MAX_IMAGE_PIXELS = old
 
 
+def _one_shot(ctx):
+    """GDA given one image per class and no augmented views: no spread to estimate its covariance from."""
+    first = torch.stack([torch.nonzero(ctx.labels == c)[0, 0] for c in range(len(CLASS_NAMES))])
+    ctx.gda.set_cache(ctx.raw[first], ctx.labels[first])
+
+
 def _stale_step(ctx):
     """A model of its own (the context's stay untouched): an optimiser, then `add_classes`, then a training step."""
     model = ctx.build("tip-adapter-f")
@@ -216,6 +224,8 @@ CASES = [
          lambda ctx: ctx.model.build_cache(ctx.dataset.select([]), show_progress=False)),
     Case("cache-class-without-shots", "cache", "a class with no image", ValueError,
          lambda ctx: ctx.model.set_cache(torch.randn(3, 32), torch.tensor([0, 1, 2]))),
+    Case("gda-support-without-spread", "cache", "GDA's cache from 1 shot per class without augmented views",
+         ValueError, _one_shot),
     Case("cache-label-out-of-range", "cache", "a label outside the classes", ValueError,
          lambda ctx: ctx.model.set_cache(torch.randn(5, 32), torch.tensor([0, 1, 2, 3, 9]))),
     Case("cache-float-label", "cache", "a non-integer label in the dataset", TypeError,
@@ -345,7 +355,7 @@ def _snapshot(ctx) -> tuple:
         if p.is_file()
     }
     states = []
-    for model in (ctx.model, ctx.empty, ctx.single, ctx.pets, ctx.animals):
+    for model in (ctx.model, ctx.empty, ctx.gda, ctx.single, ctx.pets, ctx.animals):
         states.append(({k: v.clone() for k, v in model.state_dict().items()}, model.config.to_json_string()))
     return files, states
 

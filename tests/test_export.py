@@ -30,6 +30,7 @@ EXPECTED_OUTPUTS = {
     "clip-adapter": ["logits", "zero_shot_logits"],
     "multimodal-adapter": ["logits", "zero_shot_logits"],
     "meta-adapter": ["logits", "zero_shot_logits"],
+    "gda": ["logits", "zero_shot_logits", "gaussian_logits"],
     "tip-adapter": ["logits", "zero_shot_logits", "cache_logits", "image_cache_logits"],
     "tip-adapter-f": ["logits", "zero_shot_logits", "cache_logits", "image_cache_logits"],
     "xmadapter": [

@@ -99,6 +99,24 @@ def _logits(model, images, dtype=torch.float32) -> tuple[torch.Tensor, torch.Ten
     return model(image_embeds=embeds.to(dtype)).logits, model(pixel_values=pixels.to(dtype)).logits
 
 
+#: Methods whose logits amplify the rounding of their inputs beyond the margin: GDA whitens the embeddings, and the
+#: tiny random CLIP's classes lie a few bf16 steps apart (within-class spread about 0.01 per dimension), so a bf16
+#: backbone's embeddings alone move GDA's logits by up to about 9 and change 6-7 of these 240 top-1s (on the demo
+#: CLIP, a trained backbone, no clear item of its 400 test images at 1, 4 and 16 shots; docs/methods.md). For them
+#: the references are the float32 model's logits on the embeddings the bf16 model sees: what the bf16 *adapter*
+#: changes.
+INPUT_SENSITIVE = {"gda"}
+
+
+@torch.no_grad()
+def _references(fp32_model, bf16_model, images) -> tuple[torch.Tensor, torch.Tensor]:
+    """The float32 model's logits on the bf16 model's inputs: the embeddings rounded to bf16, and what the bf16
+    backbone makes of the pixels."""
+    pixels, embeds = images
+    seen = bf16_model.embed_images(pixels.to(torch.bfloat16))
+    return fp32_model(image_embeds=embeds.to(torch.bfloat16)).logits, fp32_model(image_embeds=seen).logits
+
+
 def _assert_bf16_keeps_top1(model, images, references, margin: float = 1e-2) -> None:
     """On bf16 inputs the logits are float32, and every item whose fp32 top-2 margin exceeds ``margin`` keeps its
     fp32 top-1 (on embeddings and on pixels)."""
@@ -161,8 +179,11 @@ def test_bf16_model_runs_on_bf16_inputs_and_keeps_top1(clip_and_processor, cache
     model = _own_model(clip_and_processor, cache_embeds, method, sharpness=5.0)
     _perturb(model)
     references = _logits(model, many_images)
+    fp32 = copy.deepcopy(model) if method in INPUT_SENSITIVE else None
     model.to(torch.bfloat16)
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    if fp32 is not None:
+        references = _references(fp32, model, many_images)
     _assert_bf16_keeps_top1(model, many_images, references)
 
 
@@ -183,6 +204,8 @@ def test_from_pretrained_in_bf16_with_loading_info(
     assert info == {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
     assert loaded.clip.dtype == torch.bfloat16 and loaded.class_embeds.dtype == torch.bfloat16
     assert all(p.dtype == torch.bfloat16 for p in loaded.method.parameters())
+    if method in INPUT_SENSITIVE:
+        references = _references(model, loaded, many_images)
     _assert_bf16_keeps_top1(loaded, many_images, references)
 
 
@@ -327,17 +350,23 @@ def test_a_registered_method_builds_trains_saves_reloads_and_predicts(make_model
 
 
 # ---------------------------------------------------------------------------------------- 6. in-place updates
+#: The buffers that the forward of a method without parameters reads besides ``W`` (GDA's precision serves
+#: `add_classes` only; its forward does not read the cache keys).
+READ_BUFFERS = {"gda": ["method.gaussian_weight", "method.gaussian_bias"]}
+
+
 def _updates(model):
     """(name, how) pairs: every adapter parameter by each route; buffers for the methods without parameters."""
     names = [f"method.{n}" for n, _ in model.method.named_parameters()]
     if not names:  # zero-shot and Tip-Adapter: their only weights are the class text embeddings and the cache
-        names = ["cache_embeds"] if model.method.uses_cache else []
+        names = READ_BUFFERS.get(model.config.method, ["cache_embeds"] if model.method.uses_cache else [])
     names.append("class_embeds")  # W also feeds XMAdapter's memoised text keys
     return [(n, how) for n in names for how in (".data", "no_grad", "load_state_dict")]
 
 
 def _update(model, name: str, how: str, seed: int) -> None:
-    tensor = model.get_parameter(name) if name.startswith("method.") else model.get_buffer(name)
+    parameters = dict(model.named_parameters())
+    tensor = parameters[name] if name in parameters else model.get_buffer(name)
     delta = 0.05 * torch.randn(tensor.shape, generator=torch.Generator().manual_seed(seed))
     if how == ".data":
         tensor.data.copy_(tensor.data + delta)  # an EMA-style update: no version bump

@@ -427,6 +427,13 @@ def test_published_numbers():
     assert not comparable(meta, backbone="RN50", protocol="few-shot")
     assert not comparable(published_result("tip-adapter", "dtd", 16), backbone="ViT-B/16", protocol="few-shot")
 
+    gda = published_results(paper="gda")  # mrflogs/ICLR24 exp.log, its "ours" rows
+    assert len(gda) == 11 * 5 and {r.method for r in gda} == {"gda"}
+    assert [r.accuracy for r in published_results(method="gda", dataset="EuroSAT")] == [86.12, 81.7, 75.4, 67.88, 58.3]
+    assert sum(r.accuracy for r in published_results(method="gda", shots=16)) / 11 == pytest.approx(76.05, abs=0.005)
+    assert {r.dataset for r in gda if r.selected_on_test} == {"imagenet"}  # val_features = test_features there
+    assert published_result("gda", "dtd", 1).source["repository"] == "https://github.com/mrflogs/ICLR24"
+
 
 def test_docs_list_every_layout_and_their_code_compiles():
     text = (Path(__file__).resolve().parents[1] / "docs" / "reproduce.md").read_text()

@@ -224,6 +224,23 @@ def _independent_accuracy(root, counting, method, shots, seed) -> float:
     return _test_accuracy(counting, dataset, _fitted(counting, dataset, task, method, seed), task.test)
 
 
+def test_gda_cells_with_gda_s_published_rows_imagenet_flagged_as_selected_on_test(data_root, counting, tmp_path):
+    """GDA runs in the harness like any method (the papers' grids: its official alpha grid x s / 100), and its
+    published RN50 rows (mrflogs/ICLR24 exp.log) sit beside ours: ImageNet's with the dagger, since the official code
+    selects alpha on the test set there (`val_features = test_features`)."""
+    result = _run(data_root, tmp_path / "gda", counting, datasets=["dtd", "imagenet"], methods=["gda"], shots=[1],
+                  seeds=[1])  # fmt: skip
+    row = next(r for r in result.rows if r["dataset"] == "dtd")
+    assert row["accuracy"] == pytest.approx(_independent_accuracy(data_root, counting, "gda", 1, 1), abs=1e-3)
+    published = {e["dataset"]: e["published"] for e in result.summary}
+    assert [(p["paper"], p["accuracy"], p["selected_on_test"]) for p in published["dtd"]] == [("gda", 46.26, False)]
+    assert [(p["paper"], p["accuracy"], p["selected_on_test"]) for p in published["imagenet"]] == [
+        ("gda", 60.64, True)
+    ]
+    table = Path(result.files["markdown"]).read_text()
+    assert "46.26 (RN50)" in table and "60.64† (RN50)" in table
+
+
 def test_base_to_novel_reports_base_novel_and_harmonic_mean(data_root, counting, tmp_path):
     result = _run(data_root, tmp_path / "b2n", counting, protocol="base-to-novel", datasets=["dtd"],
                   methods=["tip-adapter"], shots=[2], seeds=[1, 2])  # fmt: skip

@@ -44,15 +44,21 @@ def build_cache(
         image_column=image_column, label_column=label_column, show_progress=show_progress, cache_dir=cache_dir,
         autocast_dtype=autocast_dtype, num_workers=num_workers,
     )  # fmt: skip
-    set_cache(model, extracted.embeds.mean(dim=0), extracted.labels)  # keys: the mean of the views, normalised
+    set_cache(model, extracted.embeds, extracted.labels)  # keys: the mean of the views, normalised
     model.config.augment_views, model.config.seed = augment_views, seed
     return model
 
 
 @torch.no_grad()
 def set_cache(model, embeds: torch.Tensor, labels: torch.Tensor) -> None:
-    """Implements `XMAdapterForImageClassification.set_cache` (see there)."""
+    """Implements `XMAdapterForImageClassification.set_cache` (see there): ``embeds`` are raw embeddings `(NK, C)`,
+    or `(V, NK, C)` with every augmented view, whose mean over the views is the key (as `build_cache` and `fit`
+    average them) and which the method's `prepare_support` reads (GDA's statistics)."""
+    views = embeds[None] if isinstance(embeds, torch.Tensor) and embeds.ndim == 2 else embeds
+    if isinstance(views, torch.Tensor) and views.ndim == 3 and len(views) and views.shape[2] == model.embed_dim:
+        embeds = views[0] if views.shape[0] == 1 else views.mean(dim=0)  # (V, NK, C) -> (NK, C)
     embeds, labels = _validated(model, embeds, labels)
+    prepared = model.method.prepare_support(views, labels, model.config.num_classes)  # may refuse: before any change
     device = model.class_embeds.device
     keys = normalized_keys(model, embeds, getattr(torch, model.config.cache_dtype))  # (NK, C)
     model.cache_embeds = keys
@@ -63,6 +69,7 @@ def set_cache(model, embeds: torch.Tensor, labels: torch.Tensor) -> None:
     model.method.resize_cache(keys.shape[0])
     model.method.to(device)
     model.method.init_from_cache(model.cache_state())
+    model.method.apply_support(prepared)
 
 
 def record_cache(model) -> None:
@@ -121,7 +128,10 @@ def _validated(model, embeds, labels) -> tuple[torch.Tensor, torch.Tensor]:
             f"Cache embeddings and labels must be torch tensors; got {describe(embeds)}, {describe(labels)}."
         )
     if embeds.ndim != 2 or embeds.shape[1] != model.embed_dim:
-        raise ValueError(f"Cache embeddings must have shape (NK, {model.embed_dim}); got {tuple(embeds.shape)}.")
+        raise ValueError(
+            f"Cache embeddings must have shape (NK, {model.embed_dim}), or (V, NK, {model.embed_dim}) with V >= 1 "
+            f"augmented views; got {tuple(embeds.shape)}."
+        )
     if embeds.shape[0] == 0:
         raise ValueError("The cache would be empty: the few-shot set has no images.")
     if labels.shape != (embeds.shape[0],) or labels.dtype.is_floating_point:

@@ -51,19 +51,24 @@ def _checked_names(model, class_names, *, existing: Sequence[str] = ()) -> list[
 
 
 def _checked_support(model, num_new: int, embeds, labels) -> tuple[torch.Tensor, torch.Tensor]:
-    """Support embeddings `(M, C)` and labels `(M,)` in ``[0, num_new)`` with every new class present."""
+    """Support embeddings `(V, M, C)` (every view; `(M, C)` is one view) and labels `(M,)` in ``[0, num_new)`` with
+    every new class present."""
     if not isinstance(embeds, torch.Tensor) or not isinstance(labels, torch.Tensor):
         raise TypeError(
             f"Support embeddings and labels must be torch tensors; got {describe(embeds)}, {describe(labels)}."
         )
-    if not embeds.is_floating_point() or embeds.ndim != 2 or embeds.shape[1] != model.embed_dim:
-        raise ValueError(f"Support embeddings must be floats of shape (M, {model.embed_dim}); got {describe(embeds)}.")
-    if labels.dtype.is_floating_point or labels.shape != (embeds.shape[0],):
-        raise ValueError(f"Support labels must be integers of shape ({embeds.shape[0]},); got {describe(labels)}.")
-    if not torch.isfinite(embeds).all():
+    views = embeds[None] if embeds.ndim == 2 else embeds
+    if not embeds.is_floating_point() or views.ndim != 3 or views.shape[0] == 0 or views.shape[2] != model.embed_dim:
+        raise ValueError(
+            f"Support embeddings must be floats of shape (M, {model.embed_dim}), or (V, M, {model.embed_dim}) with "
+            f"V >= 1 augmented views; got {describe(embeds)}."
+        )
+    if labels.dtype.is_floating_point or labels.shape != (views.shape[1],):
+        raise ValueError(f"Support labels must be integers of shape ({views.shape[1]},); got {describe(labels)}.")
+    if not torch.isfinite(views).all():
         raise ValueError("Support embeddings contain NaN or Inf; check the images or the backbone.")
     _check_support_labels(labels.long(), num_new)
-    return embeds, labels.long()
+    return views, labels.long()
 
 
 def _check_support_labels(labels: torch.Tensor, num_new: int) -> None:
@@ -113,9 +118,12 @@ def add_classes(
             batch_size=batch_size, image_column=image_column, label_column=label_column, show_progress=show_progress,
             num_workers=num_workers,
         )  # fmt: skip
-        embeds, labels = extracted.embeds.mean(dim=0), extracted.labels  # as `build_cache` averages the views
+        embeds, labels = extracted.embeds, extracted.labels  # every view: the keys average them as `build_cache`'s
     if has_cache:
-        embeds, labels = _checked_support(model, len(names), embeds, labels)
+        views, labels = _checked_support(model, len(names), embeds, labels)
+        embeds = views[0] if views.shape[0] == 1 else views.mean(dim=0)  # (V, M, C) -> (M, C)
+        total = config.num_classes + len(names)
+        prepared = model.method.prepare_support(views, labels + config.num_classes, total, config.num_classes)
     weights = prompts.class_text_embeddings(
         model.clip, model.processor.tokenizer, names, config.prompt_templates, text_batch_size
     )  # (M, C)
@@ -132,6 +140,8 @@ def add_classes(
     caches.record_cache(model)
     config.classes_added += len(names)
     model.method.add_classes(model.cache_state(), old_classes, old_entries)
+    if has_cache:
+        model.method.apply_support(prepared)
     return model
 
 

@@ -32,7 +32,7 @@ __all__ = ["ConfigTypeError", "ConfigValueError", "XMAdapterConfig"]
 #: them all.
 OUTPUTS_IGNORED_AT_INFERENCE = [
     "zero_shot_logits", "cache_logits", "image_cache_logits", "text_cache_logits", "affinity_ratio", "disagreement",
-    "image_embeds",
+    "gaussian_logits", "image_embeds",
 ]  # fmt: skip
 HARD_SAMPLE_CRITERIA = ("disagreement", "focal")
 CACHE_DTYPES = ("float32", "float16", "bfloat16")

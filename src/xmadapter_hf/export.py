@@ -40,6 +40,7 @@ OUTPUT_NAMES = (
     "image_cache_logits",
     "text_cache_logits",
     "affinity_ratio",
+    "gaussian_logits",
 )
 _PROCESSOR_FILE = "preprocessor_config.json"
 _BATCH = "batch"
@@ -108,11 +109,11 @@ def export_onnx(
     `image_embeds` of shape (B, C), normalised inside the graph, as `model(image_embeds=...)` does), and/or
     `model.onnx`, the whole model (input `pixel_values` of shape (B, 3, H, W) at the backbone's image size). Both
     return `logits` (B, N) and the method's per-modality outputs (`zero_shot_logits`, `cache_logits`,
-    `image_cache_logits`, `text_cache_logits` (B, N), `affinity_ratio` (B,); see `OUTPUT_NAMES`); the batch axis is
-    dynamic. Each file's `metadata_props` hold `id2label` (JSON), the method, the base model and its revision, the
-    library version, the graph and the image preprocessing settings; the latter are also written to
-    `preprocessor_config.json` when the model holds a processor. Preprocessing (resize, crop, rescale, normalise)
-    stays outside the graph: docs/export.md shows how to reproduce it.
+    `image_cache_logits`, `text_cache_logits` (B, N), `affinity_ratio` (B,), `gaussian_logits` (B, N); see
+    `OUTPUT_NAMES`); the batch axis is dynamic. Each file's `metadata_props` hold `id2label` (JSON), the method,
+    the base model and its revision, the library version, the graph and the image preprocessing settings; the latter
+    are also written to `preprocessor_config.json` when the model holds a processor. Preprocessing (resize, crop,
+    rescale, normalise) stays outside the graph: docs/export.md shows how to reproduce it.
 
     Everything is checked before anything is written; files are exported to a temporary directory inside
     ``output_dir`` and moved into place only when every graph has been exported, so a failed call leaves the

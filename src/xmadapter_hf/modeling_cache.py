@@ -57,7 +57,11 @@ class AdapterCacheMixin:
     def set_cache(self, embeds: torch.Tensor, labels: torch.Tensor) -> None:
         """Sets the cache from raw embeddings (NK, C) (normalised here) and integer labels (NK,).
 
-        Validates everything before changing any state; then resizes and initialises the method's cache parameters.
+        ``embeds`` may also be `(V, NK, C)`, every augmented view of each image (what `extract_embeddings` returns):
+        the keys are then the mean of the views (as `build_cache` and `fit` compute them) and the method reads every
+        view (GDA estimates its class means and covariance from them; with `(NK, C)` it sees one view per image).
+        Validates everything before changing any state (the method's check of the views included); then resizes and
+        initialises the method's cache parameters.
         """
         caches.set_cache(self, embeds, labels)
 
@@ -80,15 +84,17 @@ class AdapterCacheMixin:
 
         The new names are encoded with the adapter's templates and appended to ``W``, `class_names`, `id2label` and
         `label2id`; their few-shot support images (``dataset``, whose labels 0..M-1 index ``class_names``, extracted
-        with the cache's `augment_views` and seed) or raw embeddings (``embeds`` `(M, C)` with ``labels`` `(M,)`)
-        are appended to the cache, and every cache-shaped parameter of the method grows through the method's
-        `add_classes` hook: old rows are kept bit for bit, new learned keys start from their embeddings,
-        class-agnostic weights and the searched hyperparameters are kept, a half-precision cache stays half
-        precision. `config.shots` becomes `None` when the classes no longer have equal K; `config.classes_added`
-        counts the classes added. A model without a cache takes names only.
+        with the cache's `augment_views` and seed) or raw embeddings (``embeds`` `(M, C)`, or `(V, M, C)` with every
+        view, and ``labels`` `(M,)`) are appended to the cache (their views reach the method's `prepare_support`),
+        and every cache-shaped parameter of the method grows through the method's `add_classes` hook: old rows are
+        kept bit for bit, new learned keys start from their embeddings, class-agnostic weights and the searched
+        hyperparameters are kept, a half-precision cache stays half precision. `config.shots` becomes `None` when
+        the classes no longer have equal K; `config.classes_added` counts the classes added. A model without a cache
+        takes names only.
 
         Old classes' logits do not change for every method but the Multi-Modal Adapter (its attention runs over all
-        class tokens). Everything is checked before any state changes: a name the model has, a repeated or empty
+        class tokens) and GDA (its uniform prior ``log(1 / N)`` moves every old logit of an image alike; its
+        covariance is kept). Everything is checked before any state changes: a name the model has, a repeated or empty
         name, an empty list, a new class without support images, support of the wrong shape. Parameters are
         replaced: an optimiser or Trainer built before refuses its next step (build a new one). ``num_workers`` goes
         to [`~xmadapter_hf.data.extraction.extract_embeddings`] (worker processes that prepare the support images).

@@ -38,6 +38,9 @@ class XMAdapterImageClassifierOutput(ImageClassifierOutput):
         XMAdapter's ``gamma`` per image (the weight of the image cache).
     disagreement (`torch.FloatTensor` of shape `(B,)`, *optional*):
         XMAdapter's cross-modal disagreement ``d`` (training with labels and `hard_sample_strength > 0`).
+    gaussian_logits (`torch.FloatTensor` of shape `(B, N)`, *optional*):
+        GDA's Gaussian discriminant ``f W_g^T + b`` before its weight: ``logits = zero_shot_logits + alpha *
+        gaussian_logits``; `None` for the other methods.
     image_embeds (`torch.FloatTensor` of shape `(B, C)`):
         The normalised image embeddings the adapter saw.
     """
@@ -48,4 +51,5 @@ class XMAdapterImageClassifierOutput(ImageClassifierOutput):
     text_cache_logits: torch.FloatTensor | None = None
     affinity_ratio: torch.FloatTensor | None = None
     disagreement: torch.FloatTensor | None = None
+    gaussian_logits: torch.FloatTensor | None = None
     image_embeds: torch.FloatTensor | None = None

@@ -161,10 +161,12 @@ def run(args) -> int:
     model = XMAdapterForImageClassification.from_clip(
         backbone, names, method=args.method, templates=args.templates, seed=args.seed
     )
-    if args.no_search and model.method.uses_cache:
+    kept = [f"{name.replace('_', ' ')} {getattr(model.config, name)}" for name in model.method.searched_fields(
+        model.config)]  # fmt: skip
+    if args.no_search and kept:
+        kept = kept[0] if len(kept) == 1 else ", ".join(kept[:-1]) + " and " + kept[-1]
         warnings.warn(
-            f"--no-search: {args.method} keeps residual ratio {model.config.residual_ratio} and sharpness "
-            f"{model.config.sharpness} (the config's defaults), not values chosen on validation images",
+            f"--no-search: {args.method} keeps {kept} (the config's defaults), not values chosen on validation images",
             stacklevel=1,
         )
     started = time.perf_counter()
@@ -192,7 +194,7 @@ def run(args) -> int:
             "images": report.num_validation,
             "accuracy": report.accuracy,
             "zero_shot_accuracy": report.zero_shot_accuracy,
-            "used_for_search": not args.no_search and model.method.uses_cache,
+            "used_for_search": not args.no_search and model.method.searches(),
         }
         print(
             f"validation accuracy ({val_origin}, {report.num_validation} images): {args.method} {report.accuracy:.4f}"

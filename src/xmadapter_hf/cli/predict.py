@@ -2,9 +2,10 @@
 
 Each class's logit is split into its parts, read from the model's output fields: zero-shot CLIP
 (`zero_shot_logits`); for the cache methods, the image cache (`residual_ratio x image_cache_logits`, times XMAdapter's
-`affinity_ratio`) and XMAdapter's text cache (`residual_ratio x (1 - affinity_ratio) x text_cache_logits`); for
-methods whose adapter changes the embeddings instead (CLIP-Adapter, the Multi-Modal Adapter), the adapter's change
-of the logit. The parts add up to the logit. Folders are searched recursively for image files.
+`affinity_ratio`) and XMAdapter's text cache (`residual_ratio x (1 - affinity_ratio) x text_cache_logits`); GDA's
+Gaussian discriminant (`gaussian_ratio x (f W_g^T + b)`); for methods whose adapter changes the embeddings instead
+(CLIP-Adapter, the Multi-Modal Adapter), the adapter's change of the logit. The parts add up to the logit. Folders
+are searched recursively for image files.
 Classes are ranked by their logits (equal logits: the lower class index first); each score is ``softmax(logits /
 T)`` with the temperature `fit` fitted on the validation split (`config.temperature`; an adapter without one shows
 the raw softmax, which the output says is uncalibrated).

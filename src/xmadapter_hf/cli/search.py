@@ -1,4 +1,5 @@
-"""`xmadapter search`: re-run the validation search (residual ratio, sharpness, text sharpness) on a saved adapter.
+"""`xmadapter search`: re-run the validation search (residual ratio, sharpness, text sharpness; GDA's weight) on a
+saved adapter.
 
 The validation images are `--validation` (a folder, a saved dataset, a `datasets` name, or a split name of
 `--data`); without it, with `--data`, the validation rows of the adapter's `split.json` (written by `xmadapter
@@ -64,11 +65,13 @@ def run(args) -> int:
     set_threads(args.threads)
     set_workers(args.workers)
     model = load_adapter(args.adapter)
-    if not model.method.uses_cache:
-        raise CLIError(f"method {model.config.method!r} has no cache: it has no residual ratio or sharpness to search")
+    if not model.method.searches():
+        raise CLIError(
+            f"method {model.config.method!r} has nothing to search: no residual ratio, sharpness or weight of its own"
+        )
     validation = relabel(validation, model.config.class_names, origin)
     config = model.config
-    before = (config.sharpness, config.residual_ratio, config.text_sharpness)
+    before = {name: getattr(config, name) for name in model.method.searched_fields(config)}
     from ..calibration import calibrate
     from ..training.search import validation_embeddings
 
@@ -79,12 +82,8 @@ def run(args) -> int:
         search_step=tuple(args.search_step),
     )  # fmt: skip
     fitted = calibrate(model, embeds, labels)  # the temperature was fitted for the old values: refit it
-    text = "" if result.text_sharpness is None else f", text sharpness {before[2]:.4g} -> {config.text_sharpness:.4g}"
     print(f"searched on {origin} ({result.num_validation} images): validation accuracy {result.accuracy:.4f}")
-    print(
-        f"sharpness {before[0]:.4g} -> {config.sharpness:.4g}, residual ratio {before[1]:.4g} -> "
-        f"{config.residual_ratio:.4g}{text}"
-    )
+    print(", ".join(f"{name.replace('_', ' ')} {before[name]:.4g} -> {getattr(config, name):.4g}" for name in before))
     if fitted.temperature is not None:
         print(f"scores' temperature refitted on the same split: {fitted.temperature:.4g}")
     output = Path(args.output) if args.output else adapter_dir
@@ -95,7 +94,7 @@ def run(args) -> int:
 
 COMMAND = Command(
     name="search",
-    help="re-run the validation search of a saved adapter's residual ratio and sharpness",
+    help="re-run the validation search of a saved adapter's residual ratio and sharpness (GDA: its weight)",
     description=__doc__,
     add_arguments=add_arguments,
     run=run,

@@ -5,6 +5,7 @@ from .base import (
     AdapterMethod,
     CacheState,
     CacheTerm,
+    LogitTerm,
     MethodOutput,
     SearchSpace,
     TrainingRecipe,
@@ -14,6 +15,7 @@ from .base import (
     registered_methods,
 )
 from .clip_adapter import ClipAdapter
+from .gda import GDA
 from .meta_adapter import MetaAdapter
 from .multimodal import MultiModalAdapter
 from .tip_adapter import TipAdapter, TipAdapterF
@@ -29,6 +31,8 @@ __all__ = [
     "CacheState",
     "CacheTerm",
     "ClipAdapter",
+    "GDA",
+    "LogitTerm",
     "MetaAdapter",
     "MethodOutput",
     "MultiModalAdapter",

@@ -10,7 +10,8 @@ method: it asks the method. The hooks, each with a default that fits a method wi
   the cross-modal disagreement the `disagreement` hard-sample criterion needs.
 - ``recipe``: the [`TrainingRecipe`] of a trainable method (`None`: training-free); ``parameter_groups(lr, wd)``:
   its optimiser groups.
-- ``search_space(image_embeds, state)``: what the validation search tunes (`None`: nothing).
+- ``search_space(image_embeds, state)``: what the validation search tunes (`None`: nothing);
+  ``searched_fields(config)``: the config fields it sets (what `fit(search=False)` leaves at their values).
 - ``logit_parts(output)``: what each term of the logits adds (zero-shot, the caches), for readouts such as
   `xmadapter predict`.
 - ``export_constants(state)`` and ``export_forward(image_embeds, state, constants)``: what `export.export_onnx`
@@ -21,6 +22,11 @@ method: it asks the method. The hooks, each with a default that fits a method wi
 - ``add_classes(state, old_classes, old_entries)``: the model gained classes (and their cache entries at the end of
   the cache); the default grows the cache-shaped parameters keeping the old rows and starts the new rows from their
   embeddings. A method with class-shaped parameters overrides it.
+- ``prepare_support(views, labels, num_classes, first_class)`` and ``apply_support(prepared)``: what a method keeps
+  of the support images beyond the cache keys (which average the views), from the raw embeddings of **every
+  augmented view**: GDA's class means and shared covariance. `set_cache`, `build_cache`, `fit` and `add_classes`
+  call ``prepare_support`` before any state changes (it may refuse support it cannot use) and ``apply_support``
+  with its result once the cache has changed. By default nothing is kept.
 
 A tensor that a method computes from its weights and the cache alone (XMAdapter's text keys, Meta-Adapter's adapted
 classifier) is remembered at inference by a [`Memo`] submodule (`methods/memo.py`), which its `resize_cache` resizes;
@@ -45,6 +51,7 @@ __all__ = [
     "AdapterMethod",
     "CacheState",
     "CacheTerm",
+    "LogitTerm",
     "MethodOutput",
     "SearchSpace",
     "TrainingRecipe",
@@ -196,6 +203,7 @@ class MethodOutput(ModelOutput):
     text_cache_logits: torch.Tensor | None = None
     affinity_ratio: torch.Tensor | None = None
     disagreement: torch.Tensor | None = None
+    gaussian_logits: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -263,11 +271,35 @@ class CacheTerm:
 
 
 @dataclass
-class SearchSpace:
-    """What the validation search scores: ``logits = zero_shot + alpha * sum_t weight_t exp(-beta_t (1 - cos_t)) L``.
+class LogitTerm:
+    """A term of a [`SearchSpace`] whose logits are computed once and whose weight alone is searched (no sharpness):
+    it adds ``weight * logits`` (GDA's ``alpha (f W + b)``).
 
-    The search picks the first term's sharpness jointly with ``alpha`` (`residual_ratio_field`), then each other term's
-    sharpness on its own 1-D grid (coordinate-wise), and writes the chosen values into those config fields.
+    Attributes:
+        logits (`torch.Tensor` of shape `(M, N)`): float32 logits of the validation queries.
+        weight_field (`str`): the config field holding its weight.
+        paper_grid (`tuple[float, ...]`, *optional*): the weights its paper's code searches, increasing, already
+            multiplied by ``s / 100`` for the backbone's logit scale ``s`` (the paper's were for OpenAI CLIP's 100);
+            the search uses them instead of its automatic range when asked for the papers' grids. `None`: no such
+            grid (the automatic range always).
+        can_switch_off (`bool`, *optional*, defaults to `False`): the search also tries a weight of 0 (the term
+            off), first, so that a tie keeps the term off: for a term added beside others that may not help.
+    """
+
+    logits: torch.Tensor
+    weight_field: str
+    paper_grid: tuple[float, ...] | None = None
+    can_switch_off: bool = False
+
+
+@dataclass
+class SearchSpace:
+    """What the validation search scores:
+    ``logits = zero_shot + alpha * sum_t weight_t exp(-beta_t (1 - cos_t)) L + sum_g weight_g logits_g``.
+
+    The search picks the first cache term's sharpness jointly with ``alpha`` (`residual_ratio_field`), then each other
+    cache term's sharpness on its own 1-D grid (coordinate-wise), then each [`LogitTerm`]'s weight on its own 1-D grid,
+    and writes the chosen values into those config fields. A space may have no cache term (GDA: one logit term).
     """
 
     zero_shot_logits: torch.Tensor
@@ -275,6 +307,7 @@ class SearchSpace:
     terms: list[CacheTerm]
     residual_ratio_field: str = "residual_ratio"
     shots: int | None = None
+    logit_terms: list[LogitTerm] = dataclasses.field(default_factory=list)
 
 
 class AdapterMethod(nn.Module):
@@ -342,6 +375,29 @@ class AdapterMethod(nn.Module):
         self.to(state.class_embeds.device)
         self.init_from_cache(state, start=old_entries)
 
+    def prepare_support(
+        self, views: torch.Tensor, labels: torch.Tensor, num_classes: int, first_class: int = 0
+    ) -> Any:
+        """What the method keeps of support images, computed from the raw embeddings of every augmented view, before
+        any state changes (so it may refuse support it cannot use with a `ValueError`); `apply_support` stores it.
+
+        Args:
+            views (`torch.Tensor` of shape `(V, M, C)`): raw (unnormalised) embeddings of V views of M images; V = 1
+                (the images' embeddings themselves) where only embeddings were given.
+            labels (`torch.LongTensor` of shape `(M,)`): each image's class, in ``[first_class, num_classes)``.
+            num_classes (`int`): N, the model's classes once the support is added.
+            first_class (`int`, *optional*, defaults to 0): 0 when the support is the whole cache (`set_cache`,
+                `build_cache`, `fit`); the first new class when classes are added (`add_classes`).
+
+        Returns:
+            Anything `apply_support` takes; `None` (the default): the method keeps nothing.
+        """
+        return None
+
+    def apply_support(self, prepared: Any) -> None:
+        """Stores what `prepare_support` returned, once the model's cache has changed (after `add_classes` where
+        classes were added). Nothing by default."""
+
     def reset_memo(self) -> None:
         """Forgets every tensor the method remembers ([`Memo`]): the next forward without autograd computes them."""
         for module in self.modules():
@@ -362,6 +418,12 @@ class AdapterMethod(nn.Module):
     def search_space(self, image_embeds: torch.Tensor, state: CacheState) -> SearchSpace | None:
         """What the validation search tunes on normalised validation embeddings `(M, C)`; `None`: nothing."""
         return None
+
+    @classmethod
+    def searched_fields(cls, config) -> tuple[str, ...]:
+        """The config fields that the search space sets under ``config`` (its terms' fields), in the order the search
+        chooses them; none by default."""
+        return ()
 
     def logit_parts(self, output: MethodOutput) -> dict[str, torch.Tensor]:
         """What each named term adds to ``output.logits``: name -> `(B, N)` float32 (zero-shot CLIP by default). The

@@ -99,6 +99,10 @@ class TipAdapter(AdapterMethod):
         with Fn.full_precision(image_embeds):
             return image_embeds.float() @ keys.t()
 
+    @classmethod
+    def searched_fields(cls, config) -> tuple[str, ...]:
+        return ("residual_ratio", "sharpness")
+
     def search_space(self, image_embeds: torch.Tensor, state: CacheState) -> SearchSpace:
         """The residual ratio and the image cache's sharpness."""
         zs = Fn.zero_shot_logits(image_embeds, state.class_embeds, state.logit_scale)

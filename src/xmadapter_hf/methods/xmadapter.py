@@ -255,6 +255,14 @@ class XMAdapter(TipAdapterF):
         p_txt = torch.softmax(text_cache / tau, dim=-1).gather(1, valid).squeeze(1)
         return (p_img - p_txt).abs()
 
+    @classmethod
+    def searched_fields(cls, config) -> tuple[str, ...]:
+        return (
+            ("residual_ratio", "sharpness", "text_sharpness")
+            if config.use_text_cache
+            else super().searched_fields(config)
+        )
+
     def search_space(self, image_embeds: torch.Tensor, state: CacheState) -> SearchSpace:
         """The residual ratio and the image cache's sharpness jointly, then the text cache's sharpness."""
         space = super().search_space(image_embeds, state)

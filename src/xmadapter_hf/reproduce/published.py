@@ -7,6 +7,9 @@ What is there:
   ImageNet's search on test too), as were Tip-Adapter's on ImageNet: ``selected_on_test`` says so per entry.
 - Meta-Adapter's README (RN50, 16 shots, seven datasets): zero-shot CLIP and Meta-Adapter under Meta-Adapter's own
   protocol (``protocol="meta-adapter"``), not comparable with the base-to-novel protocol.
+- GDA's results log (RN50, few-shot protocol, 1/2/4/8/16 shots, the 11 datasets; mrflogs/ICLR24 `exp.log`): GDA's
+  own rows. Its alpha is chosen on the val split, on ImageNet on the test set (``val_features = test_features``,
+  `main_few_shots.py` line 137): ImageNet's entries say ``selected_on_test``.
 
 No table of the XMAdapter paper (arXiv 2404.12588) or of the Multi-Modal Adapter paper (arXiv 2409.02958) ships:
 none was found in the sources available when this was written (docs/reproduce.md).
@@ -28,9 +31,9 @@ class PublishedResult:
     """One published number.
 
     Args:
-        paper (`str`): whose table it is (``"tip-adapter"``, ``"meta-adapter"``).
+        paper (`str`): whose table it is (``"tip-adapter"``, ``"meta-adapter"``, ``"gda"``).
         method (`str`): the method measured (``"zero-shot"``, ``"tip-adapter"``, ``"tip-adapter-f"``,
-            ``"clip-adapter"``, ``"meta-adapter"``).
+            ``"clip-adapter"``, ``"meta-adapter"``, ``"gda"``).
         dataset (`str`): canonical dataset name.
         shots (`int`): training images per class (0 for zero-shot).
         backbone (`str`): e.g. ``"RN50"``.

@@ -51,7 +51,8 @@ class FitReport:
         zero_shot_accuracy (`float`): zero-shot CLIP.
         training_free_accuracy (`float`): after the first search, before training (Tip-Adapter for cache methods).
         accuracy (`float`): the final model.
-        search_before (`dict`), search_after (`dict`): the searched values and their validation accuracy.
+        search_before (`dict`), search_after (`dict`): the searched values (by config field) and their validation
+            accuracy.
         final_loss (`float`): mean training loss of the last epoch.
         temperature (`float`): the fitted `config.temperature` (`None`: no validation split, or nothing to fit).
         calibration (`dict`): the fit's [`~xmadapter_hf.calibration.TemperatureFit`] on the validation split: NLL
@@ -100,11 +101,9 @@ class FitReport:
             )
         chosen = self.search_after or self.search_before
         if chosen:
-            text = "" if chosen["text_sharpness"] is None else f", text sharpness {chosen['text_sharpness']:.4g}"
-            lines.append(
-                f"searched on the validation split: sharpness {chosen['sharpness']:.4g}, residual ratio "
-                f"{chosen['residual_ratio']:.4g}{text}"
-            )
+            values = [f"{name.replace('_', ' ')} {value:.4g}" for name, value in chosen.items()
+                      if name != "accuracy" and value is not None]  # fmt: skip
+            lines.append(f"searched on the validation split: {', '.join(values)}")
         if self.calibration is not None and self.temperature is not None:
             fitted = self.calibration
             lines.append(
@@ -177,7 +176,8 @@ def fit(
         view_sampling (`str`, *optional*, defaults to `"gaussian"`): see [`EmbeddingViewsDataset`].
         show_progress (`bool`, *optional*, defaults to `True`): progress bars.
         search (`bool`, *optional*, defaults to `True`): run the validation searches. `False` keeps the config's
-            residual ratio and sharpness (and lets a cache method fit without a validation split).
+            values (residual ratio and sharpness; GDA's `gaussian_ratio`) and lets a cache method fit without a
+            validation split.
         extraction_workers (`int`, *optional*): worker processes that prepare the images for the backbone
             (`extract_embeddings`' ``num_workers``; default: 0 for a small job, else one per core). The embeddings
             do not depend on it.
@@ -224,8 +224,9 @@ def fit(
     searches = method.searches() and search
     if searches and validation_dataset is None:
         raise ValueError(
-            f"Method {model.config.method!r} searches its residual ratio and sharpness on a validation split: pass "
-            "`validation_dataset` (images, or raw embeddings with `validation_labels`), or `search=False`."
+            f"Method {model.config.method!r} chooses its searched values (a cache's residual ratio and sharpness, "
+            "a term's weight) on a validation split: pass `validation_dataset` (images, or raw embeddings with "
+            "`validation_labels`), or `search=False`."
         )
     if isinstance(validation_dataset, torch.Tensor):
         if validation_labels is None:
@@ -286,8 +287,8 @@ def fit(
         overrides["learning_rate"] = learning_rate
 
     with _all_or_nothing(model):
-        # ---- 2. cache: keys average the views (raw), then normalise (in set_cache)
-        model.set_cache(views.embeds.mean(dim=0), views.labels)  # (V, M, C) -> (M, C)
+        # ---- 2. cache: keys average the views (raw), then normalise; the method reads every view (set_cache)
+        model.set_cache(views.embeds, views.labels)  # (V, M, C)
         model.config.augment_views, model.config.seed = augment_views, seed
         model.eval()
         if val_embeds is not None:
@@ -396,9 +397,13 @@ def _preserved_global_rng():
 
 
 def _search_summary(result) -> dict:
-    return {
-        "accuracy": float(result.accuracy),
-        "sharpness": float(result.sharpness),
-        "residual_ratio": float(result.residual_ratio),
-        "text_sharpness": None if result.text_sharpness is None else float(result.text_sharpness),
-    }
+    """The validation accuracy and the searched values: a cache's sharpness, residual ratio and text sharpness (`None`
+    without a text cache) where the space has cache terms, then any other field it searched (a logit term's weight)."""
+    summary = {"accuracy": float(result.accuracy)}
+    if result.sharpness is not None:
+        summary.update(
+            sharpness=float(result.sharpness), residual_ratio=float(result.residual_ratio),
+            text_sharpness=None if result.text_sharpness is None else float(result.text_sharpness),
+        )  # fmt: skip
+    summary.update({name: float(value) for name, value in (result.fields or {}).items() if name not in summary})
+    return summary

@@ -8,18 +8,25 @@ cache; coordinate-wise, not a 3-D grid). The cache logits ``A L`` are computed o
 library's one implementation (`methods/cache.py`) and every residual ratio is scored in one batched op; since the
 fusion is linear and each weight is per row, the other caches' halves are computed once for the whole grid.
 
+A space may also hold logit terms ([`~xmadapter_hf.methods.LogitTerm`], ``+ weight_g * logits_g``: GDA's Gaussian
+discriminant), whose logits are computed once: the caches are searched with them at their starting weights, then
+each term's weight on its own 1-D grid with the caches at their chosen values (coordinate-wise again; ties keep the
+smallest weight). A space without cache terms searches its logit terms only.
+
 The entry points on a model and on raw tensors, which build the search space, are in `search.py`; the grids' values
 in `grids.py`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
-from ..methods import CacheTerm, SearchSpace
+from ..methods import CacheTerm, LogitTerm, SearchSpace
 from ..methods.cache import affinity_, class_sums
 from ..validation import check_choice, check_int, check_number, check_pair
 from .grids import SEARCH_GRIDS, linear_grid, log_grid, residual_ratio_grid, sharpness_grid
@@ -29,10 +36,14 @@ __all__ = [
     "AUTO_FINE_STEPS",
     "AUTO_RATIO_DECADES",
     "AUTO_SHARPNESS_RANGE",
+    "AUTO_WEIGHT_DECADES",
+    "AUTO_WEIGHT_STEPS",
     "SearchResult",
     "default_chunk_size",
+    "logit_term_grid",
     "ratio_balance",
     "search_space_grid",
+    "weight_balance",
 ]
 
 
@@ -41,8 +52,9 @@ class SearchResult:
     """The values chosen by the search and the grids it searched.
 
     Args:
-        sharpness (`float`): the chosen ``beta`` of the first cache.
-        residual_ratio (`float`): the chosen ``alpha`` (already on the backbone's logit scale).
+        sharpness (`float` or `None`): the chosen ``beta`` of the first cache; `None` for a space without cache terms.
+        residual_ratio (`float` or `None`): the chosen ``alpha`` (already on the backbone's logit scale); `None`
+            without cache terms.
         text_sharpness (`float` or `None`): the chosen ``beta_txt`` of a second cache; `None` when there is none.
         accuracy (`float`): validation accuracy in [0, 1] at the chosen values.
         num_validation (`int`): the number of validation samples ``M`` (with a few images per class, report it).
@@ -53,10 +65,12 @@ class SearchResult:
         text_grid_accuracy (`torch.Tensor` of shape `(len(text_sharpness_grid),)` or `None`): validation accuracy of
             every ``beta_txt`` at the chosen (beta, alpha).
         fields (`dict[str, float]`): the chosen values under the config fields the search space names.
+        weight_grids (`dict[str, list[float]]`): each logit term's searched weights, by its config field.
+        weight_grid_accuracy (`dict[str, torch.Tensor]`): validation accuracy of each of those weights.
     """
 
-    sharpness: float
-    residual_ratio: float
+    sharpness: float | None
+    residual_ratio: float | None
     text_sharpness: float | None
     accuracy: float
     num_validation: int
@@ -66,6 +80,8 @@ class SearchResult:
     grid_accuracy: torch.Tensor | None = None
     text_grid_accuracy: torch.Tensor | None = None
     fields: dict | None = None
+    weight_grids: dict = dataclasses.field(default_factory=dict)
+    weight_grid_accuracy: dict = dataclasses.field(default_factory=dict)
 
 
 def _count_correct(zero_shot: torch.Tensor, cache: torch.Tensor, ratios: torch.Tensor, labels: torch.Tensor):
@@ -188,11 +204,135 @@ def _auto_text_search(space, labels, chunks, fixed, term, ratio, coarse_steps, f
     return best, betas, counts
 
 
+#: `search_grid="auto"` for a logit term: its weight on a log grid over ``weight_ref * 10^[-2, 3]`` (61 values, twelve
+#: per decade; the range reaches far above the balance, where the term alone decides: on the demo task GDA's best
+#: weight was up to 42 times it at 16 shots, docs/methods.md).
+AUTO_WEIGHT_DECADES = (-2.0, 3.0)
+AUTO_WEIGHT_STEPS = 61
+
+
+def weight_balance(space: SearchSpace, term: LogitTerm) -> float:
+    """``weight_ref``: the weight at which ``term``'s logits spread across classes as much as the zero-shot logits,
+    ``mean_rows std_classes(zero_shot) / mean_rows std_classes(logits)`` on the first 512 validation rows (as
+    [`ratio_balance`] for a cache; labels are not used). 1 for logits without spread."""
+    rows = slice(0, min(_BALANCE_ROWS, space.zero_shot_logits.shape[0]))
+    target = space.zero_shot_logits[rows].std(dim=1).mean()
+    spread = term.logits[rows].float().std(dim=1).mean()
+    value = float(target / spread) if spread > 0 else math.nan
+    return value if math.isfinite(value) and value > 0 else 1.0
+
+
+def logit_term_grid(space: SearchSpace, term: LogitTerm, search_grid: str) -> list[float]:
+    """The weights searched for ``term``, increasing: its `paper_grid` unless ``search_grid`` is `"auto"` (or it has
+    none), else `AUTO_WEIGHT_STEPS` log-spaced values over ``weight_ref * 10^AUTO_WEIGHT_DECADES``; 0 first where
+    the term may be switched off (`LogitTerm.can_switch_off`: a tie keeps it off)."""
+    if search_grid != "auto" and term.paper_grid is not None:
+        grid = [float(value) for value in term.paper_grid]
+    else:
+        low, high = (10.0**decade for decade in AUTO_WEIGHT_DECADES)
+        reference = weight_balance(space, term)
+        grid = [reference * factor for factor in log_grid(low, high, AUTO_WEIGHT_STEPS)]
+    return ([0.0] if term.can_switch_off else []) + grid
+
+
+def _logits_at(space: SearchSpace, rows: slice, fixed, ratio, weights, skip: int | None = None) -> torch.Tensor:
+    """``zero_shot + alpha sum_t weight_t A_t L + sum_g w_g logits_g`` of a chunk of rows at the given values, the
+    logit term ``skip`` left out."""
+    logits = space.zero_shot_logits[rows]
+    if space.terms:
+        parts = [_term_logits(1.0 - term.cosines[rows], fixed[t], space) for t, term in enumerate(space.terms)]
+        logits = logits + ratio * _fused(parts, space.terms, rows)
+    for g, term in enumerate(space.logit_terms):
+        if g != skip and weights[g] != 0:
+            logits = logits + weights[g] * term.logits[rows]
+    return logits
+
+
+def _search_logit_terms(space, labels, chunks, result: SearchResult, fixed, weights, search_grid: str) -> None:
+    """Each logit term's weight on its own 1-D grid, in order, the caches at their chosen values and the other logit
+    terms at their current weights; fills ``weights``, ``result``'s accuracy and its weight grids."""
+    num_rows = labels.shape[0]
+    for g, term in enumerate(space.logit_terms):
+        grid = logit_term_grid(space, term, search_grid)
+        values = torch.tensor(grid, dtype=term.logits.dtype, device=labels.device)
+        counts = torch.zeros(len(grid), dtype=torch.long, device=labels.device)
+        for rows in chunks:
+            base = _logits_at(space, rows, fixed, result.residual_ratio, weights, skip=g)
+            counts += _count_correct(base, term.logits[rows], values, labels[rows])
+        best = _first_maximum(counts)
+        weights[g] = grid[best]
+        result.accuracy = int(counts[best]) / num_rows
+        result.weight_grids[term.weight_field] = grid
+        result.weight_grid_accuracy[term.weight_field] = counts.cpu().float() / num_rows
+
+
 def default_chunk_size(num_rows: int, num_entries: int, num_classes: int, num_ratios: int) -> int:
     """Validation rows per chunk so that the search's working tensors stay near 256 MiB: about ``rows * (2 NK +
     P N)`` float32 values (the hoisted distances and their affinities, the scores of every ratio)."""
     per_row = 4 * (2 * num_entries + num_ratios * num_classes + num_classes)
     return max(1, min(num_rows, (256 << 20) // max(1, per_row)))
+
+
+def _auto_cache_search(space, labels, chunks, fixed) -> SearchResult:
+    """`search_grid="auto"` over the cache terms (the first jointly with the residual ratio, the others in 1-D);
+    fills ``fixed`` with the chosen sharpness values."""
+    num_rows = labels.shape[0]
+    (count, beta, alpha), sharpnesses, ratios, counts = _auto_search(
+        space, labels, chunks, fixed, AUTO_COARSE_STEPS, AUTO_FINE_STEPS
+    )
+    fixed[0] = beta
+    result = SearchResult(
+        sharpness=beta, residual_ratio=alpha, text_sharpness=None, accuracy=count / num_rows,
+        num_validation=num_rows, sharpness_grid=sharpnesses, residual_ratio_grid=ratios.cpu().tolist(),
+        grid_accuracy=counts.cpu().float() / num_rows,
+    )  # fmt: skip
+    for term in range(1, len(space.terms)):
+        (count, text_beta), text_grid, text_counts = _auto_text_search(
+            space, labels, chunks, fixed, term, alpha, AUTO_COARSE_STEPS[0], AUTO_FINE_STEPS
+        )
+        fixed[term] = text_beta
+        result.accuracy = count / num_rows
+        result.text_sharpness, result.text_sharpness_grid = text_beta, text_grid
+        result.text_grid_accuracy = text_counts.cpu().float() / num_rows
+    return result
+
+
+def _paper_cache_search(space, labels, chunks, fixed, logit_scale, scale, steps, start, text_scale, text_steps):
+    """Tip-Adapter's linear grids over the cache terms; fills ``fixed`` with the chosen sharpness values."""
+    num_rows, (beta_max, alpha_max), (beta_steps, alpha_steps) = labels.shape[0], scale, steps
+    sharpnesses = sharpness_grid(beta_max, beta_steps, start)
+    alphas = residual_ratio_grid(alpha_max, alpha_steps, logit_scale, start)
+    if len(space.terms) > 1:
+        text_scale = beta_max if text_scale is None else text_scale
+        text_steps = beta_steps if text_steps is None else text_steps
+        text_sharpnesses = linear_grid(text_scale, text_steps, start, "text_search_scale", "text_search_step")
+    ratios = torch.tensor(alphas, dtype=torch.float32, device=labels.device)
+    counts = _grid_counts(space, labels, chunks, sharpnesses, ratios, fixed, varied=0)
+    best_i, best_k = divmod(_first_maximum(counts), len(alphas))
+    fixed[0] = sharpnesses[best_i]
+    result = SearchResult(
+        sharpness=sharpnesses[best_i], residual_ratio=alphas[best_k], text_sharpness=None,
+        accuracy=int(counts[best_i, best_k]) / num_rows, num_validation=num_rows, sharpness_grid=sharpnesses,
+        residual_ratio_grid=alphas, grid_accuracy=counts.cpu().float() / num_rows,
+    )  # fmt: skip
+    for term in range(1, len(space.terms)):
+        text_counts = _grid_counts(space, labels, chunks, text_sharpnesses, ratios[best_k : best_k + 1], fixed, term)
+        best_j = _first_maximum(text_counts)
+        fixed[term] = text_sharpnesses[best_j]
+        result.accuracy = int(text_counts[best_j, 0]) / num_rows
+        result.text_sharpness, result.text_sharpness_grid = text_sharpnesses[best_j], text_sharpnesses
+        result.text_grid_accuracy = text_counts[:, 0].cpu().float() / num_rows
+    return result
+
+
+def _without_caches(space, labels, chunks, weights) -> SearchResult:
+    """The result of a space without cache terms before its logit terms are searched: the accuracy at their
+    starting weights."""
+    correct = sum(int((_logits_at(space, rows, [], 0.0, weights).argmax(-1) == labels[rows]).sum()) for rows in chunks)
+    return SearchResult(
+        sharpness=None, residual_ratio=None, text_sharpness=None, accuracy=correct / labels.shape[0],
+        num_validation=labels.shape[0], sharpness_grid=[], residual_ratio_grid=[],
+    )  # fmt: skip
 
 
 @torch.no_grad()  # a learned gamma or keys may come with gradients attached; the search never needs them
@@ -208,83 +348,72 @@ def search_space_grid(
     text_search_scale: float | None = None,
     text_search_step: int | None = None,
     starting_sharpness: Sequence[float] | None = None,
+    starting_weights: Sequence[float] | None = None,
     chunk_size: int | None = None,
 ) -> SearchResult:
     """The grid search over a [`~xmadapter_hf.methods.SearchSpace`] (see the module docstring).
 
-    ``search_grid="tip-adapter-grid"``: Tip-Adapter's linear grids, the first term's sharpness over ``search_step[0]``
-    values below ``search_scale[0]`` with the residual ratio (``search_step[1]`` values below ``search_scale[1]``,
-    scaled by ``logit_scale / 100``), the further terms held at ``starting_sharpness``; then each further term's
-    sharpness on its own grid (``text_search_scale``/``_step``, defaulting to the first term's).
+    ``search_grid="tip-adapter-grid"`` (or its general name `"paper"`: each term's paper's own grid): Tip-Adapter's
+    linear grids, the first cache term's sharpness over ``search_step[0]`` values below ``search_scale[0]`` with the
+    residual ratio (``search_step[1]`` values below ``search_scale[1]``, scaled by ``logit_scale / 100``), the
+    further terms held at ``starting_sharpness``; then each further term's sharpness on its own grid
+    (``text_search_scale``/``_step``, defaulting to the first term's); each logit term's weight over its
+    `paper_grid` (GDA's official alpha grid, already scaled by ``s / 100``).
 
     ``search_grid="auto"``: backbone-adaptive and coarse-to-fine (docs/methods.md): sharpness on a log grid over
     [0.1, 100] (`AUTO_COARSE_STEPS[0]` values), the residual ratio on a log grid over ``alpha_ref(beta) * [1e-2,
     1e2]`` ([`ratio_balance`]; `AUTO_COARSE_STEPS[1]` values), then a finer grid one coarse step around the choice;
-    each further term's sharpness likewise in 1-D. ``search_scale`` and ``search_step`` are not used.
-    ``chunk_size`` bounds the rows processed at once (default: [`default_chunk_size`])."""
+    each further term's sharpness likewise in 1-D; each logit term's weight over [`logit_term_grid`]'s
+    backbone-adaptive range. ``search_scale`` and ``search_step`` are not used.
+
+    Logit terms start at ``starting_weights`` (default 1 each) while the caches are searched; the chosen weights are
+    in `fields` under their config fields. ``chunk_size`` bounds the rows processed at once (default:
+    [`default_chunk_size`])."""
     logit_scale = check_number("logit_scale", logit_scale, 0.0, low_open=True)
     check_choice("search_grid", search_grid, SEARCH_GRIDS)
-    further = len(space.terms) - 1
-    fixed = [0.0, *(starting_sharpness or [1.0] * further)]
-    num_rows, device = labels.shape[0], labels.device
-    if search_grid == "tip-adapter-grid":
-        (beta_max, alpha_max), (beta_steps, alpha_steps) = (
-            check_pair("search_scale", search_scale, "sharpness, residual_ratio"),
-            check_pair("search_step", search_step, "sharpness, residual_ratio"),
-        )
-    if chunk_size is None:
-        num_ratios = AUTO_COARSE_STEPS[1] if search_grid == "auto" else alpha_steps
-        size = default_chunk_size(num_rows, space.terms[0].cosines.shape[1], space.zero_shot_logits.shape[1],
-                                  num_ratios)  # fmt: skip
-    else:
-        size = check_int("chunk_size", chunk_size, 1)
-    chunks = [slice(i, min(i + size, num_rows)) for i in range(0, num_rows, size)]
-
-    if search_grid == "auto":
-        (count, beta, alpha), sharpnesses, ratios, counts = _auto_search(
-            space, labels, chunks, fixed, AUTO_COARSE_STEPS, AUTO_FINE_STEPS
-        )
-        fixed[0] = beta
-        result = SearchResult(
-            sharpness=beta, residual_ratio=alpha, text_sharpness=None, accuracy=count / num_rows,
-            num_validation=num_rows, sharpness_grid=sharpnesses, residual_ratio_grid=ratios.cpu().tolist(),
-            grid_accuracy=counts.cpu().float() / num_rows,
-        )  # fmt: skip
-        for term in range(1, further + 1):
-            (count, text_beta), text_grid, text_counts = _auto_text_search(
-                space, labels, chunks, fixed, term, alpha, AUTO_COARSE_STEPS[0], AUTO_FINE_STEPS
-            )
-            fixed[term] = text_beta
-            result.accuracy = count / num_rows
-            result.text_sharpness, result.text_sharpness_grid = text_beta, text_grid
-            result.text_grid_accuracy = text_counts.cpu().float() / num_rows
+    if not space.terms and not space.logit_terms:
+        raise ValueError("The search space has no term to search: neither a cache term nor a logit term.")
+    count = len(space.logit_terms)
+    weights = [float(w) for w in (starting_weights if starting_weights is not None else [1.0] * count)]
+    if len(weights) != count:
+        raise ValueError(f"`starting_weights` needs one weight per logit term ({count}); got {len(weights)}.")
+    fixed = [0.0, *(starting_sharpness or [1.0] * (len(space.terms) - 1))] if space.terms else []
+    paper = search_grid != "auto" and bool(space.terms)  # Tip-Adapter's grids for the caches
+    if paper:
+        scale = check_pair("search_scale", search_scale, "sharpness, residual_ratio")
+        steps = check_pair("search_step", search_step, "sharpness, residual_ratio")
+    chunks = _row_chunks(space, labels.shape[0], steps[1] if paper else AUTO_COARSE_STEPS[1], chunk_size)
+    if space.terms:
+        cache_space = space  # the caches are searched with the logit terms at their starting weights
+        if space.logit_terms:
+            rows_only = dataclasses.replace(space, terms=[])
+            base = torch.cat([_logits_at(rows_only, rows, [], 0.0, weights) for rows in chunks])
+            cache_space = dataclasses.replace(space, zero_shot_logits=base, logit_terms=[])
+        if paper:
+            result = _paper_cache_search(cache_space, labels, chunks, fixed, logit_scale, scale, steps, start,
+                                         text_search_scale, text_search_step)  # fmt: skip
+        else:
+            result = _auto_cache_search(cache_space, labels, chunks, fixed)
         result.fields = {space.residual_ratio_field: result.residual_ratio}
         result.fields.update({term.sharpness_field: value for term, value in zip(space.terms, fixed)})
-        return result
-
-    sharpnesses = sharpness_grid(beta_max, beta_steps, start)
-    alphas = residual_ratio_grid(alpha_max, alpha_steps, logit_scale, start)
-    if further:
-        text_scale = beta_max if text_search_scale is None else text_search_scale
-        text_steps = beta_steps if text_search_step is None else text_search_step
-        text_sharpnesses = linear_grid(text_scale, text_steps, start, "text_search_scale", "text_search_step")
-    ratios = torch.tensor(alphas, dtype=torch.float32, device=device)
-
-    counts = _grid_counts(space, labels, chunks, sharpnesses, ratios, fixed, varied=0)
-    best_i, best_k = divmod(_first_maximum(counts), len(alphas))
-    fixed[0] = sharpnesses[best_i]
-    result = SearchResult(
-        sharpness=sharpnesses[best_i], residual_ratio=alphas[best_k], text_sharpness=None,
-        accuracy=int(counts[best_i, best_k]) / num_rows, num_validation=num_rows, sharpness_grid=sharpnesses,
-        residual_ratio_grid=alphas, grid_accuracy=counts.cpu().float() / num_rows,
-    )  # fmt: skip
-    for term in range(1, further + 1):
-        text_counts = _grid_counts(space, labels, chunks, text_sharpnesses, ratios[best_k : best_k + 1], fixed, term)
-        best_j = _first_maximum(text_counts)
-        fixed[term] = text_sharpnesses[best_j]
-        result.accuracy = int(text_counts[best_j, 0]) / num_rows
-        result.text_sharpness, result.text_sharpness_grid = text_sharpnesses[best_j], text_sharpnesses
-        result.text_grid_accuracy = text_counts[:, 0].cpu().float() / num_rows
-    result.fields = {space.residual_ratio_field: result.residual_ratio}
-    result.fields.update({term.sharpness_field: value for term, value in zip(space.terms, fixed)})
+    else:
+        result = _without_caches(space, labels, chunks, weights)
+        result.fields = {}
+    if space.logit_terms:
+        _search_logit_terms(space, labels, chunks, result, fixed, weights, search_grid)
+        result.fields.update({term.weight_field: weight for term, weight in zip(space.logit_terms, weights)})
     return result
+
+
+def _row_chunks(space: SearchSpace, num_rows: int, num_ratios: int, chunk_size: int | None) -> list[slice]:
+    """The validation rows in chunks of ``chunk_size`` (default: [`default_chunk_size`] for ``num_ratios`` residual
+    ratios, or for the longest logit-term grid)."""
+    if chunk_size is None:
+        if space.logit_terms:
+            grids = (AUTO_WEIGHT_STEPS, *(len(term.paper_grid or ()) for term in space.logit_terms))
+            num_ratios = max(num_ratios, 1 + max(grids))  # +1: a grid may start with 0
+        entries = space.terms[0].cosines.shape[1] if space.terms else 0
+        size = default_chunk_size(num_rows, entries, space.zero_shot_logits.shape[1], num_ratios)
+    else:
+        size = check_int("chunk_size", chunk_size, 1)
+    return [slice(i, min(i + size, num_rows)) for i in range(0, num_rows, size)]

@@ -9,8 +9,9 @@ from ..validation import check_int, check_number
 
 __all__ = ["SEARCH_GRIDS", "linear_grid", "log_grid", "residual_ratio_grid", "sharpness_grid"]
 
-#: The searches: "auto" (backbone-adaptive, coarse-to-fine) and "tip-adapter-grid" (Tip-Adapter's exact linear grid).
-SEARCH_GRIDS = ("auto", "tip-adapter-grid")
+#: The searches: "auto" (backbone-adaptive, coarse-to-fine) and "paper" (each term's paper's own grid: Tip-Adapter's
+#: exact linear grids for the caches, GDA's official alpha grid for its term), also named "tip-adapter-grid".
+SEARCH_GRIDS = ("auto", "paper", "tip-adapter-grid")
 
 # Tip-Adapter's alpha ranges were tuned for OpenAI CLIP's logit scale; other backbones rescale them.
 _REFERENCE_LOGIT_SCALE = 100.0

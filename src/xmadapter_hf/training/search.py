@@ -52,12 +52,12 @@ def _weight(ratio, num_rows: int, device) -> torch.Tensor:
 
 def resolve_search_grid(search_grid, search_scale, search_step, dataset_name=None) -> tuple[str, tuple, tuple]:
     """(grid, scale, step) of a search: `None` is `"tip-adapter-grid"` when a scale or step was given, else
-    `"auto"`; the `"tip-adapter-grid"`'s scale and step are the given ones, else the dataset's (``dataset_name``),
-    else Tip-Adapter's ImageNet (7, 3) and (200, 20)."""
+    `"auto"`; the `"tip-adapter-grid"`'s (or `"paper"`'s: the same search) scale and step are the given ones, else
+    the dataset's (``dataset_name``), else Tip-Adapter's ImageNet (7, 3) and (200, 20)."""
     if search_grid is None:
         search_grid = "tip-adapter-grid" if search_scale is not None or search_step is not None else "auto"
     check_choice("search_grid", search_grid, SEARCH_GRIDS)
-    if dataset_name is not None and search_grid == "tip-adapter-grid":  # explicit argument > dataset > Tip's ImageNet
+    if dataset_name is not None and search_grid != "auto":  # explicit argument > dataset > Tip's ImageNet
         from ..data.defaults import dataset_defaults
 
         defaults = dataset_defaults(dataset_name)
@@ -216,12 +216,14 @@ def search_on_validation(
     """Grid-searches what the model's method tunes on a validation split and writes the choice into `model.config`.
 
     Args:
-        model: an [`XMAdapterForImageClassification`] whose method has a search space (the cache methods); its
-            current (possibly trained) keys and text side are used.
+        model: an [`XMAdapterForImageClassification`] whose method has a search space (the cache methods: residual
+            ratio and sharpness values; GDA: `gaussian_ratio`); its current (possibly trained) keys and text side are
+            used.
         validation: a validation image dataset, or raw validation embeddings `(M, C)` with ``labels``.
-        search_grid (`str`, *optional*): `"auto"` or `"tip-adapter-grid"` (see [`search_space_grid`]). Defaults to
-            `"tip-adapter-grid"` when ``search_scale`` or ``search_step`` is given, to `"auto"` otherwise: the
-            automatic search finds the optimum whatever the backbone; Tip-Adapter's grid reproduces its tables.
+        search_grid (`str`, *optional*): `"auto"`, or `"paper"` / `"tip-adapter-grid"` (two names of one search:
+            each term's paper's grid; see [`search_space_grid`]). Defaults to `"tip-adapter-grid"` when
+            ``search_scale`` or ``search_step`` is given, to `"auto"` otherwise: the automatic search finds the
+            optimum whatever the backbone; the papers' grids reproduce their tables.
         search_scale (`(float, float)`, *optional*): [sharpness max, residual-ratio max] of `"tip-adapter-grid"`;
             defaults to the dataset's (``dataset_name``) or Tip-Adapter's ImageNet scale (7, 3). The residual-ratio
             range is scaled by s / 100.
@@ -246,18 +248,21 @@ def search_on_validation(
     space = model.method.search_space(Fn.l2_normalize(raw.to(device).float()), model.cache_state())
     labels = check_labels("labels", labels.to(device), raw.shape[0], model.config.num_classes)
     starting = [getattr(model.config, term.sharpness_field) for term in space.terms[1:]]
+    weights = [getattr(model.config, term.weight_field) for term in space.logit_terms]
     result = search_space_grid(
         space, labels, model.logit_scale, search_grid=search_grid, search_scale=search_scale, search_step=search_step,
         text_search_scale=text_search_scale, text_search_step=text_search_step, starting_sharpness=starting,
+        starting_weights=weights,
     )  # fmt: skip
     for name, value in result.fields.items():
         setattr(model.config, name, float(value))
+    tip_grid = search_grid != "auto" and bool(space.terms)  # Tip-Adapter's ranges were searched
     model.config.search_result = {
         "split": "validation",
         "num_validation": int(result.num_validation),
         "accuracy": float(result.accuracy),
         **{name: float(value) for name, value in result.fields.items()},
         "search_grid": search_grid,
-        **({"search_scale": list(search_scale), "search_step": list(search_step)} if search_grid != "auto" else {}),
+        **({"search_scale": list(search_scale), "search_step": list(search_step)} if tip_grid else {}),
     }
     return result
