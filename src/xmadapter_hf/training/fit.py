@@ -307,6 +307,7 @@ def fit(
             validation = None if val_embeds is None or not selects else (val_embeds, val_labels)
             _train(model, data, seed, overrides, show_progress, report, validation, early_stopping_patience,
                    keep_best_epoch)  # fmt: skip
+            _check_finite(model)
         # ---- 5. search again on the trained model
         if searches and method.trainable:
             report.search_after = _search_summary(model.search_hyperparameters(val_embeds, val_labels, **search_args))
@@ -316,6 +317,18 @@ def fit(
             fitted = calibrate(model, val_embeds, val_labels)
             report.temperature, report.calibration = fitted.temperature, fitted.to_dict()
     return model, report
+
+
+def _check_finite(model) -> None:
+    """A run that diverged leaves non-finite weights, which no search, temperature or save can use: refuse it (the
+    all-or-nothing block then gives the caller's model back as it was)."""
+    broken = [name for name, p in model.method.named_parameters() if not bool(torch.isfinite(p).all())]
+    if broken:
+        raise ValueError(
+            f"Training diverged: the adapter's {', '.join(broken)} became non-finite (NaN or Inf). Lower the "
+            "learning rate, or keep the best epoch (`keep_best_epoch=True`, the default), which never ends below the "
+            "start on validation."
+        )
 
 
 def _train(
