@@ -210,7 +210,9 @@ def test_predict_ranks_by_logit_and_scores_with_the_temperature(make_model, test
             assert [p["label"] for p in entry["predictions"]] == [CLASS_NAMES[j] for j in order]
             assert [p["score"] for p in entry["predictions"]] == pytest.approx([float(score[j]) for j in order])
             assert entry["temperature"] == temperature
-    assert float(probabilities(logits).amax(-1).min()) == 1.0, "the case this test is about: a saturated softmax"
+    # the case this test is about: a saturated softmax, where some image has two or more classes at score exactly 0
+    # that only their logits can order (how many depends on the session's random tiny CLIP, so count, not all rows)
+    assert int(((probabilities(logits) == 0).sum(-1) >= 2).sum()) >= 1
 
 
 def test_transformers_pipeline_with_our_class_on_a_saved_adapter(
