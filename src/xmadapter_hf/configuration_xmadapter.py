@@ -23,7 +23,7 @@ from transformers import PreTrainedConfig
 
 from . import __version__
 from .methods import get_method_class, method_config_fields
-from .selection import AUTO
+from .selection import AUTO, is_pending
 from .validation import at_least, in_interval, one_of
 
 __all__ = ["ConfigTypeError", "ConfigValueError", "XMAdapterConfig"]
@@ -257,7 +257,7 @@ class XMAdapterConfig(PreTrainedConfig):
                 default = field.default_factory() if field.default is dataclasses.MISSING else field.default
                 setattr(self, name, copy.copy(default))
         self._derive_labels(kwargs.pop("num_labels", None))
-        if self.hard_sample_strength is None and self.method != AUTO:  # "auto": each candidate resolves it
+        if self.hard_sample_strength is None and not is_pending(self):  # "auto": each candidate resolves it
             self.hard_sample_strength = self.default_hard_sample_strength()
         if self.xmadapter_version is None:
             self.xmadapter_version = __version__
@@ -288,7 +288,7 @@ class XMAdapterConfig(PreTrainedConfig):
     # ----------------------------------------------------------------------------------------- class validators
     def validate_hard_samples(self) -> None:
         """Hard-sample weighting needs a trainable method, and the `disagreement` criterion a method measuring it."""
-        if not self.hard_sample_strength or self.method == AUTO:  # "auto": checked for each candidate
+        if not self.hard_sample_strength or is_pending(self):  # "auto": checked for each candidate
             return
         method = get_method_class(self.method)
         if not method.trainable:
@@ -305,7 +305,7 @@ class XMAdapterConfig(PreTrainedConfig):
 
     def validate_method(self) -> None:
         """The method's own checks between its fields ("auto": checked for each candidate)."""
-        if self.method != AUTO:
+        if not is_pending(self):
             get_method_class(self.method).validate_config(self)
 
     # -------------------------------------------------------------------------------------------------- labels

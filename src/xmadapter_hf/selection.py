@@ -11,21 +11,12 @@ accuracy (`training/select.py`; docs/training.md). Until then `forward`, `save_p
 
 from __future__ import annotations
 
-from .methods import AdapterMethod, get_method_class
+from .methods import AUTO_CANDIDATES, AdapterMethod, get_method_class
 
 __all__ = ["AUTO", "AUTO_CANDIDATES", "PendingSelection", "is_pending", "method_class", "pending_message"]
 
 #: The `config.method` of a model whose method `fit` chooses on validation.
 AUTO = "auto"
-
-#: The default candidates of `method="auto"`, in the order its tie rule follows (a tie on validation accuracy goes to
-#: the candidate listed first): zero-shot CLIP, the training-free methods, then the trained ones from the shortest
-#: recipe to the longest (Meta-Adapter 5 epochs; Tip-Adapter-F and XMAdapter 20; CLIP-Adapter and the Multi-Modal
-#: Adapter 200).
-AUTO_CANDIDATES = (
-    "zero-shot", "tip-adapter", "gda", "meta-adapter", "tip-adapter-f", "xmadapter", "clip-adapter",
-    "multimodal-adapter",
-)  # fmt: skip
 
 
 def pending_message(action: str) -> str:
