@@ -33,6 +33,7 @@ from . import __version__, classes, integrity, prompts
 from . import backbone as bb
 from .configuration_xmadapter import XMAdapterConfig
 from .hub import no_cache_note, resolve_file
+from .selection import is_pending
 
 __all__ = ["load_adapter", "load_backbone", "load_backbone_and_processor", "load_processor", "read_header",
            "read_weights", "save_adapter", "storage_dtype"]  # fmt: skip
@@ -224,6 +225,11 @@ def load_adapter(
     else:
         config = XMAdapterConfig.from_pretrained(resolve_file(path_or_repo, CONFIG_NAME, hub))
     integrity.check_version(config)
+    if is_pending(config):  # `save_pretrained` refuses these: a config written by hand, or by another tool
+        raise ValueError(
+            f"{path_or_repo!r} holds no fitted adapter: its config says method='auto', a model that never chose its "
+            "method (`save_pretrained` refuses to save one). Fit it with `xmadapter_hf.fit` and save the result."
+        )
     weights_path = resolve_file(path_or_repo, SAFE_WEIGHTS_NAME, hub)
     shapes, metadata = read_header(weights_path)
     integrity.check_save_id(config, metadata, path_or_repo)

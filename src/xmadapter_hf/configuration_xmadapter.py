@@ -23,6 +23,7 @@ from transformers import PreTrainedConfig
 
 from . import __version__
 from .methods import get_method_class, method_config_fields
+from .selection import AUTO, is_pending
 from .validation import at_least, in_interval, one_of
 
 __all__ = ["ConfigTypeError", "ConfigValueError", "XMAdapterConfig"]
@@ -97,7 +98,12 @@ def _python_errors(cls):
 
 
 def _registered(value: str) -> None:
-    get_method_class(value)  # ValueError naming the registered methods
+    if value == AUTO:  # chosen on validation by `fit` (selection.py)
+        return
+    try:
+        get_method_class(value)
+    except ValueError as error:  # the registered methods, and "auto"
+        raise ValueError(f"{error} Or 'auto': `fit` chooses the method on a validation split.") from None
 
 
 def _class_names(value: list) -> None:
@@ -134,7 +140,8 @@ class XMAdapterConfig(PreTrainedConfig):
     Args:
         method (`str`, *optional*, defaults to `"xmadapter"`):
             A method of the registry (`xmadapter_hf.registered_methods()`), including one registered with
-            [`~xmadapter_hf.register_method`].
+            [`~xmadapter_hf.register_method`]; or `"auto"`: `fit` fits every candidate method and keeps the one with
+            the best validation accuracy (docs/training.md), which then is `method`.
         class_names (`list[str]`, *optional*, defaults to `[]`):
             The class names, in label order. Must be non-empty and unique to build a model.
         prompt_templates (`list[str]`, *optional*, defaults to `["a photo of a {}."]`):
@@ -174,6 +181,10 @@ class XMAdapterConfig(PreTrainedConfig):
             `build_cache`) and the default training seed.
         search_result (`dict`, *optional*):
             What the last validation search chose and measured (values, grid, validation size, accuracy).
+        method_selection (`dict`, *optional*):
+            How `fit` chose `method` for a model built with `method="auto"`: the rule, the candidates and the
+            validation table (each candidate's validation accuracy and NLL, or why it was skipped). `None`: the
+            method was given.
         evaluation (`dict`, *optional*):
             Metrics of the last evaluation, shown on the model card.
         temperature (`float`, *optional*):
@@ -223,6 +234,7 @@ class XMAdapterConfig(PreTrainedConfig):
     classes_added: int = validated_field(at_least("classes_added", 0), default=0)
     seed: int | None = None
     search_result: dict | None = None
+    method_selection: dict | None = None
     evaluation: dict | None = None
     temperature: int | float | None = validated_field(_positive("temperature"), default=None)
     base_model_name_or_path: str | None = None
@@ -245,9 +257,8 @@ class XMAdapterConfig(PreTrainedConfig):
                 default = field.default_factory() if field.default is dataclasses.MISSING else field.default
                 setattr(self, name, copy.copy(default))
         self._derive_labels(kwargs.pop("num_labels", None))
-        if self.hard_sample_strength is None:
-            measures = get_method_class(self.method).measures_disagreement(self)
-            self.hard_sample_strength = 1.0 if measures and self.hard_sample_criterion == "disagreement" else 0.0
+        if self.hard_sample_strength is None and not is_pending(self):  # "auto": each candidate resolves it
+            self.hard_sample_strength = self.default_hard_sample_strength()
         if self.xmadapter_version is None:
             self.xmadapter_version = __version__
         super().__post_init__(**kwargs)
@@ -268,10 +279,16 @@ class XMAdapterConfig(PreTrainedConfig):
                     raise _field_error(name, value, field.type, error) from error
         super().__setattr__(name, value)
 
+    def default_hard_sample_strength(self) -> float:
+        """What `hard_sample_strength=None` resolves to for `method`: 1.0 where the method measures the cross-modal
+        disagreement and the criterion is `disagreement`, else 0."""
+        measures = get_method_class(self.method).measures_disagreement(self)
+        return 1.0 if measures and self.hard_sample_criterion == "disagreement" else 0.0
+
     # ----------------------------------------------------------------------------------------- class validators
     def validate_hard_samples(self) -> None:
         """Hard-sample weighting needs a trainable method, and the `disagreement` criterion a method measuring it."""
-        if not self.hard_sample_strength:
+        if not self.hard_sample_strength or is_pending(self):  # "auto": checked for each candidate
             return
         method = get_method_class(self.method)
         if not method.trainable:
@@ -287,8 +304,9 @@ class XMAdapterConfig(PreTrainedConfig):
             )
 
     def validate_method(self) -> None:
-        """The method's own checks between its fields."""
-        get_method_class(self.method).validate_config(self)
+        """The method's own checks between its fields ("auto": checked for each candidate)."""
+        if not is_pending(self):
+            get_method_class(self.method).validate_config(self)
 
     # -------------------------------------------------------------------------------------------------- labels
     def _derive_labels(self, num_labels: int | None) -> None:

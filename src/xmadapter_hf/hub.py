@@ -93,6 +93,9 @@ def build_model_card(config, repo_id: str, datasets: list[str] | None = None):
         rows.append(("hard-sample strength", _format(config.hard_sample_strength)))
     if search:
         rows.append(("chosen on", f"a validation split of {search.get('num_validation')} images"))
+    selection = _selection_section(config.method_selection)
+    if selection:
+        rows.insert(1, ("method chosen by", '`method="auto"`: see *Method selection* below'))
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     note = no_cache_note(config)
     warning = f"\n**No cache.** {note[0].upper()}{note[1:]}\n" if note else ""
@@ -124,8 +127,31 @@ print(model.config.class_names[:5])
 | setting | value |
 |---|---|
 {table}
-{results}"""
+{selection}{results}"""
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+def _selection_section(selection: dict | None) -> str:
+    """The card's account of how `method="auto"` chose the method (`config.method_selection`); "" without one."""
+    if not selection:
+        return ""
+    lines = []
+    for row in selection.get("table", []):
+        if row.get("status") == "skipped":
+            reason = " ".join(str(row.get("reason", "")).replace("|", "/").split())
+            note = "skipped: " + (reason if len(reason) <= 160 else reason[:157] + "...")
+            lines.append(f"| {row['method']} | - | - | {note} |")
+        else:
+            nll = row.get("validation_nll")
+            note = "**chosen**" if row.get("chosen") else ""
+            lines.append(f"| {row['method']} | {row['validation_accuracy']:.4f} | "
+                         f"{'-' if nll is None else f'{nll:.4f}'} | {note} |")  # fmt: skip
+    return (
+        f'\n## Method selection\n\nThe method was chosen by `method="auto"`: every candidate was fitted from one '
+        f"extraction of the few-shot images, and the one kept has {selection.get('rule', 'the best accuracy')} "
+        f"(a validation split of {selection.get('num_validation')} images; no test split was seen).\n\n"
+        "| candidate | validation accuracy | validation NLL | note |\n|---|---:|---:|---|\n" + "\n".join(lines) + "\n"
+    )
 
 
 def _own_fields(method: str) -> list[tuple[str, str]]:

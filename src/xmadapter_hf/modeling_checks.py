@@ -6,6 +6,7 @@ import torch
 from . import backbone as bb
 from .configuration_xmadapter import XMAdapterConfig
 from .methods import get_method_class, registered_methods
+from .selection import is_pending, method_class, pending_message
 from .validation import describe
 
 __all__ = ["check_inputs", "check_trainable", "checked_backbone", "expected_adapter_shapes", "own_buffers"]
@@ -28,7 +29,7 @@ def expected_adapter_shapes(config: XMAdapterConfig, dim: int) -> dict[str, tupl
     expected_adapter_shapes`), computed on the meta device: nothing is allocated."""
     shapes = {name: shape for name, (shape, _) in own_buffers(config, dim).items()}
     with torch.device("meta"):
-        method = get_method_class(config.method)(config, dim)
+        method = method_class(config.method)(config, dim)
     shapes.update({f"method.{k}": tuple(v.shape) for k, v in method.state_dict().items()})
     return shapes
 
@@ -65,6 +66,8 @@ def _backbone_of(config: XMAdapterConfig):
 
 def check_inputs(model, pixel_values, image_embeds, labels, cache_index) -> None:
     """The inputs of `model.forward`: exactly one of pixels and embeddings, labels and cache positions that fit."""
+    if is_pending(model):
+        raise ValueError(pending_message("classify"))
     batch = _batch_size(model, pixel_values, image_embeds)
     if model.method.uses_cache and model.config.cache_size == 0:
         raise ValueError(f"Method {model.config.method!r} needs a cache: call `model.build_cache(dataset)` first.")
@@ -106,6 +109,8 @@ def _batch_size(model, pixel_values, image_embeds) -> int:
 
 def check_trainable(model) -> None:
     """Refuses to train a training-free method, or learned cache keys frozen in half precision (`half_cache()`)."""
+    if is_pending(model):
+        raise ValueError(pending_message("be trained (the Trainer trains one method; `fit` chooses one)"))
     if not model.method.trainable:
         trainable = [name for name in registered_methods() if get_method_class(name).trainable]
         raise ValueError(

@@ -17,10 +17,11 @@ from . import backbone as bb
 from . import caches, checkpoint, prompts
 from . import functional as Fn
 from .configuration_xmadapter import XMAdapterConfig
-from .methods import AdapterMethod, CacheState, get_method_class
+from .methods import AdapterMethod, CacheState
 from .modeling_cache import AdapterCacheMixin
 from .modeling_checks import check_inputs, checked_backbone, expected_adapter_shapes, own_buffers
 from .modeling_outputs import METHOD_OUTPUT_FIELDS, XMAdapterImageClassifierOutput
+from .selection import is_pending, method_class, pending_message
 from .training.losses import adapter_loss
 
 __all__ = ["XMAdapterForImageClassification", "XMAdapterImageClassifierOutput"]
@@ -76,7 +77,7 @@ class XMAdapterForImageClassification(AdapterCacheMixin, PreTrainedModel):
         # builds with the same seed are bit-identical.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed if config.seed is not None else 0)
-            self.method: AdapterMethod = get_method_class(config.method)(config, dim)
+            self.method: AdapterMethod = method_class(config.method)(config, dim)  # "auto": a placeholder
             self.post_init()
         bb.freeze(self.clip)
         # Trainer loads its checkpoints (adapter only) with `strict=False` and stays quiet about missing keys only
@@ -175,7 +176,9 @@ class XMAdapterForImageClassification(AdapterCacheMixin, PreTrainedModel):
             class_names (`list[str]`): the classes, in label order.
             processor (`CLIPProcessor`, *optional*): tokenizer + image processor; loaded from the path if omitted.
             templates (`list[str]`, *optional*): prompt templates with `{}` (default `["a photo of a {}."]`).
-            method (`str`, *optional*): a registered method (default: the config's default, XMAdapter).
+            method (`str`, *optional*): a registered method (default: the config's default, XMAdapter), or `"auto"`:
+                `fit` then fits every candidate method and keeps the best on validation (docs/training.md); the
+                model refuses to classify or save until it has.
             revision (`str`, *optional*): the backbone revision to load (recorded in the config).
             base_model_name_or_path (`str`, *optional*): the Hub id to record when the backbone object was loaded from
                 elsewhere (defaults to the backbone's `name_or_path`).
@@ -248,6 +251,8 @@ class XMAdapterForImageClassification(AdapterCacheMixin, PreTrainedModel):
         Called by Trainer with the full model's ``state_dict``: backbone tensors are filtered out either way; other
         files in the directory are left alone.
         """
+        if is_pending(self):
+            raise ValueError(pending_message("be saved"))
         if kwargs.pop("push_to_hub", False):
             raise ValueError(
                 "Use `model.push_to_hub(repo_id)` to push; `save_pretrained(push_to_hub=True)` is not supported."

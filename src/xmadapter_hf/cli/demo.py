@@ -1,6 +1,7 @@
 """`xmadapter demo`: every method at 1/2/4/8/16 shots on the demo task, offline, on the shipped demo CLIP.
 
-Prints the test accuracy table (mean over the seeds), XMAdapter's affinity ratio per shot count and the test split's
+Prints the test accuracy table (mean over the seeds; its `auto` row is the method with the best validation accuracy
+at each seed and shot count, from the same fits), XMAdapter's affinity ratio per shot count and the test split's
 calibration (expected calibration error and NLL of the scores before and after the temperature `fit` fitted on the
 validation split), and writes into `--output`: `results.json` (every fit), `table.md` (the three tables),
 `few_shot_curve.png` (accuracy against shots, one line per method) and `affinity_ratio.png` (XMAdapter's image vs
@@ -46,9 +47,10 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--methods",
         nargs="+",
-        choices=method_names(),
+        choices=[*method_names(), "auto"],
         metavar="METHOD",
-        help=f"default: all ({', '.join(method_names())})",
+        help=f"default: all ({', '.join(method_names())}) and auto (the best on validation among them, from the "
+        "same fits)",
     )
     parser.add_argument("--seed", type=int, nargs="+", default=[0], help="one or more seeds (the table averages them)")
     parser.add_argument("--output", default="xmadapter-demo", help="where to write results and plots (%(default)s)")
@@ -88,10 +90,13 @@ def _plots(results, output: Path) -> list[Path]:
     from ..demo.compare import summarize, summarize_affinity_ratio
     from ..methods import get_method_class
     from ..plotting import plot_affinity_ratio, plot_few_shot_curve
+    from ..selection import AUTO
 
     curves = summarize(results)
     flat = {}
     for name in list(curves):  # a method that neither trains nor has a cache does not depend on the shots
+        if name == AUTO:  # whichever method won on validation at each shot count: a curve
+            continue
         method = get_method_class(name)
         if not (method.trainable or method.uses_cache):
             points = curves.pop(name)
@@ -121,16 +126,21 @@ def run(args) -> int:
             raise CLIError(f"{error} (or pass --no-plot)") from error
     set_threads(args.threads)
     set_workers(args.workers)
-    methods = args.methods or demo_methods()
+    from ..selection import AUTO
+
+    methods = args.methods or [*demo_methods(), AUTO]  # auto: chosen on validation among the others' fits
+    fitted = [name for name in methods if name != AUTO]
     output = Path(args.output)
-    total = len(args.seed) * len(args.shots) * len(methods)
+    total = len(args.seed) * len(args.shots) * len(methods)  # results: an auto row per seed and shot count too
+    fits = len(args.seed) * len(args.shots) * len(fitted)
     print(
-        f"demo: {len(methods)} methods x shots {args.shots} x seeds {args.seed} on "
+        f"demo: {len(fitted)} methods{' and auto' if len(fitted) < len(methods) else ''} x shots {args.shots} x "
+        f"seeds {args.seed} on "
         f"{args.model or 'the demo CLIP'} ({args.threads} thread{'s' if args.threads > 1 else ''})",
         flush=True,
     )
     started = time.perf_counter()
-    with tqdm(total=total, desc="fits", unit="fit", disable=not show_progress(args)) as bar:
+    with tqdm(total=total, desc="results", unit="result", disable=not show_progress(args)) as bar:
 
         def advance(result):
             bar.set_postfix_str(f"{result.shots} shots {result.method}")
@@ -158,7 +168,7 @@ def run(args) -> int:
     written.append(output / "table.md")
     if not args.no_plot:
         written += _plots(results, output)
-    print(f"\n{total} fits in {seconds:.0f} s; wrote {', '.join(str(p) for p in written)}")
+    print(f"\n{fits} fits in {seconds:.0f} s; wrote {', '.join(str(p) for p in written)}")
     return 0
 
 

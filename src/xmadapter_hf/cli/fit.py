@@ -43,7 +43,14 @@ def add_arguments(parser) -> None:
     )  # fmt: skip
     parser.add_argument("--split", help="the split of --data to train on (default: train, or its only split)")
     parser.add_argument("--model", help="the CLIP backbone: a Hub id or a local path (default: the demo CLIP)")
-    parser.add_argument("--method", default=default_method(), choices=method_names(), help="default: %(default)s")
+    parser.add_argument(
+        "--method", default=default_method(), choices=[*method_names(), "auto"], help="default: %(default)s; "
+        "auto: fit every candidate from one extraction, keep the best validation accuracy (ties: the first listed)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--candidates", nargs="+", choices=method_names(), metavar="METHOD", help="with --method auto: the methods "
+        "to choose from, in the order that breaks ties (default: every shipped method, cheapest first)",
+    )  # fmt: skip
     parser.add_argument("--shots", type=positive_int, default=16, help="training images per class (default 16)")
     parser.add_argument("--seed", type=int, default=0, help="the draw of the images, augmentations and weights")
     parser.add_argument("--output", required=True, help="the adapter directory to write")
@@ -130,6 +137,11 @@ def run(args) -> int:
 
     output = Path(args.output)
     _check_output(output, args.overwrite)
+    from ..selection import is_pending
+
+    auto = is_pending(args)  # --method auto
+    if args.candidates and not auto:
+        raise CLIError(f"--candidates chooses among methods with --method auto; got --method {args.method}")
     data = open_data(args.data)
     split_name, train = pick_split(data, args.split, ("train",))
     origin = data.describe(split_name)
@@ -142,7 +154,7 @@ def run(args) -> int:
     elif "validation" in data.splits and split_name != "validation":
         val_origin = data.describe("validation")
         validation = relabel(data.splits["validation"], names, val_origin)
-    draw_validation = validation is None and not args.no_search
+    draw_validation = validation is None and (auto or not args.no_search)  # auto chooses on validation images
     split, few_shot, drawn, drawn_origin = _draw(args, train, names, origin, counts, draw_validation)
     if drawn is not None:
         validation, val_origin = drawn, drawn_origin
@@ -173,11 +185,17 @@ def run(args) -> int:
     model, report = fit(
         model, few_shot, validation, augment_views=args.augment_views, seed=args.seed, epochs=args.epochs,
         search_scale=search_scale(args), show_progress=show_progress(args),
-        search=not args.no_search, extraction_workers=args.workers,
+        search=not args.no_search, extraction_workers=args.workers, candidates=args.candidates if auto else None,
     )  # fmt: skip
     seconds = time.perf_counter() - started
+    if auto:
+        from ..training.select import selection_lines
+
+        print("\n".join(selection_lines(report.selection, report.num_validation)))
+    method = model.config.method  # the chosen one with --method auto
     result = {
-        "method": args.method,
+        "method": method,
+        "method_selection": model.config.method_selection,
         "base_model": backbone,
         "data": origin,
         "shots": args.shots,
@@ -195,9 +213,10 @@ def run(args) -> int:
             "accuracy": report.accuracy,
             "zero_shot_accuracy": report.zero_shot_accuracy,
             "used_for_search": not args.no_search and model.method.searches(),
+            "used_for_method_selection": auto,
         }
         print(
-            f"validation accuracy ({val_origin}, {report.num_validation} images): {args.method} {report.accuracy:.4f}"
+            f"validation accuracy ({val_origin}, {report.num_validation} images): {method} {report.accuracy:.4f}"
             f", zero-shot {report.zero_shot_accuracy:.4f}"
         )
     if test is not None:
@@ -207,7 +226,7 @@ def run(args) -> int:
             **{k: scored[k] for k in ("images", "accuracy", "zero_shot_accuracy")},
         }
         print(
-            f"test accuracy ({test_origin}, {scored['images']} images): {args.method} {scored['accuracy']:.4f}, "
+            f"test accuracy ({test_origin}, {scored['images']} images): {method} {scored['accuracy']:.4f}, "
             f"zero-shot {scored['zero_shot_accuracy']:.4f}"
         )
     model.save_pretrained(output)

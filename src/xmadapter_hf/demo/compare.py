@@ -3,7 +3,10 @@
 For each seed and shot count K: K training images per class are drawn from the demo task's train pool with the seed;
 their augmented views (10, `fit`'s default) are extracted once and shared by every method; each method runs through
 [`~xmadapter_hf.fit`] with its defaults, choosing its searched values on the validation split (16 images per class);
-accuracy is on the test split (25 per class), which no step sees before the final evaluation. Beside accuracy, each
+accuracy is on the test split (25 per class), which no step sees before the final evaluation. The `auto` row is
+`method="auto"` from those same fits, not a ninth fit: per seed and shot count, the method with the best validation
+accuracy (a tie goes to the earlier of `xmadapter_hf.methods.AUTO_CANDIDATES`), its test results under the name
+`auto` and the time of all the fits it chose among. Beside accuracy, each
 result carries the test split's expected calibration error and negative log-likelihood of the scores before (`T = 1`)
 and after the temperature `fit` fitted on the validation split (`xmadapter_hf.calibration`), and zero-shot CLIP's.
 
@@ -22,15 +25,18 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
+
+from ..selection import AUTO
 
 __all__ = [
     "DEMO_SHOTS",
     "DemoResult",
     "accuracy_table",
     "affinity_ratio_table",
+    "auto_result",
     "calibration_table",
     "compare_methods",
     "demo_methods",
@@ -65,6 +71,7 @@ class DemoResult:
         seconds (`float`), extraction_seconds (`float`): wall time of the fit and of the shared extraction.
         searched (`dict` or `None`): the searched values and their validation accuracy (cache methods).
         temperature (`float` or `None`): the temperature `fit` fitted on the validation split.
+        chosen (`str` or `None`): for the `auto` row, the method chosen on validation (whose results these are).
         ece_before (`float`), ece_after (`float`): the method's expected calibration error on the test split (15
             bins), at `T = 1` and at the fitted temperature.
         nll_before (`float`), nll_after (`float`): its mean negative log-likelihood on the test split, the same two.
@@ -90,6 +97,7 @@ class DemoResult:
     nll_after: float | None = None
     zero_shot_ece_before: float | None = None
     zero_shot_ece_after: float | None = None
+    chosen: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -138,7 +146,8 @@ def compare_methods(
         seeds (`Sequence[int]`, *optional*, defaults to `(0,)`): the draws of the few-shot images (and of the
             augmentations, view draws and shuffles).
         shots (`Sequence[int]`, *optional*, defaults to `DEMO_SHOTS`): images per class, each at most 64.
-        methods (`Sequence[str]`, *optional*): registered method names; defaults to [`demo_methods`].
+        methods (`Sequence[str]`, *optional*): registered method names, and `"auto"` for the row chosen on validation
+            among the others (see the module docstring); defaults to [`demo_methods`] and `"auto"`.
         searches (`Mapping[str, tuple | None]`, *optional*): name -> `search_scale` given to `fit` (`None` = its
             default); defaults to ``{"default": None}``. Methods without a search run once, under the first name.
         augment_views (`int`, *optional*, defaults to 10): views per training image.
@@ -152,7 +161,9 @@ def compare_methods(
     from .checkpoint import demo_clip_path
     from .task import DEMO_CLASSES, demo_task
 
-    methods = list(methods) if methods is not None else demo_methods()
+    methods = list(methods) if methods is not None else [*demo_methods(), AUTO]
+    auto = AUTO in methods
+    methods = [name for name in methods if name != AUTO]
     searches = dict(searches) if searches is not None else {"default": None}
     path = model or demo_clip_path()
     clip = CLIPModel.from_pretrained(path).eval()
@@ -173,6 +184,7 @@ def compare_methods(
                 clip, processor, train, augment_views=augment_views, seed=seed, show_progress=show_progress
             )
             extraction = time.perf_counter() - started
+            fits = []
             for method in methods:
                 for number, (search, scale) in enumerate(searches.items()):
                     started = time.perf_counter()
@@ -192,9 +204,31 @@ def compare_methods(
                         searched=report.search_after or report.search_before, **metrics,
                     )  # fmt: skip
                     results.append(result)
+                    fits.append(result)
                     if on_result is not None:
                         on_result(result)
+            if auto and fits:
+                results.append(auto_result(fits))
+                if on_result is not None:
+                    on_result(results[-1])
     return results
+
+
+def auto_result(fits: Sequence[DemoResult]) -> DemoResult:
+    """The `auto` row of one seed and shot count from the fits of every method (under the first search range):
+    the one with the best validation accuracy, a tie going to the earlier of `AUTO_CANDIDATES` (methods outside it
+    after, in the order given), its results renamed `auto`, with the seconds of all the fits."""
+    from ..methods import AUTO_CANDIDATES
+
+    first = fits[0].search
+    fits = [r for r in fits if r.search == first and r.validation_accuracy is not None]
+    order: dict[str, int] = {}
+    for name in [*AUTO_CANDIDATES, *(r.method for r in fits)]:
+        order.setdefault(name, len(order))
+    ranked = sorted(fits, key=lambda r: order[r.method])
+    best = max(ranked, key=lambda r: r.validation_accuracy)  # max keeps the first of equal values
+    # the affinity ratio stays XMAdapter's own row's (its summary would count a chosen XMAdapter twice)
+    return replace(best, method=AUTO, chosen=best.method, seconds=sum(r.seconds for r in fits), affinity_ratio=None)
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:

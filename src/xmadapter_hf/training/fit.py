@@ -31,6 +31,7 @@ from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 from ..calibration import calibrate
 from ..data.extraction import ExtractedEmbeddings, extract_embeddings
 from ..data.views import VIEW_SAMPLINGS, EmbeddingViewsDataset
+from ..selection import is_pending
 from ..validation import check_choice, check_int, check_number, check_tensor
 from .trainer import XMAdapterTrainer, _accuracies, recipe_arguments, recipe_of
 
@@ -58,6 +59,11 @@ class FitReport:
         calibration (`dict`): the fit's [`~xmadapter_hf.calibration.TemperatureFit`] on the validation split: NLL
             and expected calibration error before (`T = 1`) and after, and whether `T` stopped at a bound.
         extraction_seconds (`float`), training_seconds (`float`): wall times.
+        selection (`list[dict]`, *optional*): for a model built with `method="auto"`, the validation table, one row
+            per candidate in the order of the tie rule: `method`, `status` (`"fitted"`, `"skipped"`), `correct` and
+            `validation_accuracy` (of the `num_validation` images), `validation_nll` (at the fitted temperature),
+            `seconds`, `chosen`, and `reason` where skipped; `method` then names the chosen candidate, and the other
+            fields are its fit's. `None` for a model fitted with a method of its own.
     """
 
     method: str
@@ -79,6 +85,7 @@ class FitReport:
     extraction_seconds: float = 0.0
     training_seconds: float = 0.0
     extra: dict = field(default_factory=dict)
+    selection: list | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -91,6 +98,10 @@ class FitReport:
             else ", no training"
         )
         lines = [f"fit {self.method}: {self.num_train} training images x {self.augment_views} views{training}"]
+        if self.selection is not None:
+            from .select import selection_lines
+
+            lines = selection_lines(self.selection, self.num_validation) + lines
         if self.accuracy is None:
             lines.append("no validation split: no accuracy measured")
         else:
@@ -140,8 +151,13 @@ def fit(
     early_stopping_patience: int | None = None,
     keep_best_epoch: bool | None = None,
     extraction_workers: int | None = None,
+    candidates=None,
 ):
     r"""Adapts ``model`` to a few-shot task in one call (see the module docstring for the steps).
+
+    A model built with `method="auto"` fits every candidate method from one extraction of the images and becomes the
+    one with the best validation accuracy (see `training/select.py` and docs/training.md); the report's `selection`
+    holds the validation table.
 
     Args:
         model ([`XMAdapterForImageClassification`]): built with `from_clip` (its processor reads the images).
@@ -183,6 +199,9 @@ def fit(
             do not depend on it.
         training_arguments (`dict`, *optional*): any other `TrainingArguments` field, over the recipe's (the same
             arguments as [`recipe_arguments`]; e.g. `{"lr_scheduler_type": "linear", "max_grad_norm": 1.0}`).
+        candidates (`list[str]`, *optional*): for a model built with `method="auto"` only: the registered methods to
+            choose from, in the order that breaks ties (default: `xmadapter_hf.selection.AUTO_CANDIDATES`, every
+            shipped method). Every other argument applies to each candidate.
 
     Returns:
         `tuple[XMAdapterForImageClassification, FitReport]`: the adapted model (in eval mode) and the report.
@@ -219,6 +238,18 @@ def fit(
     check_int("extraction_workers", extraction_workers, 0, allow_none=True)
     check_choice("view_sampling", view_sampling, VIEW_SAMPLINGS)
     check_number("learning_rate", learning_rate, 0.0, low_open=True, allow_none=True)
+    if is_pending(model) or candidates is not None:  # method="auto": fit every candidate, keep the best on validation
+        from .select import fit_auto
+
+        options = dict(epochs=epochs, batch_size=batch_size, search_grid=search_grid, search_scale=search_scale,
+                       search_step=search_step, learning_rate=learning_rate, view_sampling=view_sampling,
+                       search=search, training_arguments=training_arguments,
+                       early_stopping_patience=early_stopping_patience, keep_best_epoch=keep_best_epoch)  # fmt: skip
+        extraction = dict(augment_views=augment_views, seed=seed, validation_labels=validation_labels,
+                          batch_size=extraction_batch_size, cache_dir=cache_dir, autocast_dtype=autocast_dtype,
+                          num_workers=extraction_workers)  # fmt: skip
+        return fit_auto(model, train_dataset, validation_dataset, candidates, dataset_name, show_progress, extraction,
+                        options)  # fmt: skip
     method = model.method
     # a cache method with a search space (Meta-Adapter reads its cache, tunes nothing), unless search=False
     searches = method.searches() and search
@@ -256,20 +287,10 @@ def fit(
     started = time.perf_counter()
     common = dict(batch_size=extraction_batch_size, cache_dir=cache_dir, autocast_dtype=autocast_dtype,
                   show_progress=show_progress, num_workers=extraction_workers)  # fmt: skip
-    if isinstance(train_dataset, ExtractedEmbeddings):
-        views = train_dataset
-        augment_views = views.embeds.shape[0]  # what was extracted, whatever `augment_views` says
-    else:
-        views = extract_embeddings(
-            model.clip, model.processor, train_dataset, augment_views=augment_views, seed=seed, **common
-        )
-    if validation_dataset is None:
-        val_embeds, val_labels = None, None
-    elif isinstance(validation_dataset, torch.Tensor):
-        val_embeds, val_labels = validation_dataset, torch.as_tensor(validation_labels).long()
-    else:
-        extracted = extract_embeddings(model.clip, model.processor, validation_dataset, augment_views=0, **common)
-        val_embeds, val_labels = extracted.embeds[0], extracted.labels
+    views, val_embeds, val_labels = extract_once(
+        model, train_dataset, validation_dataset, validation_labels, augment_views, seed, common
+    )
+    augment_views = views.embeds.shape[0] if isinstance(train_dataset, ExtractedEmbeddings) else augment_views
     report = FitReport(
         method=model.config.method, num_train=views.embeds.shape[1],
         num_validation=0 if val_embeds is None else val_embeds.shape[0], augment_views=augment_views,
@@ -317,6 +338,23 @@ def fit(
             fitted = calibrate(model, val_embeds, val_labels)
             report.temperature, report.calibration = fitted.temperature, fitted.to_dict()
     return model, report
+
+
+def extract_once(model, train_dataset, validation_dataset, validation_labels, augment_views, seed, common):
+    """``(training views, validation embeddings or None, validation labels or None)``: the one extraction of a fit
+    (``common``: `extract_embeddings`' other arguments); embeddings given as such are taken as they are."""
+    if isinstance(train_dataset, ExtractedEmbeddings):
+        views = train_dataset  # what was extracted, whatever `augment_views` says
+    else:
+        views = extract_embeddings(
+            model.clip, model.processor, train_dataset, augment_views=augment_views, seed=seed, **common
+        )
+    if validation_dataset is None:
+        return views, None, None
+    if isinstance(validation_dataset, torch.Tensor):
+        return views, validation_dataset, torch.as_tensor(validation_labels).long()
+    extracted = extract_embeddings(model.clip, model.processor, validation_dataset, augment_views=0, **common)
+    return views, extracted.embeds[0], extracted.labels
 
 
 def _check_finite(model) -> None:

@@ -33,7 +33,12 @@ _COUPLED_DECAY = "decoupled_weight_decay=False"
 
 def recipe_of(model) -> TrainingRecipe:
     """The training recipe of the model's method (a trainable method without one: `TrainingRecipe()`'s defaults,
-    AdamW at lr 1e-3); a training-free method raises `ValueError`."""
+    AdamW at lr 1e-3); a training-free method raises `ValueError`, and so does a model built with `method="auto"`
+    before `fit` has chosen its method."""
+    from ..selection import is_pending, pending_message
+
+    if is_pending(model):
+        raise ValueError(pending_message("be trained (the Trainer trains one method; `fit` chooses one)"))
     if not model.method.trainable:
         trainable = [name for name in registered_methods() if get_method_class(name).trainable]
         raise ValueError(
@@ -262,6 +267,10 @@ class XMAdapterTrainer(Trainer):
         keep_best_epoch: bool | None = None,
         **kwargs,
     ):
+        from ..selection import is_pending, pending_message
+
+        if model is not None and is_pending(model):
+            raise ValueError(pending_message("be trained (the Trainer trains one method; `fit` chooses one)"))
         if args is None and model is not None:
             args = recipe_arguments(model)
         super().__init__(model, args, *more, **kwargs)
