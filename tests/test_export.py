@@ -34,7 +34,8 @@ EXPECTED_OUTPUTS = {
     "tip-adapter": ["logits", "zero_shot_logits", "cache_logits", "image_cache_logits"],
     "tip-adapter-f": ["logits", "zero_shot_logits", "cache_logits", "image_cache_logits"],
     "xmadapter": [
-        "logits", "zero_shot_logits", "cache_logits", "image_cache_logits", "text_cache_logits", "affinity_ratio"
+        "logits", "zero_shot_logits", "cache_logits", "image_cache_logits", "text_cache_logits", "affinity_ratio",
+        "gaussian_logits",  # its Gaussian term (ours, use_gaussian_term, on by default)
     ],
 }  # fmt: skip
 

@@ -50,8 +50,10 @@ def reference_xmadapter(model, raw, labels, cache_index=None, params=None):
     if c.normalize_keys:
         keys = _norm(keys)
     A_img = torch.exp(-c.sharpness * (1 - f @ keys.t()))
+    # ours (use_gaussian_term): + alpha_g (f W_g^T + b), the statistics as estimated (tests/test_gaussian_term.py)
+    gaussian = c.gaussian_ratio * (f @ m.gaussian_weight.t() + m.gaussian_bias) if c.use_gaussian_term else 0.0
     if not c.use_text_cache:
-        logits = zs + c.residual_ratio * A_img @ L
+        logits = zs + c.residual_ratio * A_img @ L + gaussian
         return logits, F.cross_entropy(logits, labels), None
 
     def lin(prefix, x, relu_between=True):
@@ -69,7 +71,7 @@ def reference_xmadapter(model, raw, labels, cache_index=None, params=None):
     )
     gamma = torch.sigmoid(gamma_logit).reshape(-1, 1) if c.dynamic_affinity_ratio else torch.sigmoid(gamma_logit)
     A = gamma * A_img + (1 - gamma) * A_txt
-    logits = zs + c.residual_ratio * A @ L
+    logits = zs + c.residual_ratio * A @ L + gaussian
 
     with torch.no_grad():
         A_img_d, A_txt_d = A_img.clone(), A_txt.clone()
@@ -120,7 +122,9 @@ def test_xmadapter_equals_the_formula_with_its_gradients(make_model, cache_embed
     # per-modality readout: logits = zero-shot + alpha * (gamma * image + (1 - gamma) * text)
     gamma = out.affinity_ratio[:, None]
     fused = gamma * out.image_cache_logits + (1 - gamma) * out.text_cache_logits
-    torch.testing.assert_close(out.logits, out.zero_shot_logits + 1.7 * fused, atol=1e-5, rtol=1e-5)
+    gaussian = model.config.gaussian_ratio * out.gaussian_logits  # ours: use_gaussian_term (on by default)
+    torch.testing.assert_close(out.logits, out.zero_shot_logits + 1.7 * fused + gaussian, atol=1e-4, rtol=1e-5)
+    assert sum(model.method.logit_parts(out).values()).sub(out.logits).abs().max() < 1e-3
 
 
 def test_leave_one_out_changes_the_disagreement(make_model, cache_embeds):
@@ -144,7 +148,9 @@ def test_normalize_keys_option(make_model, cache_embeds):
 
 
 def test_reductions_text_cache_off_equals_tip_adapter_f(make_model, cache_embeds):
-    xm = make_model("xmadapter", use_text_cache=False, hard_sample_strength=0.0, sharpness=5.0, residual_ratio=2.0)
+    # the paper's formula (no Gaussian term: ours, use_gaussian_term) without its text cache and hard-sample weighting
+    xm = make_model("xmadapter", use_text_cache=False, use_gaussian_term=False, hard_sample_strength=0.0,
+                    sharpness=5.0, residual_ratio=2.0)  # fmt: skip
     tip_f = make_model("tip-adapter-f", sharpness=5.0, residual_ratio=2.0)
     tip = make_model("tip-adapter", sharpness=5.0, residual_ratio=2.0)
     raw, labels = cache_embeds[0][:8] + 0.05, cache_embeds[1][:8]

@@ -284,12 +284,17 @@ class LogitTerm:
             grid (the automatic range always).
         can_switch_off (`bool`, *optional*, defaults to `False`): the search also tries a weight of 0 (the term
             off), first, so that a tie keeps the term off: for a term added beside others that may not help.
+        searched_first (`bool`, *optional*, defaults to `False`): the term's weight is searched before the caches,
+            with the caches off, and the caches are then searched with the term at its chosen weight and a residual
+            ratio of 0 tried first (a tie keeps the caches off): the search space then contains the term alone
+            (XMAdapter's Gaussian term: GDA).
     """
 
     logits: torch.Tensor
     weight_field: str
     paper_grid: tuple[float, ...] | None = None
     can_switch_off: bool = False
+    searched_first: bool = False
 
 
 @dataclass

@@ -9,6 +9,7 @@ code is `main_few_shots.py` of the mrflogs/ICLR24 repository (commit 560fe21); t
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ __all__ = [
     "GDA",
     "GDAFields",
     "GaussianDiscriminant",
+    "GaussianStatistics",
     "MIN_SPREAD",
     "OFFICIAL_ALPHA_GRID",
     "class_means",
@@ -31,6 +33,8 @@ __all__ = [
     "gaussian_discriminant",
     "gaussian_logits",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: The official code's grid of alpha (`main_few_shots.py` line 70), for OpenAI CLIP's logit scale 100.
 OFFICIAL_ALPHA_GRID = (0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 100.0)
@@ -183,8 +187,8 @@ def gaussian_logits(queries: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
 
 @dataclass
 class _Prepared:
-    """What `GDA.prepare_support` computed: the rows of classes ``first_class..`` and, for a whole cache, the
-    precision; float64 on the method's device."""
+    """What `GaussianStatistics.prepare_support` computed: the rows of classes ``first_class..`` and, for a whole
+    cache, the precision; float64 on the method's device (zeros where an optional term cannot use the support)."""
 
     weight: torch.Tensor
     bias: torch.Tensor
@@ -193,61 +197,71 @@ class _Prepared:
     num_classes: int
 
 
-@register_method("gda")
-class GDA(AdapterMethod):
-    r"""GDA: zero-shot CLIP plus a Gaussian discriminant with a shared, shrunk covariance.
+class GaussianStatistics:
+    """GDA's statistics as buffers of a method, with their life cycle: a mixin (first base) of [`GDA`] and of
+    XMAdapter's Gaussian term (`use_gaussian_term`).
 
-    ```
-    logits = s f W^T + alpha (f W_g^T + b)     # W_g = mu Sigma^-1, b = log(1 / N) - diag(mu Sigma^-1 mu^T) / 2
-    ```
-    ``mu`` and ``Sigma^-1`` are estimated from every augmented view of the support images ([`gaussian_discriminant`],
-    the official `main_few_shots.py` lines 41-64), ``s`` is the backbone's logit scale (the official code hard-codes
-    OpenAI CLIP's 100, lines 71 and 80) and ``alpha`` (`gaussian_ratio`) is searched on validation. Nothing trains:
-    `fit` builds the statistics in closed form and searches ``alpha``.
+    `register_statistics` adds the buffers `gaussian_weight` ``W_g = mu Sigma^-1`` `(N, C)`, `gaussian_bias` ``b``
+    `(N,)` and `precision` ``Sigma^-1`` `(C, C)` (float32 whatever the model's dtype); a method that did not register
+    them (XMAdapter with `use_gaussian_term=False`) behaves as without the mixin. ``gaussian_required``: whether a
+    support without spread (or a class without images) is refused (GDA) or leaves the term at zero with a warning (an
+    optional term: the method then works as without it).
 
-    The statistics are buffers that `save_pretrained` writes (`gaussian_weight` ``W_g`` `(N, C)`, `gaussian_bias`
-    ``b`` `(N,)`, `precision` ``Sigma^-1`` `(C, C)`), so a loaded adapter needs no support image. They are estimated
-    in float64 and kept in float32 whatever the model's dtype (``b`` reaches hundreds and cancels against
-    ``f W_g^T``: bf16 would move the logits by whole units).
-
-    - `set_cache`, `build_cache`, `fit` (a whole cache) estimate the means and the covariance from the support.
-    - `add_classes` keeps the shared covariance and the old classes' rows; the new classes get their means from their
-      support (any number of shots, one view included), and the uniform prior becomes ``1 / N`` for the grown N, which
-      moves every old logit of an image by the same ``alpha log(N_old / N)`` (predictions and probabilities unchanged).
-    - `from_pretrained(path, class_names=...)` forgets the statistics; `build_cache` estimates them from the new
-      support.
-
-    Args:
-        config ([`XMAdapterConfig`]): reads `gaussian_ratio` (``alpha``).
-        embed_dim (`int`): ``C``, the backbone's projection dim.
+    - `prepare_support` / `apply_support` (`set_cache`, `build_cache`, `fit`: a whole cache) estimate the means and
+      the covariance from every augmented view;
+    - `add_classes` keeps the shared covariance and the old classes' rows; the new classes get their means from
+      their support, and the uniform prior becomes ``1 / N`` for the grown N (every old logit of an image moves by
+      the same ``alpha log(N_old / N)``: predictions and probabilities unchanged);
+    - an emptied cache (`from_pretrained(class_names=...)`) forgets them.
     """
 
-    uses_cache = True
-    config_fields = GDAFields
+    gaussian_required: bool = True
 
-    def __init__(self, config, embed_dim: int):
-        super().__init__(config, embed_dim)
-        num_classes = config.num_classes
+    def register_statistics(self, num_classes: int, embed_dim: int) -> None:
         self.register_buffer("gaussian_weight", torch.zeros(num_classes, embed_dim))  # W_g = mu Sigma^-1, (N, C)
         self.register_buffer("gaussian_bias", torch.zeros(num_classes))  # b, (N,)
         self.register_buffer("precision", torch.zeros(embed_dim, embed_dim))  # Sigma^-1, (C, C)
 
+    @property
+    def has_gaussian_term(self) -> bool:
+        """Whether the method holds the statistics (GDA always; XMAdapter with `use_gaussian_term`)."""
+        return "precision" in self._buffers
+
     # ------------------------------------------------------------------------------------------------ statistics
-    def prepare_support(self, views, labels, num_classes: int, first_class: int = 0) -> _Prepared:
+    def prepare_support(self, views, labels, num_classes: int, first_class: int = 0) -> _Prepared | None:
         """The statistics of a whole cache (``first_class == 0``), or the new classes' rows with the kept covariance;
-        refuses a support without spread (whole cache) and a model without statistics (new classes)."""
+        refuses a support without spread (whole cache) and a model without statistics (new classes) when the term
+        is required; an optional term is then zero (with a warning for a whole cache; `None`: new classes of a model
+        without statistics)."""
+        if not self.has_gaussian_term:
+            return super().prepare_support(views, labels, num_classes, first_class)
         device = self.precision.device
         labels = labels.to(device).long()
         if first_class == 0:
-            found = gaussian_discriminant(views, labels, num_classes, dtype=torch.float64)
+            try:
+                found = gaussian_discriminant(views, labels, num_classes, dtype=torch.float64)
+            except ValueError as error:
+                if self.gaussian_required:
+                    raise
+                logger.warning("%s's Gaussian term is left out for this support (its logits are zero): %s",
+                               type(self).__name__, error)  # fmt: skip
+                zeros = torch.zeros(num_classes, views.shape[-1], dtype=torch.float64, device=device)
+                return _Prepared(zeros, zeros[:, 0], torch.zeros_like(self.precision), 0, num_classes)
             return _Prepared(found.weight, found.bias, found.precision, 0, num_classes)
         if not bool(self.precision.any()):
-            raise ValueError("This GDA adapter has no statistics yet: build its cache before adding classes.")
+            if self.gaussian_required:
+                raise ValueError("This GDA adapter has no statistics yet: build its cache before adding classes.")
+            return None  # an optional term without statistics stays at zero for the new classes too
         means = class_means(views, labels - first_class, num_classes - first_class, torch.float64)
         weight, bias = discriminant(means, self.precision.double(), num_classes)
         return _Prepared(weight, bias, None, first_class, num_classes)
 
-    def apply_support(self, prepared: _Prepared) -> None:
+    def apply_support(self, prepared: _Prepared | None) -> None:
+        if not self.has_gaussian_term:
+            return super().apply_support(prepared)
+        if prepared is None:  # new classes of an optional term without statistics: their rows stay zero
+            self._resize_classes(self.config.num_classes)
+            return
         first = prepared.first_class
         if first == 0:
             self.precision = prepared.precision.float()
@@ -271,12 +285,14 @@ class GDA(AdapterMethod):
 
     def add_classes(self, state: CacheState, old_classes: int, old_entries: int) -> None:
         """The old classes' rows are kept; `apply_support` fills the new ones (and shifts the prior)."""
-        self._resize_classes(state.num_classes)
+        super().add_classes(state, old_classes, old_entries)
+        if self.has_gaussian_term:
+            self._resize_classes(state.num_classes)
 
     def resize_cache(self, num_entries: int) -> None:
         """An emptied cache (`from_pretrained(class_names=...)`) forgets the statistics, at the new class count."""
         super().resize_cache(num_entries)
-        if num_entries == 0:
+        if num_entries == 0 and self.has_gaussian_term:
             device = self.precision.device
             self.gaussian_weight = torch.zeros(self.config.num_classes, self.embed_dim, device=device)
             self.gaussian_bias = torch.zeros(self.config.num_classes, device=device)
@@ -285,6 +301,8 @@ class GDA(AdapterMethod):
     def _apply(self, fn, recurse=True):
         # `model.to(dtype)` casts buffers: the statistics keep their float32 values (bf16 would move b by whole
         # units) and follow a move to another device.
+        if not self.has_gaussian_term:
+            return super()._apply(fn, recurse)
         kept = {name: getattr(self, name) for name in _STATISTICS}
         super()._apply(fn, recurse)
         for name, old in kept.items():
@@ -293,10 +311,54 @@ class GDA(AdapterMethod):
                 setattr(self, name, old.to(new.device))
         return self
 
-    # --------------------------------------------------------------------------------------------------- forward
     def gaussian_logits(self, image_embeds: torch.Tensor) -> torch.Tensor:
         """``f W_g^T + b`` `(B, N)` float32 for normalised embeddings `(B, C)`."""
         return gaussian_logits(image_embeds, self.gaussian_weight, self.gaussian_bias)
+
+    def gaussian_term(self, image_embeds: torch.Tensor, state: CacheState) -> LogitTerm:
+        """The search's [`LogitTerm`] of ``alpha (f W_g^T + b)`` on normalised validation embeddings: the official
+        grid, scaled by ``s / 100``, is its paper grid."""
+        scale = float(state.logit_scale) / _REFERENCE_LOGIT_SCALE
+        return LogitTerm(
+            self.gaussian_logits(image_embeds), "gaussian_ratio", tuple(a * scale for a in OFFICIAL_ALPHA_GRID)
+        )
+
+
+@register_method("gda")
+class GDA(GaussianStatistics, AdapterMethod):
+    r"""GDA: zero-shot CLIP plus a Gaussian discriminant with a shared, shrunk covariance.
+
+    ```
+    logits = s f W^T + alpha (f W_g^T + b)     # W_g = mu Sigma^-1, b = log(1 / N) - diag(mu Sigma^-1 mu^T) / 2
+    ```
+    ``mu`` and ``Sigma^-1`` are estimated from every augmented view of the support images ([`gaussian_discriminant`],
+    the official `main_few_shots.py` lines 41-64), ``s`` is the backbone's logit scale (the official code hard-codes
+    OpenAI CLIP's 100, lines 71 and 80) and ``alpha`` (`gaussian_ratio`) is searched on validation. Nothing trains:
+    `fit` builds the statistics in closed form and searches ``alpha``.
+
+    The statistics are buffers that `save_pretrained` writes (`gaussian_weight` ``W_g`` `(N, C)`, `gaussian_bias`
+    ``b`` `(N,)`, `precision` ``Sigma^-1`` `(C, C)`), so a loaded adapter needs no support image. They are estimated
+    in float64 and kept in float32 whatever the model's dtype (``b`` reaches hundreds and cancels against
+    ``f W_g^T``: bf16 would move the logits by whole units). Their life cycle ([`GaussianStatistics`]):
+
+    - `set_cache`, `build_cache`, `fit` (a whole cache) estimate the means and the covariance from the support.
+    - `add_classes` keeps the shared covariance and the old classes' rows; the new classes get their means from their
+      support (any number of shots, one view included), and the uniform prior becomes ``1 / N`` for the grown N, which
+      moves every old logit of an image by the same ``alpha log(N_old / N)`` (predictions and probabilities unchanged).
+    - `from_pretrained(path, class_names=...)` forgets the statistics; `build_cache` estimates them from the new
+      support.
+
+    Args:
+        config ([`XMAdapterConfig`]): reads `gaussian_ratio` (``alpha``).
+        embed_dim (`int`): ``C``, the backbone's projection dim.
+    """
+
+    uses_cache = True
+    config_fields = GDAFields
+
+    def __init__(self, config, embed_dim: int):
+        super().__init__(config, embed_dim)
+        self.register_statistics(config.num_classes, embed_dim)
 
     def forward(self, image_embeds, state: CacheState, labels=None, cache_index=None) -> MethodOutput:
         zs = Fn.zero_shot_logits(image_embeds, state.class_embeds, state.logit_scale)  # (B, N)
@@ -317,8 +379,5 @@ class GDA(AdapterMethod):
         """``alpha`` alone: the Gaussian logits are computed once; the official grid, scaled by ``s / 100``, is the
         term's paper grid."""
         zs = Fn.zero_shot_logits(image_embeds, state.class_embeds, state.logit_scale)
-        scale = float(state.logit_scale) / _REFERENCE_LOGIT_SCALE
-        term = LogitTerm(
-            self.gaussian_logits(image_embeds), "gaussian_ratio", tuple(a * scale for a in OFFICIAL_ALPHA_GRID)
-        )
+        term = self.gaussian_term(image_embeds, state)
         return SearchSpace(zs, state.cache_labels, [], shots=state.shots, logit_terms=[term])

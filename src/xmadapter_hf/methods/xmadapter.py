@@ -1,5 +1,6 @@
 """XMAdapter (Yang et al., ICME 2024; docs/methods.md): an image and a text cache, fused with an adaptive ratio."""
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -11,6 +12,7 @@ from .. import functional as Fn
 from ..validation import at_least, in_interval, one_of
 from . import cache
 from .base import CacheState, CacheTerm, MethodOutput, SearchSpace, adapter_linear, as_input_of, register_method
+from .gda import GaussianStatistics, GDAFields
 from .memo import Memo
 from .tip_adapter import TipAdapterF, TipAdapterFFields, sharpness_validator
 
@@ -22,8 +24,9 @@ TEXT_QUERIES = ("residual", "independent")
 
 @strict
 @dataclass(kw_only=True)
-class XMAdapterFields(TipAdapterFFields):
-    r"""XMAdapter's fields of [`XMAdapterConfig`]: Tip-Adapter-F's, and
+class XMAdapterFields(TipAdapterFFields, GDAFields):
+    r"""XMAdapter's fields of [`XMAdapterConfig`]: Tip-Adapter-F's, GDA's `gaussian_ratio` (the weight of the
+    Gaussian term), and
 
     Args:
         text_sharpness (`float`, *optional*, defaults to 1.0):
@@ -46,6 +49,13 @@ class XMAdapterFields(TipAdapterFFields):
             Img2TxtNet's last layer zero-initialised, so that at step 0 the query is projected by the same map as the
             keys and the text cache is informative. `"independent"`: ``g = normalise(Img2TxtNet(f))``, the formula of
             0.1.0 (a saved config without this field loads with it, so its logits do not change).
+        use_gaussian_term (`bool`, *optional*, defaults to `True`):
+            Ours, not the paper's (docs/methods.md): adds GDA's Gaussian discriminant to the logits,
+            ``+ alpha_g (f W_g^T + b)`` with ``alpha_g`` = `gaussian_ratio`, estimated in closed form from every
+            augmented view of the support images (a shared, shrunk covariance: the whitening the cosine caches lack).
+            The search chooses ``alpha_g`` first with the caches off, then the caches with a residual ratio of 0
+            allowed, so the searched space contains GDA. `False` is the paper's formula (and a saved config without
+            this field, written before it existed, loads with `False`, so its logits do not change).
     """
 
     text_sharpness: int | float = validated_field(
@@ -67,10 +77,12 @@ class XMAdapterFields(TipAdapterFFields):
     text_query: str = validated_field(
         one_of("text_query", TEXT_QUERIES), default="residual", metadata={"saved_without": "independent"}
     )
+    # Ours (issue 24); a saved config without this field was written before it existed: its adapter keeps that formula.
+    use_gaussian_term: bool = dataclasses.field(default=True, metadata={"saved_without": False})
 
 
 @register_method("xmadapter")
-class XMAdapter(TipAdapterF):
+class XMAdapter(GaussianStatistics, TipAdapterF):
     r"""XMAdapter: Tip-Adapter-F's learnable image cache plus a text cache in a shared low-dimensional space.
 
     ```
@@ -78,9 +90,13 @@ class XMAdapter(TipAdapterF):
     T      = normalise(P_t t_i)                       # (NK, D) text keys
     g      = normalise(P_t f + Img2TxtNet(f))         # (B, D) query; Img2TxtNet's last layer starts at zero
     gamma  = sigmoid(gamma_logit [+ gate(f)])
-    logits = s f W^T + alpha * (gamma * A_img L + (1 - gamma) * A_txt L)
+    logits = s f W^T + alpha * (gamma * A_img L + (1 - gamma) * A_txt L) [+ alpha_g (f W_g^T + b)]
     ```
-    With `use_text_cache=False` none of the text-side modules exist and this is exactly Tip-Adapter-F. Since ``L`` is
+    The last term is ours, not the paper's (`use_gaussian_term`, on by default for new models; docs/methods.md): GDA's
+    Gaussian discriminant ([`GaussianStatistics`]: class means and a shared, shrunk covariance of every augmented
+    view of the support, fixed buffers that `save_pretrained` writes), its weight ``alpha_g`` (`gaussian_ratio`)
+    searched before the caches. With `use_gaussian_term=False` this is the paper's XMAdapter; with the text cache off
+    too (`use_text_cache=False`) none of the text-side modules exist and it is exactly Tip-Adapter-F. Since ``L`` is
     linear, the fused cache logits are the fusion of the per-modality cache logits, which the output reports.
 
     The text keys depend on weights and buffers only. Without autograd they are remembered (`text_keys`, a [`Memo`]):
@@ -90,9 +106,12 @@ class XMAdapter(TipAdapterF):
     """
 
     config_fields = XMAdapterFields
+    gaussian_required = False  # a support without spread leaves the term at zero (with a warning)
 
     def __init__(self, config, embed_dim: int):
         super().__init__(config, embed_dim)
+        if config.use_gaussian_term:
+            self.register_statistics(config.num_classes, embed_dim)
         if not config.use_text_cache:
             return
         text_dim = config.text_dim or max(1, embed_dim // 4)
@@ -191,8 +210,16 @@ class XMAdapter(TipAdapterF):
     # -------------------------------------------------------------------------------------------------- forward
     def forward(self, image_embeds, state: CacheState, labels=None, cache_index=None) -> MethodOutput:
         if not self.config.use_text_cache:
-            return super().forward(image_embeds, state)
+            return self._with_gaussian_term(super().forward(image_embeds, state), image_embeds)
         return self._fused_forward(image_embeds, state, self.text_keys(state), labels, cache_index)
+
+    def _with_gaussian_term(self, output: MethodOutput, image_embeds: torch.Tensor) -> MethodOutput:
+        """``output`` with ``alpha_g (f W_g^T + b)`` added to its logits (and its `gaussian_logits` set) when the
+        Gaussian term is on."""
+        if self.has_gaussian_term:
+            output.gaussian_logits = self.gaussian_logits(image_embeds)  # (B, N)
+            output.logits = output.logits + self.config.gaussian_ratio * output.gaussian_logits
+        return output
 
     def export_constants(self, state: CacheState) -> dict[str, torch.Tensor]:
         """The text keys, computed once: inside `torch.export` they would be rebuilt at every call."""
@@ -200,7 +227,7 @@ class XMAdapter(TipAdapterF):
 
     def export_forward(self, image_embeds, state: CacheState, constants: dict[str, torch.Tensor]) -> MethodOutput:
         if not self.config.use_text_cache:
-            return super().export_forward(image_embeds, state, constants)
+            return self(image_embeds, state)
         return self._fused_forward(image_embeds, state, constants["text_keys"])
 
     def _fused_forward(self, image_embeds, state: CacheState, text_keys, labels=None, cache_index=None):
@@ -221,16 +248,24 @@ class XMAdapter(TipAdapterF):
                 disagreement = self.disagreement(
                     image_embeds, query, text_keys, image_cache, text_cache, state, labels, cache_index
                 )
-        return MethodOutput(logits, zs, fused, image_cache, text_cache, gamma.squeeze(-1), disagreement)
+        output = MethodOutput(logits, zs, fused, image_cache, text_cache, gamma.squeeze(-1), disagreement)
+        return self._with_gaussian_term(output, image_embeds)
 
     def logit_parts(self, output: MethodOutput) -> dict[str, torch.Tensor]:
-        """Zero-shot, ``alpha gamma A_img L`` (the image cache) and ``alpha (1 - gamma) A_txt L`` (the text cache)."""
-        alpha, gamma = self.config.residual_ratio, output.affinity_ratio.float().unsqueeze(-1)  # (B, 1)
-        return {
-            "zero_shot": output.zero_shot_logits.float(),
-            "image_cache": alpha * gamma * output.image_cache_logits.float(),
-            "text_cache": alpha * (1 - gamma) * output.text_cache_logits.float(),
-        }
+        """Zero-shot, ``alpha gamma A_img L`` (the image cache), ``alpha (1 - gamma) A_txt L`` (the text cache) and
+        ``alpha_g (f W_g^T + b)`` (the Gaussian term, when on)."""
+        if not self.config.use_text_cache:
+            parts = super().logit_parts(output)
+        else:
+            alpha, gamma = self.config.residual_ratio, output.affinity_ratio.float().unsqueeze(-1)  # (B, 1)
+            parts = {
+                "zero_shot": output.zero_shot_logits.float(),
+                "image_cache": alpha * gamma * output.image_cache_logits.float(),
+                "text_cache": alpha * (1 - gamma) * output.text_cache_logits.float(),
+            }
+        if self.has_gaussian_term and output.gaussian_logits is not None:
+            parts["gaussian"] = self.config.gaussian_ratio * output.gaussian_logits.float()
+        return parts
 
     @torch.no_grad()
     def disagreement(self, image_embeds, query, text_keys, image_cache, text_cache, state, labels, cache_index):
@@ -257,15 +292,19 @@ class XMAdapter(TipAdapterF):
 
     @classmethod
     def searched_fields(cls, config) -> tuple[str, ...]:
-        return (
+        caches = (
             ("residual_ratio", "sharpness", "text_sharpness")
             if config.use_text_cache
-            else super().searched_fields(config)
+            else ("residual_ratio", "sharpness")
         )
+        return (("gaussian_ratio",) if config.use_gaussian_term else ()) + caches
 
     def search_space(self, image_embeds: torch.Tensor, state: CacheState) -> SearchSpace:
-        """The residual ratio and the image cache's sharpness jointly, then the text cache's sharpness."""
+        """The Gaussian term's weight first with the caches off (when on), then the residual ratio (0 allowed when
+        the Gaussian term is on) and the image cache's sharpness jointly, then the text cache's sharpness."""
         space = super().search_space(image_embeds, state)
+        if self.has_gaussian_term:
+            space.logit_terms.append(dataclasses.replace(self.gaussian_term(image_embeds, state), searched_first=True))
         if not self.config.use_text_cache:
             return space
         gamma = self.affinity_ratio(image_embeds).float()  # (M, 1)

@@ -11,7 +11,10 @@ fusion is linear and each weight is per row, the other caches' halves are comput
 A space may also hold logit terms ([`~xmadapter_hf.methods.LogitTerm`], ``+ weight_g * logits_g``: GDA's Gaussian
 discriminant), whose logits are computed once: the caches are searched with them at their starting weights, then
 each term's weight on its own 1-D grid with the caches at their chosen values (coordinate-wise again; ties keep the
-smallest weight). A space without cache terms searches its logit terms only.
+smallest weight). A term marked `searched_first` (XMAdapter's Gaussian term) is searched before the caches instead,
+with the caches off, and the caches are then searched with it at its chosen weight and a residual ratio of 0 tried
+first (ties keep the caches off), so that the searched space contains that term alone. A space without cache terms
+searches its logit terms only.
 
 The entry points on a model and on raw tensors, which build the search space, are in `search.py`; the grids' values
 in `grids.py`.
@@ -164,18 +167,23 @@ def ratio_balance(space: SearchSpace, sharpnesses, fixed: list[float], varied: i
     return torch.where(torch.isfinite(values), values, torch.full_like(values, fallback))
 
 
-def _auto_search(space, labels, chunks, fixed, coarse_steps, fine_steps):
+def _auto_search(space, labels, chunks, fixed, coarse_steps, fine_steps, zero_first: bool = False):
     """Coarse-to-fine search of (sharpness of the first term, residual ratio): returns ((count, beta, alpha) of the
     first maximum, the coarse betas, the coarse ratios `(S, P)`, the coarse counts) (coarse maxima win ties with the
-    fine stage: it is searched second and only strict improvements move the choice)."""
+    fine stage: it is searched second and only strict improvements move the choice). ``zero_first``: a ratio of 0
+    (the caches off) heads every row of the coarse grid, and a choice of 0 is final (no fine stage)."""
     betas = log_grid(*AUTO_SHARPNESS_RANGE, coarse_steps[0])
     balance = ratio_balance(space, betas, fixed)  # (S,)
     factors = torch.tensor(log_grid(10 ** AUTO_RATIO_DECADES[0], 10 ** AUTO_RATIO_DECADES[1], coarse_steps[1]),
                            dtype=torch.float64)  # fmt: skip
     ratios = (balance[:, None] * factors[None]).float().to(labels.device)  # (S, P)
+    if zero_first:
+        ratios = torch.cat([ratios.new_zeros(ratios.shape[0], 1), ratios], dim=1)  # (S, 1 + P)
     counts = _grid_counts(space, labels, chunks, betas, ratios, fixed, varied=0)
     best_i, best_k = divmod(_first_maximum(counts), ratios.shape[1])
     best = (int(counts[best_i, best_k]), betas[best_i], float(ratios[best_i, best_k]))
+    if best[2] == 0.0:
+        return best, betas, ratios, counts
     # fine stage: one coarse step either side of the choice on both axes, log-spaced
     beta_step = (AUTO_SHARPNESS_RANGE[1] / AUTO_SHARPNESS_RANGE[0]) ** (1 / max(1, coarse_steps[0] - 1))
     ratio_step = float(factors[1] / factors[0]) if coarse_steps[1] > 1 else 10.0
@@ -248,11 +256,15 @@ def _logits_at(space: SearchSpace, rows: slice, fixed, ratio, weights, skip: int
     return logits
 
 
-def _search_logit_terms(space, labels, chunks, result: SearchResult, fixed, weights, search_grid: str) -> None:
-    """Each logit term's weight on its own 1-D grid, in order, the caches at their chosen values and the other logit
-    terms at their current weights; fills ``weights``, ``result``'s accuracy and its weight grids."""
+def _search_logit_terms(space, labels, chunks, result: SearchResult, fixed, weights, search_grid: str,
+                        which: list[int] | None = None) -> None:  # fmt: skip
+    """Each logit term's weight (of the terms ``which``, default all) on its own 1-D grid, in order, the caches at
+    their chosen values and the other logit terms at their current weights; fills ``weights``, ``result``'s accuracy
+    and its weight grids."""
     num_rows = labels.shape[0]
     for g, term in enumerate(space.logit_terms):
+        if which is not None and g not in which:
+            continue
         grid = logit_term_grid(space, term, search_grid)
         values = torch.tensor(grid, dtype=term.logits.dtype, device=labels.device)
         counts = torch.zeros(len(grid), dtype=torch.long, device=labels.device)
@@ -273,12 +285,12 @@ def default_chunk_size(num_rows: int, num_entries: int, num_classes: int, num_ra
     return max(1, min(num_rows, (256 << 20) // max(1, per_row)))
 
 
-def _auto_cache_search(space, labels, chunks, fixed) -> SearchResult:
+def _auto_cache_search(space, labels, chunks, fixed, zero_first: bool = False) -> SearchResult:
     """`search_grid="auto"` over the cache terms (the first jointly with the residual ratio, the others in 1-D);
-    fills ``fixed`` with the chosen sharpness values."""
+    fills ``fixed`` with the chosen sharpness values. ``zero_first``: the residual ratio 0 is tried first."""
     num_rows = labels.shape[0]
     (count, beta, alpha), sharpnesses, ratios, counts = _auto_search(
-        space, labels, chunks, fixed, AUTO_COARSE_STEPS, AUTO_FINE_STEPS
+        space, labels, chunks, fixed, AUTO_COARSE_STEPS, AUTO_FINE_STEPS, zero_first
     )
     fixed[0] = beta
     result = SearchResult(
@@ -297,11 +309,13 @@ def _auto_cache_search(space, labels, chunks, fixed) -> SearchResult:
     return result
 
 
-def _paper_cache_search(space, labels, chunks, fixed, logit_scale, scale, steps, start, text_scale, text_steps):
-    """Tip-Adapter's linear grids over the cache terms; fills ``fixed`` with the chosen sharpness values."""
+def _paper_cache_search(space, labels, chunks, fixed, logit_scale, scale, steps, start, text_scale, text_steps,
+                        zero_first: bool = False):  # fmt: skip
+    """Tip-Adapter's linear grids over the cache terms; fills ``fixed`` with the chosen sharpness values.
+    ``zero_first``: the residual ratio 0 is tried first."""
     num_rows, (beta_max, alpha_max), (beta_steps, alpha_steps) = labels.shape[0], scale, steps
     sharpnesses = sharpness_grid(beta_max, beta_steps, start)
-    alphas = residual_ratio_grid(alpha_max, alpha_steps, logit_scale, start)
+    alphas = ([0.0] if zero_first else []) + list(residual_ratio_grid(alpha_max, alpha_steps, logit_scale, start))
     if len(space.terms) > 1:
         text_scale = beta_max if text_scale is None else text_scale
         text_steps = beta_steps if text_steps is None else text_steps
@@ -366,9 +380,10 @@ def search_space_grid(
     each further term's sharpness likewise in 1-D; each logit term's weight over [`logit_term_grid`]'s
     backbone-adaptive range. ``search_scale`` and ``search_step`` are not used.
 
-    Logit terms start at ``starting_weights`` (default 1 each) while the caches are searched; the chosen weights are
-    in `fields` under their config fields. ``chunk_size`` bounds the rows processed at once (default:
-    [`default_chunk_size`])."""
+    Logit terms start at ``starting_weights`` (default 1 each) while the caches are searched, except those marked
+    `searched_first`, which are searched before the caches with the caches off (and the caches' residual ratio then
+    tries 0 first); the chosen weights are in `fields` under their config fields. ``chunk_size`` bounds the rows
+    processed at once (default: [`default_chunk_size`])."""
     logit_scale = check_number("logit_scale", logit_scale, 0.0, low_open=True)
     check_choice("search_grid", search_grid, SEARCH_GRIDS)
     if not space.terms and not space.logit_terms:
@@ -382,7 +397,10 @@ def search_space_grid(
     if paper:
         scale = check_pair("search_scale", search_scale, "sharpness, residual_ratio")
         steps = check_pair("search_step", search_step, "sharpness, residual_ratio")
-    chunks = _row_chunks(space, labels.shape[0], steps[1] if paper else AUTO_COARSE_STEPS[1], chunk_size)
+    chunks = _row_chunks(space, labels.shape[0], steps[1] if paper else AUTO_COARSE_STEPS[1] + 1, chunk_size)
+    first = [g for g, term in enumerate(space.logit_terms) if term.searched_first] if space.terms else []
+    # the `searched_first` terms alone with the caches off, the other logit terms at their starting weights
+    searched_first = _search_first_terms(space, labels, chunks, weights, first, search_grid) if first else None
     if space.terms:
         cache_space = space  # the caches are searched with the logit terms at their starting weights
         if space.logit_terms:
@@ -391,18 +409,33 @@ def search_space_grid(
             cache_space = dataclasses.replace(space, zero_shot_logits=base, logit_terms=[])
         if paper:
             result = _paper_cache_search(cache_space, labels, chunks, fixed, logit_scale, scale, steps, start,
-                                         text_search_scale, text_search_step)  # fmt: skip
+                                         text_search_scale, text_search_step, bool(first))  # fmt: skip
         else:
-            result = _auto_cache_search(cache_space, labels, chunks, fixed)
+            result = _auto_cache_search(cache_space, labels, chunks, fixed, bool(first))
         result.fields = {space.residual_ratio_field: result.residual_ratio}
         result.fields.update({term.sharpness_field: value for term, value in zip(space.terms, fixed)})
     else:
         result = _without_caches(space, labels, chunks, weights)
         result.fields = {}
+    if searched_first is not None:
+        result.weight_grids.update(searched_first.weight_grids)
+        result.weight_grid_accuracy.update(searched_first.weight_grid_accuracy)
+    later = [g for g in range(len(space.logit_terms)) if g not in first]
+    if later:
+        _search_logit_terms(space, labels, chunks, result, fixed, weights, search_grid, later)
     if space.logit_terms:
-        _search_logit_terms(space, labels, chunks, result, fixed, weights, search_grid)
         result.fields.update({term.weight_field: weight for term, weight in zip(space.logit_terms, weights)})
     return result
+
+
+def _search_first_terms(space, labels, chunks, weights, first: list[int], search_grid: str) -> SearchResult:
+    """The `searched_first` logit terms' weights (into ``weights``), each on its own 1-D grid with the caches off;
+    returns a result holding their grids (its accuracy is superseded by the cache search that follows)."""
+    alone = dataclasses.replace(space, terms=[])
+    scratch = SearchResult(sharpness=None, residual_ratio=0.0, text_sharpness=None, accuracy=0.0,
+                           num_validation=labels.shape[0], sharpness_grid=[], residual_ratio_grid=[])  # fmt: skip
+    _search_logit_terms(alone, labels, chunks, scratch, [], weights, search_grid, first)
+    return scratch
 
 
 def _row_chunks(space: SearchSpace, num_rows: int, num_ratios: int, chunk_size: int | None) -> list[slice]:
