@@ -137,17 +137,19 @@ def plot_curves(rows, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from xmadapter_hf.plotting import method_colour
+
     paths = [p for p in ("fit", "trainer") if any(r["variant"] == p for r in rows)]
     figure, axes = plt.subplots(1, len(paths), figsize=(6 * len(paths), 4.2), sharey=True, squeeze=False)
     for axis, variant in zip(axes[0], paths):
-        for index, method in enumerate(METHODS):
+        for method in METHODS:
             shots = sorted({r["shots"] for r in rows if (r["variant"], r["method"]) == (variant, method)})
             if not shots:
                 continue
             values = [[100 * t for t in select(rows, variant, method, k).values()] for k in shots]
             means = [statistics.mean(v) for v in values]
             spreads = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
-            axis.errorbar(shots, means, yerr=spreads, marker="o", capsize=3, label=method, color=f"C{index}")
+            axis.errorbar(shots, means, yerr=spreads, marker="o", capsize=3, label=method, color=method_colour(method))
         axis.set_xscale("log", base=2)
         axis.set_xlabel("shots per class")
         axis.set_title(f"{variant} (demo task, mean ± std over seeds)")

@@ -23,7 +23,7 @@ from .common import (
     default_method,
     method_names,
     positive_int,
-    search_scale,
+    search_options,
     set_threads,
     set_workers,
     show_progress,
@@ -31,6 +31,7 @@ from .common import (
 )
 from .data import class_names_of, open_data, pick_split, relabel, resolve_split
 from .evaluate import scores
+from .progress import progress
 
 SPLIT_FILE = "split.json"
 REPORT_FILE = "report.json"
@@ -170,9 +171,10 @@ def run(args) -> int:
             stacklevel=1,
         )
     started = time.perf_counter()
+    progress(f"fitting {args.method} on {len(few_shot)} images (extraction, search, training)")
     model, report = fit(
         model, few_shot, validation, augment_views=args.augment_views, seed=args.seed, epochs=args.epochs,
-        search_scale=search_scale(args), show_progress=show_progress(args),
+        **search_options(args), show_progress=show_progress(args),
         search=not args.no_search, extraction_workers=args.workers,
     )  # fmt: skip
     seconds = time.perf_counter() - started
@@ -201,6 +203,7 @@ def run(args) -> int:
             f", zero-shot {report.zero_shot_accuracy:.4f}"
         )
     if test is not None:
+        progress(f"scoring {len(test)} test images")
         scored = scores(model, test)
         result["test"] = {
             "source": test_origin,
