@@ -108,8 +108,8 @@ def _read_image_folder(root: Path):
     return splits
 
 
-#: Seconds the Hub has to answer whether a `--data` name is a dataset there.
-HUB_TIMEOUT = 5.0
+#: Seconds the Hub has to answer whether a `--data` name is a dataset there (the whole lookup stays within 5 s).
+HUB_TIMEOUT = 4.0
 
 
 def _looks_like_path(text: str) -> bool:
@@ -137,10 +137,13 @@ def _load_hub_dataset(source: str, what: str):
     offline = _hub_offline()
     if not offline:
         from huggingface_hub import HfApi
-        from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
+        from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
 
         try:
             HfApi().dataset_info(source, timeout=HUB_TIMEOUT)
+        except GatedRepoError as error:
+            raise CLIError(f"{not_here}, and the Hub dataset of that name is gated: log in (`hf auth login`) with "
+                           "an account that has access") from error  # fmt: skip
         except (RepositoryNotFoundError, HFValidationError) as error:
             raise CLIError(f"{not_here}, and no dataset of that name on the Hub ({type(error).__name__})") from error
         except Exception as error:  # no network, a timeout, a server error

@@ -112,6 +112,7 @@ def run(args) -> int:
     from ..demo.compare import accuracy_table, affinity_ratio_table, calibration_table, compare_methods, demo_methods
 
     _check(args)
+    search = {"default": search_options(args)}
     if args.export_images:
         return _export(args)
     plot = not args.no_plot
@@ -140,7 +141,6 @@ def run(args) -> int:
             bar.update()
             progress(f"{bar.n}/{total} fits, last {result.shots} shots {result.method}")
 
-        search = {"default": search_options(args)}
         results = compare_methods(
             args.model, seeds=args.seed, shots=args.shots, methods=methods, searches=search,
             augment_views=args.augment_views, on_result=advance,

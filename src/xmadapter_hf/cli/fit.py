@@ -131,6 +131,7 @@ def run(args) -> int:
 
     output = Path(args.output)
     _check_output(output, args.overwrite)
+    search = search_options(args)
     data = open_data(args.data)
     split_name, train = pick_split(data, args.split, ("train",))
     origin = data.describe(split_name)
@@ -174,7 +175,7 @@ def run(args) -> int:
     progress(f"fitting {args.method} on {len(few_shot)} images (extraction, search, training)")
     model, report = fit(
         model, few_shot, validation, augment_views=args.augment_views, seed=args.seed, epochs=args.epochs,
-        **search_options(args), show_progress=show_progress(args),
+        **search, show_progress=show_progress(args),
         search=not args.no_search, extraction_workers=args.workers,
     )  # fmt: skip
     seconds = time.perf_counter() - started

@@ -87,6 +87,7 @@ def run(args) -> int:
     templates = {} if args.templates is None else {"templates": args.templates}  # default: run_protocol's
     if args.templates is not None and args.templates not in list_template_sources():
         raise CLIError(f"--templates: invalid choice: {args.templates!r} (choose from {list_template_sources()})", 2)
+    search = search_options(args)
     set_threads(args.threads)
     set_workers(args.workers)
 
@@ -106,7 +107,7 @@ def run(args) -> int:
             args.data_root, args.datasets, args.methods, output_dir=args.output, model=args.model,
             protocol=args.protocol, shots=args.shots, seeds=args.seeds, validation=args.validation,
             **templates, augment_views=args.augment_views, epochs=args.epochs,
-            **search_options(args),
+            **search,
             meta_adapter_official=not args.meta_adapter_unofficial,
             meta_adapter_require_all_classes=not args.meta_adapter_allow_missing_classes,
             backbone_name=args.backbone_name, feature_dir=args.feature_dir, batch_size=args.batch_size,

@@ -96,6 +96,7 @@ def _output(args, adapter_dir: Path) -> Path:
 def run(args) -> int:
     adapter_dir = Path(args.adapter)
     output = _output(args, adapter_dir)
+    options = search_options(args)  # before any work: a range with --search-grid auto is refused
     validation, origin = _validation(args, adapter_dir)
     set_threads(args.threads)
     set_workers(args.workers)
@@ -112,7 +113,7 @@ def run(args) -> int:
 
     # once: the search and the temperature both read them
     embeds, labels = validation_embeddings(model, validation, num_workers=args.workers)
-    result = model.search_hyperparameters(embeds, labels, **search_options(args))
+    result = model.search_hyperparameters(embeds, labels, **options)
     fitted = calibrate(model, embeds, labels)  # the temperature was fitted for the old values: refit it
     grid = config.search_result["search_grid"]
     print(f"searched on {origin} ({result.num_validation} images, {grid} grid): validation accuracy "
