@@ -135,11 +135,13 @@ def run(args) -> int:
     )
     started = time.perf_counter()
     with tqdm(total=total, desc="fits", unit="fit", disable=not show_progress(args)) as bar:
+        done = []
 
         def advance(result):
             bar.set_postfix_str(f"{result.shots} shots {result.method}")
             bar.update()
-            progress(f"{bar.n}/{total} fits, last {result.shots} shots {result.method}")
+            done.append(result)  # a disabled bar does not count
+            progress(f"{len(done)}/{total} fits, last {result.shots} shots {result.method}")
 
         results = compare_methods(
             args.model, seeds=args.seed, shots=args.shots, methods=methods, searches=search,
