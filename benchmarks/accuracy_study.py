@@ -243,12 +243,14 @@ def plot_curves(rows, path: str, task: str | None = None) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from xmadapter_hf.plotting import method_colour
+
     if task is not None:
         rows = [r for r in rows if r.get("task", "photo") == task]
     paths = [p for p in ("fit", "trainer") if any(r["variant"] == p for r in rows)]
     figure, axes = plt.subplots(1, len(paths), figsize=(6.5 * len(paths), 4.6), sharey=True, squeeze=False)
     for axis, variant in zip(axes[0], paths):
-        for index, method in enumerate((*METHODS, "auto")):
+        for method in (*METHODS, "auto"):
             shots = sorted({r["shots"] for r in rows if (r["variant"], r["method"]) == (variant, method)})
             if not shots:
                 continue
@@ -256,7 +258,7 @@ def plot_curves(rows, path: str, task: str | None = None) -> None:
             means = [statistics.mean(v) for v in values]
             spreads = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
             style = dict(linewidth=2.5) if method in ("xmadapter", "gda") else dict(linewidth=1.2)
-            axis.errorbar(shots, means, yerr=spreads, marker="o", capsize=3, label=method, color=f"C{index}",
+            axis.errorbar(shots, means, yerr=spreads, marker="o", capsize=3, label=method, color=method_colour(method),
                           **style)  # fmt: skip
         axis.set_xscale("log", base=2)
         axis.set_xlabel("shots per class")

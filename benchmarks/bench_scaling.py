@@ -49,12 +49,15 @@ def plot(results: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from xmadapter_hf.plotting import method_colour
+
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for method in sorted({r["method"] for r in results}):
         rows = sorted((r for r in results if r["method"] == method), key=lambda r: r["entries"])
         entries = [r["entries"] for r in rows]
-        left.plot(entries, [1000 * r["forward_seconds"] for r in rows], marker="o", label=method)
-        right.plot(entries, [r["peak_rss_gib"] for r in rows], marker="o", label=method)
+        colour = method_colour(method)  # the method's colour in every figure
+        left.plot(entries, [1000 * r["forward_seconds"] for r in rows], marker="o", label=method, color=colour)
+        right.plot(entries, [r["peak_rss_gib"] for r in rows], marker="o", label=method, color=colour)
     right.axhline(8.0, color="grey", linestyle="--", linewidth=1, label="8 GiB target (100k classes)")
     for axis, title, unit in ((left, "head time, batch 256", "ms"), (right, "peak RSS of the process", "GiB")):
         axis.set_xscale("log")

@@ -1,8 +1,11 @@
 """Writes the generated reference pages: docs/cli.md (from the `xmadapter` parser) and docs/config.md (from the
-`Args:` section of `XMAdapterConfig`'s docstring). tests/test_generated_docs.py checks that the committed pages
+`Args:` section of `XMAdapterConfig`'s docstring), and the command outputs pages show (`OUTPUTS`: docs/reproduce.md's
+run on the demo images, rerun here; `.ci/run` checks them after the tests, as they take minutes).
+tests/test_generated_docs.py checks that the committed reference pages
 equal what this prints, so a changed option or config field fails the tests until the pages are regenerated.
 
-Run: ``.venv/bin/python scripts/generate_docs.py`` (``--check`` exits 1 if a page is out of date).
+Run: ``.venv/bin/python scripts/generate_docs.py`` (``--check`` exits 1 if a page is out of date; ``--only cli config``
+for the reference pages alone, as tests/test_generated_docs.py does).
 """
 
 from __future__ import annotations
@@ -192,15 +195,80 @@ def config_reference() -> str:
     return "\n".join(parts) + "\n"
 
 
+#: docs/reproduce.md's example, as the page writes it (`--no-plot`: the figure is not shown there).
+REPRODUCE_EXAMPLE = [
+    [sys.executable, "-c",
+     "from xmadapter_hf.demo import export_images; export_images('demo-data/textures', shots=None)"],
+    [sys.executable, "-m", "xmadapter_hf", "reproduce", "--data-root", "demo-data", "--datasets", "textures",
+     "--methods", "zero-shot", "tip-adapter", "tip-adapter-f", "clip-adapter", "--shots", "1", "2", "4", "8", "16",
+     "--seeds", "1", "2", "3", "--model", "demo", "--output", "demo-results", "--threads", "1", "--no-plot"],
+]  # fmt: skip
+
+
+def _run_commands(commands: list[list[str]]) -> str:
+    """The last command's stdout, every command run in one temporary folder with one torch thread, offline."""
+    import os
+    import subprocess
+    import tempfile
+
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONHASHSEED": "0"}
+    with tempfile.TemporaryDirectory() as folder:
+        for command in commands:
+            result = subprocess.run(command, cwd=folder, env=environment, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise RuntimeError(f"{' '.join(command)} failed: {result.stderr[-2000:]}")
+    return result.stdout
+
+
+def reproduce_output() -> str:
+    """docs/reproduce.md's run of the demo images: its summary line and table (the cells' wall times vary)."""
+    lines = _run_commands(REPRODUCE_EXAMPLE).splitlines()
+    counts = next(line for line in lines if line.startswith("cells: "))
+    table = [line for line in lines if line.startswith("|")]
+    return "\n".join(["```text", counts, "```", "", *table])
+
+
+OUTPUTS = {"reproduce": ("docs/reproduce.md", reproduce_output)}
+
+
+def _with_output(text: str, name: str, output: str) -> str:
+    """``text`` with the region of the output ``name`` replaced by ``output``."""
+    start, end = f"<!-- generated: {name} -->\n", f"\n<!-- end generated: {name} -->"
+    if start not in text or end not in text:
+        raise ValueError(f"no region {start.strip()} ... {end.strip()} in the page")
+    before, rest = text.split(start, 1)
+    return before + start + output + end + rest.split(end, 1)[1]
+
+
 PAGES = {"docs/cli.md": cli_reference, "docs/config.md": config_reference}
+#: What `--only` names: each reference page, each command output.
+NAMES = {"cli": "docs/cli.md", "config": "docs/config.md", **{name: page for name, (page, _) in OUTPUTS.items()}}
+
+
+def _generated() -> dict:
+    """page -> a function giving its text, for every name."""
+    found = {page: generate for page, generate in PAGES.items()}
+    for name, (page, produce) in OUTPUTS.items():
+        found[f"{page}#{name}"] = lambda page=page, name=name, produce=produce: _with_output(
+            (ROOT / page).read_text(), name, produce()
+        )
+    return found
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if a committed page differs")
+    parser.add_argument(
+        "--only", nargs="+", choices=sorted(NAMES), help="these pages or outputs only (default: all; the outputs "
+        "rerun their commands: minutes)",
+    )  # fmt: skip
     args = parser.parse_args()
+    wanted = {f"{NAMES[n]}#{n}" if n in OUTPUTS else NAMES[n] for n in args.only} if args.only else None
     stale = []
-    for relative, generate in PAGES.items():
+    for key, generate in _generated().items():
+        if wanted is not None and key not in wanted:
+            continue
+        relative = key.split("#")[0]
         path, text = ROOT / relative, generate()
         if path.exists() and path.read_text() == text:
             continue

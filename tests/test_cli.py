@@ -109,14 +109,19 @@ def batch(demo_folder, tmp_path_factory):
         "bad fit data": ["fit", "--data", work / "missing", "--output", work / "out"],
         "bad eval": ["eval", demo_folder, "--data", demo_folder],  # a folder of images is no adapter
         "bad predict": ["predict", adapter, work / "missing.png"],
-        "bad search": ["search", work, "--data", demo_folder],
+        "bad search": ["search", work, "--data", demo_folder, "--in-place"],
+        "search without output": ["search", adapter, "--data", demo_folder],
+        "bad export folder": ["export", adapter, demo_folder, "--what", "head"],  # not empty
+        "bad shots": ["fit", "--data", demo_folder, "--shots", "abc", "--output", work / "out"],
+        "bad hub name": ["fit", "--data", "no-such-user/no-such-dataset", "--output", work / "out"],  # offline
         "bad push": ["push", adapter, "me/adapter"],  # a local backbone and no --base-model-id
         "bad add-classes": ["add-classes", adapter, "--support", work / "missing", "--output", work / "grown"],
         "bad export": ["export", adapter, work / "onnx-bad", "--what", "everything"],
         "debug fit data": ["--debug", "fit", "--data", work / "missing", "--output", work / "out"],
         **{f"help {name}": [name, "--help"] for name in COMMAND_NAMES},
     }
-    return _batch([first, second], work / "results"), work, own
+    third = {"search in place": ["search", work / "searched", "--data", demo_folder, "--in-place"]}  # search's copy
+    return _batch([first, second, third], work / "results"), work, own
 
 
 def test_fit_writes_the_adapter_its_split_and_a_report_naming_each_split(batch, demo_folder):
@@ -167,6 +172,14 @@ def test_eval_predict_search_export_on_the_fitted_adapter(batch, demo_folder):
     config = json.loads((work / "searched" / "config.json").read_text())
     assert config["search_result"]["split"] == "validation" and config["search_result"]["num_validation"] == 256
     assert config["temperature"] > 0 and "scores' temperature refitted on the same split" in searched
+    # the library's search, as `fit` ran it (a default --search-step of 200 20 chose Tip-Adapter's grid before)
+    assert config["search_result"]["search_grid"] == "auto" and "256 images, auto grid)" in searched
+    assert (work / "searched" / "split.json").read_bytes() == (adapter / "split.json").read_bytes()
+    in_place = _ok(results["search in place"])  # on the copy, after the lines above read it
+    assert in_place.rstrip().endswith(f"wrote {work / 'searched'} (in place)") and "auto grid" in in_place
+    assert sorted(p.name for p in (work / "searched").iterdir()) == [
+        "config.json", "model.safetensors", "preprocessor_config.json", "split.json",
+    ]  # fmt: skip
 
     assert "head:" in _ok(results["export"]) and (work / "onnx" / "head.onnx").is_file()
 
@@ -202,6 +215,13 @@ def test_bad_input_ends_every_command_with_one_line(batch):
     assert "--support " in (line := _one_line_error(results["bad add-classes"], "add-classes"))
     assert "missing': no such folder" in line
     assert "invalid choice: 'everything'" in _one_line_error(results["bad export"], "export")
+    line = _one_line_error(results["search without output"], "search")
+    assert "pass --output DIR to write the searched adapter to a new folder, or --in-place" in line
+    line = _one_line_error(results["bad export folder"], "export")
+    assert "images' is not empty: pass --overwrite to write into it" in line
+    assert "--shots: expected a positive integer, got 'abc'" in _one_line_error(results["bad shots"], "fit")
+    line = _one_line_error(results["bad hub name"], "fit")  # HF_HUB_OFFLINE=1: the cache only, and both readings
+    assert "'no-such-user/no-such-dataset': no such folder here, and as a Hub dataset name: not in the local" in line
     assert not (work / "out").exists() and not (work / "onnx-bad").exists() and not (work / "grown").exists()
 
 

@@ -111,14 +111,41 @@ def test_readme_commands_are_those_of_getting_started():
     assert readme and all(command in guide for command in readme), (readme, guide)
 
 
-def test_getting_started_and_the_readme_hub_block(hub, in_tmp):
+def _plain_blocks(relative: str) -> list[str]:
+    """The doc's fenced blocks with no language (sample outputs)."""
+    blocks, current, language = [], None, None
+    for line in (ROOT / relative).read_text().splitlines():
+        if line.startswith("```") and current is None:
+            current, language = [], line[3:].strip()
+        elif line.startswith("```"):
+            if not language:
+                blocks.append("\n".join(current))
+            current = None
+        elif current is not None:
+            current.append(line)
+    return blocks
+
+
+def _shown(text: str) -> list[str]:
+    """Output lines as the docs show them: wall times (`in 16.9 s`) vary from run to run and are not compared."""
+    return [re.sub(r" in \d+(\.\d+)? s$", " in N s", line.rstrip()) for line in text.strip().splitlines()]
+
+
+def test_getting_started_and_the_readme_hub_block(hub, in_tmp, capsys):
     from xmadapter_hf.cli import main
 
     commands = _commands("docs/getting-started.md")
     python = _blocks("docs/getting-started.md")
     assert len(python) == 2 and HUB_MARK in python[1] and commands[-1][0] == "push"
+    printed = {}
     for command in commands[:-1]:  # demo --export-images, fit, eval, predict
         assert main(command) == 0, command
+        printed[command[0]] = capsys.readouterr().out
+    # the sample outputs the page shows are what `fit` and `predict` print today (the first lines of predict's)
+    samples = {block.split()[0]: block for block in _plain_blocks("docs/getting-started.md")}
+    fit_sample, predict_sample = _shown(samples["data:"]), _shown(samples["scores:"])
+    assert fit_sample == _shown(printed["fit"]), printed["fit"]
+    assert predict_sample == _shown(printed["predict"])[: len(predict_sample)], printed["predict"]
     assert (in_tmp / "my-adapter" / "report.json").is_file() and (in_tmp / "confusion.png").is_file()
     namespace = _exec(python[0], "docs/getting-started.md", {})
     assert namespace["out"].affinity_ratio.shape == (1,)

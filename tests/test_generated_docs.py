@@ -29,7 +29,9 @@ def test_generated_pages_are_up_to_date():
     """In a fresh process: the tests register methods of their own (`register_method`), which `--method`'s choices
     would then list."""
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "generate_docs.py"), "--check"], capture_output=True, text=True
+        [sys.executable, str(ROOT / "scripts" / "generate_docs.py"), "--check", "--only", "cli", "config"],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
 
@@ -98,7 +100,14 @@ def test_check_mode_reports_a_stale_page(generate_docs, monkeypatch, tmp_path, c
     (tmp_path / "docs" / "cli.md").write_text("old\n")
     (tmp_path / "docs" / "config.md").write_text(generate_docs.config_reference())
     monkeypatch.setattr(generate_docs, "ROOT", tmp_path)
-    monkeypatch.setattr("sys.argv", ["generate_docs.py", "--check"])
+    monkeypatch.setattr("sys.argv", ["generate_docs.py", "--check", "--only", "cli", "config"])
     assert generate_docs.main() == 1
     assert "out of date: docs/cli.md" in capsys.readouterr().err
     assert (tmp_path / "docs" / "cli.md").read_text() == "old\n"  # --check writes nothing
+
+
+def test_an_output_region_is_replaced_and_a_missing_one_named(generate_docs):
+    page = "before\n<!-- generated: x -->\nold\n<!-- end generated: x -->\nafter\n"
+    assert generate_docs._with_output(page, "x", "new") == page.replace("old", "new")
+    with pytest.raises(ValueError, match="no region <!-- generated: y -->"):
+        generate_docs._with_output(page, "y", "new")

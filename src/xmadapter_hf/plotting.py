@@ -12,17 +12,47 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 __all__ = [
+    "BAND_LABEL",
+    "METHOD_COLOURS",
     "PLOT_EXTRA",
     "PlotUnavailableError",
     "plot_affinity_ratio",
     "plot_confusion_matrix",
     "plot_few_shot_curve",
     "plot_few_shot_panels",
+    "method_colour",
     "require_matplotlib",
 ]
 
 #: What to install for plots.
 PLOT_EXTRA = "pip install 'xmadapter-hf[plot]'"
+
+#: One colour per shipped method in every figure (matplotlib's tab10 colours; zero-shot grey), whichever methods a
+#: figure holds and in whichever order; [`method_colour`] gives other methods theirs.
+METHOD_COLOURS = {
+    "zero-shot": "#7f7f7f",
+    "tip-adapter": "#1f77b4",
+    "tip-adapter-f": "#ff7f0e",
+    "clip-adapter": "#2ca02c",
+    "xmadapter": "#d62728",
+    "multimodal-adapter": "#9467bd",
+    "meta-adapter": "#8c564b",
+    "gda": "#e377c2",
+}
+_OTHER_COLOURS = ("#bcbd22", "#17becf", "#000000", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5")
+
+#: What the shaded band around a curve is.
+BAND_LABEL = "shaded: ± 1 std over the seeds"
+
+
+def method_colour(name: str) -> str:
+    """The colour of method ``name`` in every figure: `METHOD_COLOURS`' for a shipped method, else one of the other
+    colours chosen from the name alone (the same in every figure and process)."""
+    import zlib
+
+    if name in METHOD_COLOURS:
+        return METHOD_COLOURS[name]
+    return _OTHER_COLOURS[zlib.crc32(name.encode()) % len(_OTHER_COLOURS)]
 
 
 class PlotUnavailableError(ImportError):
@@ -59,25 +89,34 @@ def _save(figure, path: str | os.PathLike) -> Path:
 
 
 def _draw_curves(axes, curves: Mapping[str, Mapping[int, tuple[float, float]]], flat: Mapping[str, float]) -> None:
-    """One line per method of accuracy against shots (log2 axis, ticks at the shot counts), std as a band."""
+    """One line per method of accuracy against shots (log2 axis, ticks at the shot counts), in the method's colour
+    (`method_colour`); the std as a band, which the legend names (`BAND_LABEL`)."""
     for name, value in flat.items():
-        axes.axhline(value, linestyle="--", color="gray", label=name)
+        axes.axhline(value, linestyle="--", color=method_colour(name), label=name)
     shots_seen: set[int] = set()
+    banded = False
     for name, points in curves.items():
         shots = sorted(points)
         shots_seen.update(shots)
         means = [points[k][0] for k in shots]
         stds = [points[k][1] for k in shots]
-        (line,) = axes.plot(shots, means, marker="o", label=name)
+        axes.plot(shots, means, marker="o", label=name, color=method_colour(name))
         if any(s > 0 for s in stds):
             low = [m - s for m, s in zip(means, stds)]
             high = [m + s for m, s in zip(means, stds)]
-            axes.fill_between(shots, low, high, alpha=0.15, color=line.get_color())
+            axes.fill_between(shots, low, high, alpha=0.15, color=method_colour(name))
+            banded = True
     axes.set_xscale("log", base=2)
     axes.set_xticks(sorted(shots_seen), [str(k) for k in sorted(shots_seen)])
     axes.set_xlabel("shots per class")
     axes.grid(alpha=0.3)
-    axes.legend(fontsize="small")
+    handles, labels = axes.get_legend_handles_labels()
+    if banded:
+        from matplotlib.patches import Patch
+
+        handles.append(Patch(facecolor="gray", alpha=0.3, label=BAND_LABEL))
+        labels.append(BAND_LABEL)
+    axes.legend(handles, labels, fontsize="small")
 
 
 def plot_few_shot_curve(
@@ -133,7 +172,9 @@ def plot_few_shot_panels(
 
 
 def plot_affinity_ratio(points: Mapping[int, tuple[float, float]], path: str | os.PathLike) -> Path:
-    """XMAdapter's affinity ratio (the image cache's weight; 1 - it is the text cache's) against shots per class.
+    """XMAdapter's affinity ratio r (the image cache's weight; the text cache's is 1 - r, which the axis label says
+    rather than a second, mirror-image line) against shots per class, in XMAdapter's colour; error bars (± 1 std
+    over the seeds) only where a std is > 0.
 
     Args:
         points: {shots: (mean, std)} of the learned ratio.
@@ -144,13 +185,16 @@ def plot_affinity_ratio(points: Mapping[int, tuple[float, float]], path: str | o
     shots = sorted(points)
     means = [points[k][0] for k in shots]
     stds = [points[k][1] for k in shots]
-    axes.errorbar(shots, means, yerr=stds, marker="o", capsize=3, label="image cache (affinity ratio)")
-    axes.plot(shots, [1 - m for m in means], marker="s", linestyle=":", label="text cache (1 - ratio)")
+    colour, label = method_colour("xmadapter"), "xmadapter: affinity ratio r"
+    if any(s > 0 for s in stds):
+        axes.errorbar(shots, means, yerr=stds, marker="o", capsize=3, color=colour, label=f"{label} (± 1 std)")
+    else:
+        axes.plot(shots, means, marker="o", color=colour, label=label)
     axes.set_xscale("log", base=2)
     axes.set_xticks(shots, [str(k) for k in shots])
     axes.set_ylim(0, 1)
     axes.set_xlabel("shots per class")
-    axes.set_ylabel("weight in XMAdapter's cache logits")
+    axes.set_ylabel("r: the image cache's weight (text cache: 1 - r)")
     axes.set_title("XMAdapter: image vs text cache")
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")

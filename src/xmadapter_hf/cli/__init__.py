@@ -21,6 +21,7 @@ import warnings
 from ..data import WORKERS_ENV
 from . import add_classes, demo, evaluate, export, fit, predict, push, reproduce, search
 from .common import CLIError, Command, one_line
+from .progress import heartbeat
 
 __all__ = ["COMMANDS", "CLIError", "Command", "build_parser", "main"]
 
@@ -141,8 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return 2
     debug = args.debug
-    # all three restore what they change when the command ends
-    with warnings.catch_warnings(), _quiet_libraries(), _environment_kept(WORKERS_ENV):
+    # all three restore what they change when the command ends; the heartbeat: progress lines where stderr is no tty
+    with warnings.catch_warnings(), _quiet_libraries(), _environment_kept(WORKERS_ENV), heartbeat(args):
         if not debug:
             warnings.showwarning = _show_warning
             warnings.filterwarnings("ignore", category=FutureWarning)

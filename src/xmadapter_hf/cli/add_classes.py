@@ -14,10 +14,12 @@ from pathlib import Path
 from .common import (
     CLIError,
     Command,
+    add_loading_arguments,
     add_progress_argument,
     add_threads_argument,
     add_workers_argument,
     load_adapter,
+    loading_options,
     set_threads,
     set_workers,
 )
@@ -34,6 +36,7 @@ def add_arguments(parser) -> None:
     add_threads_argument(parser)
     add_workers_argument(parser)
     add_progress_argument(parser)
+    add_loading_arguments(parser)
 
 
 def _check_output(output: Path, adapter: str) -> None:
@@ -52,7 +55,7 @@ def run(args) -> int:
     dataset, names, _ = open_support(args.support)
     set_threads(args.threads)
     set_workers(args.workers)
-    model = load_adapter(args.adapter)
+    model = load_adapter(args.adapter, **loading_options(args))
     config = model.config
     before, entries = config.num_classes, config.cache_size
     if entries:

@@ -14,8 +14,10 @@ from ..data import WORKERS_ENV
 from ..jsonsafe import dumps
 
 __all__ = [
+    "SEARCH_GRID_CHOICES",
     "CLIError",
     "Command",
+    "add_loading_arguments",
     "add_progress_argument",
     "add_search_arguments",
     "add_support_argument",
@@ -24,10 +26,12 @@ __all__ = [
     "add_workers_argument",
     "default_method",
     "load_adapter",
+    "loading_options",
     "method_names",
     "nonnegative_int",
     "one_line",
     "positive_int",
+    "search_options",
     "search_scale",
     "set_threads",
     "set_workers",
@@ -62,30 +66,49 @@ def one_line(text: str) -> str:
 
 
 def positive_int(text: str) -> int:
-    value = int(text)
+    """An argument type: a positive integer (argparse's own message would be "invalid positive_int value")."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
 
 
 def nonnegative_int(text: str) -> int:
-    value = int(text)
+    """An argument type: an integer 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
     if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+        raise argparse.ArgumentTypeError(f"expected an integer 0 or more, got {text!r}")
     return value
 
 
+#: `--search-grid`'s choices: `xmadapter_hf.training.grids.SEARCH_GRIDS` (written out so that `--help` imports no
+#: training code; tests/test_cli.py checks that they are the same).
+SEARCH_GRID_CHOICES = ("auto", "paper", "tip-adapter-grid")
+
+
 def add_search_arguments(parser: argparse.ArgumentParser, *, step: bool = True) -> None:
-    """The validation search's options (`fit`, `search`, `demo`, `reproduce`): --search-scale, and --search-step."""
+    """The validation search's options (`fit`, `search`, `demo`, `reproduce`): --search-grid, --search-scale and
+    --search-step. None has a default of its own: the library's (`search_on_validation`) decides."""
+    parser.add_argument(
+        "--search-grid", choices=SEARCH_GRID_CHOICES, help="auto: the backbone-adaptive search; tip-adapter-grid "
+        "(also named paper): the papers' fixed linear grids, sized by --search-scale and --search-step (default: "
+        "the library's: auto, or tip-adapter-grid when --search-scale or --search-step is given)",
+    )  # fmt: skip
     parser.add_argument(
         "--search-scale", type=float, nargs=2, metavar=("SHARPNESS_MAX", "RATIO_MAX"),
-        help="the search range (default: the library's: a Tip-Adapter dataset's own, else (7, 3); the ratio is "
-        "scaled by the backbone's logit scale / 100)",
+        help="the tip-adapter-grid's range (default: the library's: a Tip-Adapter dataset's own, else (7, 3); the "
+        "ratio is scaled by the backbone's logit scale / 100)",
     )  # fmt: skip
     if step:
         parser.add_argument(
-            "--search-step", type=positive_int, nargs=2, default=(200, 20), metavar=("SHARPNESS_STEPS", "RATIO_STEPS"),
-            help="grid sizes (200 20)",
+            "--search-step", type=positive_int, nargs=2, metavar=("SHARPNESS_STEPS", "RATIO_STEPS"),
+            help="the tip-adapter-grid's sizes (default: the library's: a Tip-Adapter dataset's own, else 200 20)",
         )  # fmt: skip
 
 
@@ -101,6 +124,27 @@ def add_training_arguments(parser: argparse.ArgumentParser, *, epochs: bool = Tr
 def search_scale(args: argparse.Namespace) -> tuple[float, float] | None:
     """--search-scale as `fit`'s `search_scale` (`None`: the library's default)."""
     return tuple(args.search_scale) if args.search_scale else None
+
+
+def search_options(args: argparse.Namespace) -> dict:
+    """--search-grid, --search-scale and --search-step as the library's `search_grid`, `search_scale` and
+    `search_step` (each `None` where not given: the library decides); a range with "auto" is a `CLIError`."""
+    from ..training.search import resolve_search_grid
+
+    step = getattr(args, "search_step", None)
+    options = {
+        "search_grid": getattr(args, "search_grid", None),
+        "search_scale": search_scale(args),
+        "search_step": tuple(step) if step else None,
+    }
+    try:  # the library's rule, checked before any work
+        resolve_search_grid(**options)
+    except ValueError as error:
+        given = " and ".join(f"--{k.replace('_', '-')}" for k in ("search_scale", "search_step") if options[k])
+        raise CLIError(
+            f"{given} sizes the tip-adapter-grid; --search-grid auto chooses its own ranges: pass one or the other", 2
+        ) from error
+    return options
 
 
 def method_names() -> list[str]:
@@ -195,7 +239,49 @@ def check_adapter(source: str) -> None:
         raise CLIError(f"{source!r} is not a complete adapter directory: model.safetensors is missing")
 
 
+def add_loading_arguments(parser: argparse.ArgumentParser) -> None:
+    """What `from_pretrained` takes besides the adapter, for the commands that load one: --no-check-backbone
+    (`check_backbone=False`) and --rebuild-text-embeddings (`rebuild_text_embeddings=True`), which the loading
+    errors recommend."""
+    parser.add_argument(
+        "--rebuild-text-embeddings", action="store_true", help="re-encode the class prompts with the backbone "
+        "loaded, instead of refusing a text encoder that differs from the one the adapter was built on",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-check-backbone", action="store_true", help="skip the checks that the backbone loaded is the one the "
+        "adapter was built on (its architecture and probe embeddings)",
+    )  # fmt: skip
+
+
+def loading_options(args: argparse.Namespace) -> dict:
+    """--no-check-backbone and --rebuild-text-embeddings as `from_pretrained`'s arguments."""
+    return {
+        "check_backbone": not getattr(args, "no_check_backbone", False),
+        "rebuild_text_embeddings": getattr(args, "rebuild_text_embeddings", False),
+    }
+
+
+#: The library's loading messages name `from_pretrained`'s arguments; the command line's are its options.
+_LOADING_OPTIONS = {
+    "`check_backbone=False`": "--no-check-backbone",
+    "`rebuild_text_embeddings=True`": "--rebuild-text-embeddings",
+}
+
+
 def load_adapter(source: str, support: tuple | None = None, show_progress: bool = False, **kwargs):
+    """See `_load_adapter`; a loading error names the command line's options instead of `from_pretrained`'s."""
+    try:
+        return _load_adapter(source, support, show_progress, **kwargs)
+    except ValueError as error:
+        message = str(error)
+        if not any(name in message for name in _LOADING_OPTIONS):
+            raise
+        for name, option in _LOADING_OPTIONS.items():
+            message = message.replace(name, option)
+        raise CLIError(message) from error
+
+
+def _load_adapter(source: str, support: tuple | None = None, show_progress: bool = False, **kwargs):
     """The adapter at `source` (a directory or Hub id), checked first; its backbone is loaded by the name its config
     records. With `support` (`data.open_support`'s (dataset, class names, origin)), it gets the support's classes
     instead of its own (`from_pretrained(class_names=...)`) and its cache is built from their images (`build_cache`,

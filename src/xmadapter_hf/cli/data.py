@@ -108,12 +108,59 @@ def _read_image_folder(root: Path):
     return splits
 
 
+#: Seconds the Hub has to answer whether a `--data` name is a dataset there (the whole lookup stays within 5 s).
+HUB_TIMEOUT = 4.0
+
+
 def _looks_like_path(text: str) -> bool:
+    """A path, never a Hub name: it starts with `.`, `~` or `/`, ends with `/`, or holds `\\` or more than one `/`."""
     return text.startswith((".", "~", "/")) or text.endswith("/") or "\\" in text or text.count("/") > 1
 
 
+def _hub_offline() -> bool:
+    """`HF_HUB_OFFLINE`, as huggingface_hub read it at import or as the environment says now."""
+    import os
+
+    import huggingface_hub
+
+    return huggingface_hub.is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES",
+                                                                                                   "TRUE"}  # fmt: skip
+
+
+def _load_hub_dataset(source: str, what: str):
+    """`datasets.load_dataset(source)` for a name that is no folder here. Online, the Hub is asked first whether it
+    has such a dataset, within `HUB_TIMEOUT` seconds (`load_dataset` alone retried for 30-40 s before failing);
+    offline (`HF_HUB_OFFLINE`), only the local cache is read. Every failure names both readings of `source`."""
+    import datasets
+
+    not_here = f"{what} {source!r}: no such folder here"
+    offline = _hub_offline()
+    if not offline:
+        from huggingface_hub import HfApi
+        from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
+
+        try:
+            HfApi().dataset_info(source, timeout=HUB_TIMEOUT)
+        except GatedRepoError as error:
+            raise CLIError(f"{not_here}, and the Hub dataset of that name is gated: log in (`hf auth login`) with "
+                           "an account that has access") from error  # fmt: skip
+        except (RepositoryNotFoundError, HFValidationError) as error:
+            raise CLIError(f"{not_here}, and no dataset of that name on the Hub ({type(error).__name__})") from error
+        except Exception as error:  # no network, a timeout, a server error
+            raise CLIError(
+                f"{not_here}, and the Hub did not say within {HUB_TIMEOUT:g} s whether it has a dataset of that name "
+                f"({type(error).__name__}: {error}); set HF_HUB_OFFLINE=1 to read the local cache only"
+            ) from error
+    try:
+        return datasets.load_dataset(source)
+    except Exception as error:  # offline and not in the cache, or a dataset the Hub has but `datasets` cannot read
+        where = "not in the local Hub cache (HF_HUB_OFFLINE is set)" if offline else "`datasets.load_dataset` failed"
+        raise CLIError(f"{not_here}, and as a Hub dataset name: {where}: {error}") from error
+
+
 def open_data(source: str, what: str = "--data") -> DataSource:
-    """The splits of `source`: an image folder, a `save_to_disk` directory, or a `datasets` name (needs the Hub)."""
+    """The splits of `source`: an image folder, a `save_to_disk` directory, or a `datasets` name (needs the Hub,
+    or its cache with `HF_HUB_OFFLINE=1`)."""
     import datasets
 
     path = Path(source).expanduser()
@@ -127,11 +174,7 @@ def open_data(source: str, what: str = "--data") -> DataSource:
         return DataSource(_read_image_folder(path.resolve()), f"the image folder {source}")
     if _looks_like_path(source):
         raise CLIError(f"{what} {source!r}: no such folder")
-    try:
-        loaded = datasets.load_dataset(source)
-    except Exception as error:  # a name that is neither a folder nor a dataset the Hub (or its cache) has
-        raise CLIError(f"{what} {source!r}: no such folder, and `datasets.load_dataset` failed: {error}") from error
-    return DataSource(dict(loaded), f"the dataset {source}")
+    return DataSource(dict(_load_hub_dataset(source, what)), f"the dataset {source}")
 
 
 def resolve_split(value: str, data: DataSource | None, wanted: str, what: str):

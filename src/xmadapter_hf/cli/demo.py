@@ -4,10 +4,11 @@ Prints the test accuracy table (mean over the seeds; its `auto` row is the metho
 at each seed and shot count, from the same fits), XMAdapter's affinity ratio per shot count and the test split's
 calibration (expected calibration error and NLL of the scores before and after the temperature `fit` fitted on the
 validation split), and writes into `--output`: `results.json` (every fit), `table.md` (the three tables),
-`few_shot_curve.png` (accuracy against shots, one line per method) and `affinity_ratio.png` (XMAdapter's image vs
-text cache weight against shots). The demo task is 16
-texture classes the demo CLIP never saw in pre-training, rendered with a distribution shift (docs/demo.md); the
-validation split (16 images per class) chooses the searched values, the test split (25 per class) is scored once.
+`few_shot_curve.png` (accuracy against shots, one line per method) and `affinity_ratio.png` (XMAdapter's image cache
+weight against shots); the PNGs need the `plot` extra (matplotlib): without it the tables are printed and written, and
+the last line says how to install it. The demo task is 16 texture classes the demo CLIP never saw in pre-training,
+rendered with a distribution shift (docs/demo.md); the validation split (16 images per class) chooses the searched
+values, the test split (25 per class) is scored once.
 `--export-images DIR` only writes the demo task as an image folder (DIR/{train,validation,test}/<class>/*.png,
 `max(--shots)` training images per class) and exits.
 """
@@ -25,12 +26,13 @@ from .common import (
     add_training_arguments,
     add_workers_argument,
     method_names,
-    search_scale,
+    search_options,
     set_threads,
     set_workers,
     show_progress,
     write_json,
 )
+from .progress import progress
 
 #: torch threads of the demo: one thread per process was measured 5-20x faster on a busy 2-core machine for the
 #: demo CLIP's small matrices (docs/demo.md).
@@ -115,15 +117,17 @@ def run(args) -> int:
     from ..demo.compare import accuracy_table, affinity_ratio_table, calibration_table, compare_methods, demo_methods
 
     _check(args)
+    search = {"default": search_options(args)}
     if args.export_images:
         return _export(args)
-    if not args.no_plot:
+    plot = not args.no_plot
+    if plot:  # without the `plot` extra the tables are still printed and written; the end says how to get the plots
         from ..plotting import require_matplotlib
 
         try:
             require_matplotlib()
-        except ImportError as error:
-            raise CLIError(f"{error} (or pass --no-plot)") from error
+        except ImportError:
+            plot = False
     set_threads(args.threads)
     set_workers(args.workers)
     from ..selection import AUTO
@@ -141,12 +145,14 @@ def run(args) -> int:
     )
     started = time.perf_counter()
     with tqdm(total=total, desc="results", unit="result", disable=not show_progress(args)) as bar:
+        done = []
 
         def advance(result):
             bar.set_postfix_str(f"{result.shots} shots {result.method}")
             bar.update()
+            done.append(result)  # a disabled bar does not count
+            progress(f"{len(done)}/{total} results, last {result.shots} shots {result.method}")
 
-        search = {"default": search_scale(args)}
         results = compare_methods(
             args.model, seeds=args.seed, shots=args.shots, methods=methods, searches=search,
             augment_views=args.augment_views, on_result=advance,
@@ -166,9 +172,13 @@ def run(args) -> int:
     written = [write_json(output / "results.json", [r.to_dict() for r in results])]
     (output / "table.md").write_text(table + ("\n\n" + ratios if ratios else "") + "\n\n" + calibration + "\n")
     written.append(output / "table.md")
-    if not args.no_plot:
+    if plot:
         written += _plots(results, output)
     print(f"\n{fits} fits in {seconds:.0f} s; wrote {', '.join(str(p) for p in written)}")
+    if plot != (not args.no_plot):
+        from ..plotting import PLOT_EXTRA
+
+        print(f"no plots: matplotlib is not installed; for few_shot_curve.png and affinity_ratio.png: {PLOT_EXTRA}")
     return 0
 
 

@@ -13,17 +13,20 @@ from __future__ import annotations
 from ..jsonsafe import dumps
 from .common import (
     Command,
+    add_loading_arguments,
     add_progress_argument,
     add_support_argument,
     add_threads_argument,
     add_workers_argument,
     load_adapter,
+    loading_options,
     positive_int,
     set_threads,
     set_workers,
 )
 from .common import show_progress as progress_wanted
 from .data import open_data, open_support, pick_split, relabel
+from .progress import progress
 
 
 def add_arguments(parser) -> None:
@@ -37,6 +40,7 @@ def add_arguments(parser) -> None:
     add_threads_argument(parser)
     add_workers_argument(parser)
     add_progress_argument(parser)
+    add_loading_arguments(parser)
 
 
 def scores(model, dataset, batch_size: int = 64, show_progress: bool = False) -> dict:
@@ -83,9 +87,10 @@ def run(args) -> int:
     support = open_support(args.support) if args.support else None
     set_threads(args.threads)
     set_workers(args.workers)
-    model = load_adapter(args.adapter, support, progress_wanted(args))
+    model = load_adapter(args.adapter, support, progress_wanted(args), **loading_options(args))
     dataset = relabel(dataset, model.config.class_names, origin)
     result = {"adapter": args.adapter, "method": model.config.method, "data": origin}
+    progress(f"scoring {len(dataset)} images")
     result.update(scores(model, dataset, args.batch_size, progress_wanted(args)))
     if args.plot:
         from ..plotting import plot_confusion_matrix

@@ -7,14 +7,25 @@ and `preprocessor_config.json` (docs/export.md). Needs the `export` extra (onnx,
 
 from __future__ import annotations
 
-from .common import Command, add_threads_argument, load_adapter, set_threads
+from pathlib import Path
+
+from .common import (
+    CLIError,
+    Command,
+    add_loading_arguments,
+    add_threads_argument,
+    load_adapter,
+    loading_options,
+    set_threads,
+)
 
 
 def add_arguments(parser) -> None:
     from ..export import EXPORTABLE_GRAPHS
 
     parser.add_argument("adapter", help="the adapter directory (or Hub repo id)")
-    parser.add_argument("output", help="the directory to write the ONNX files into")
+    parser.add_argument("output", help="the directory to write the ONNX files into (new or empty)")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output directory")
     parser.add_argument("--format", choices=("onnx",), default="onnx", help="the format (onnx)")
     parser.add_argument(
         "--what", nargs="+", choices=EXPORTABLE_GRAPHS, default=list(EXPORTABLE_GRAPHS),
@@ -22,13 +33,19 @@ def add_arguments(parser) -> None:
     )  # fmt: skip
     parser.add_argument("--opset", type=int, help="the ONNX opset (default: torch's)")
     add_threads_argument(parser)
+    add_loading_arguments(parser)
 
 
 def run(args) -> int:
     from ..export import export_onnx
 
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise CLIError(f"output {args.output!r} is a file")
+    if output.is_dir() and any(output.iterdir()) and not args.overwrite:
+        raise CLIError(f"output {args.output!r} is not empty: pass --overwrite to write into it")
     set_threads(args.threads)
-    model = load_adapter(args.adapter)
+    model = load_adapter(args.adapter, **loading_options(args))
     written = export_onnx(model, args.output, what=tuple(args.what), opset=args.opset)
     for name, path in written.items():
         print(f"{name}: {path}")

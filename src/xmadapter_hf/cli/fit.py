@@ -23,7 +23,7 @@ from .common import (
     default_method,
     method_names,
     positive_int,
-    search_scale,
+    search_options,
     set_threads,
     set_workers,
     show_progress,
@@ -31,6 +31,7 @@ from .common import (
 )
 from .data import class_names_of, open_data, pick_split, relabel, resolve_split
 from .evaluate import scores
+from .progress import progress
 
 SPLIT_FILE = "split.json"
 REPORT_FILE = "report.json"
@@ -142,6 +143,7 @@ def run(args) -> int:
     auto = is_pending(args)  # --method auto
     if args.candidates and not auto:
         raise CLIError(f"--candidates chooses among methods with --method auto; got --method {args.method}")
+    search = search_options(args)
     data = open_data(args.data)
     split_name, train = pick_split(data, args.split, ("train",))
     origin = data.describe(split_name)
@@ -182,9 +184,10 @@ def run(args) -> int:
             stacklevel=1,
         )
     started = time.perf_counter()
+    progress(f"fitting {args.method} on {len(few_shot)} images (extraction, search, training)")
     model, report = fit(
         model, few_shot, validation, augment_views=args.augment_views, seed=args.seed, epochs=args.epochs,
-        search_scale=search_scale(args), show_progress=show_progress(args),
+        **search, show_progress=show_progress(args),
         search=not args.no_search, extraction_workers=args.workers, candidates=args.candidates if auto else None,
     )  # fmt: skip
     seconds = time.perf_counter() - started
@@ -220,6 +223,7 @@ def run(args) -> int:
             f", zero-shot {report.zero_shot_accuracy:.4f}"
         )
     if test is not None:
+        progress(f"scoring {len(test)} test images")
         scored = scores(model, test)
         result["test"] = {
             "source": test_origin,

@@ -21,11 +21,13 @@ from ..jsonsafe import dumps
 from .common import (
     CLIError,
     Command,
+    add_loading_arguments,
     add_progress_argument,
     add_support_argument,
     add_threads_argument,
     add_workers_argument,
     load_adapter,
+    loading_options,
     positive_int,
     set_threads,
     set_workers,
@@ -44,6 +46,7 @@ def add_arguments(parser) -> None:
     add_threads_argument(parser)
     add_workers_argument(parser)
     add_progress_argument(parser)
+    add_loading_arguments(parser)
 
 
 def image_files(paths: list[str]) -> list[Path]:
@@ -138,7 +141,7 @@ def run(args) -> int:
     support = open_support(args.support) if args.support else None
     set_threads(args.threads)
     set_workers(args.workers)
-    model = load_adapter(args.adapter, support, show_progress(args))
+    model = load_adapter(args.adapter, support, show_progress(args), **loading_options(args))
     entries = predict(model, files, args.top_k, args.batch_size)
     if args.json:
         print(dumps(entries, indent=2))

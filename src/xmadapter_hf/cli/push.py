@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import CLIError, Command, check_adapter, load_adapter
+from .common import CLIError, Command, add_loading_arguments, check_adapter, load_adapter, loading_options
 
 
 def add_arguments(parser) -> None:
@@ -22,6 +22,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--revision", help="the branch to push to")
     parser.add_argument("--commit-message", help="the commit message")
     parser.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
+    add_loading_arguments(parser)
 
 
 def run(args) -> int:
@@ -35,7 +36,7 @@ def run(args) -> int:
             "--base-model-id with its Hub id (e.g. openai/clip-vit-base-patch16)",
             status=2,
         )
-    model = load_adapter(args.adapter)
+    model = load_adapter(args.adapter, **loading_options(args))
     url = model.push_to_hub(
         args.repo_id, base_model_id=args.base_model_id, private=args.private or None, token=args.token,
         revision=args.revision, commit_message=args.commit_message, create_pr=args.create_pr,

@@ -20,11 +20,12 @@ from .common import (
     add_training_arguments,
     add_workers_argument,
     positive_int,
-    search_scale,
+    search_options,
     set_threads,
     set_workers,
     show_progress,
 )
+from .progress import progress
 
 
 def add_arguments(parser) -> None:
@@ -86,10 +87,16 @@ def run(args) -> int:
     templates = {} if args.templates is None else {"templates": args.templates}  # default: run_protocol's
     if args.templates is not None and args.templates not in list_template_sources():
         raise CLIError(f"--templates: invalid choice: {args.templates!r} (choose from {list_template_sources()})", 2)
+    search = search_options(args)
     set_threads(args.threads)
     set_workers(args.workers)
 
+    done = []
+
     def report(cell, rows, skipped):
+        done.append(cell)
+        progress(f"{len(done)} cells done, last {cell['dataset']} {cell['method']} {cell['shots']}-shot seed "
+                 f"{cell['seed']}")  # fmt: skip
         what = "done before" if skipped else f"{rows[0]['seconds']:.1f} s"
         scores = ", ".join(f"{r['evaluated_on']} {r['accuracy']:.2f}" for r in rows)
         print(f"{cell['dataset']} {cell['method']} {cell['shots']}-shot seed {cell['seed']}: {scores} ({what})",
@@ -100,7 +107,7 @@ def run(args) -> int:
             args.data_root, args.datasets, args.methods, output_dir=args.output, model=args.model,
             protocol=args.protocol, shots=args.shots, seeds=args.seeds, validation=args.validation,
             **templates, augment_views=args.augment_views, epochs=args.epochs,
-            search_scale=search_scale(args), search_step=tuple(args.search_step),
+            **search,
             meta_adapter_official=not args.meta_adapter_unofficial,
             meta_adapter_require_all_classes=not args.meta_adapter_allow_missing_classes,
             backbone_name=args.backbone_name, feature_dir=args.feature_dir, batch_size=args.batch_size,

@@ -134,7 +134,7 @@ def compare_methods(
     seeds: Sequence[int] = (0,),
     shots: Sequence[int] = DEMO_SHOTS,
     methods: Sequence[str] | None = None,
-    searches: Mapping[str, tuple[float, float] | None] | None = None,
+    searches: Mapping[str, tuple[float, float] | dict | None] | None = None,
     augment_views: int = 10,
     on_result: Callable[[DemoResult], None] | None = None,
     show_progress: bool = False,
@@ -148,8 +148,9 @@ def compare_methods(
         shots (`Sequence[int]`, *optional*, defaults to `DEMO_SHOTS`): images per class, each at most 64.
         methods (`Sequence[str]`, *optional*): registered method names, and `"auto"` for the row chosen on validation
             among the others (see the module docstring); defaults to [`demo_methods`] and `"auto"`.
-        searches (`Mapping[str, tuple | None]`, *optional*): name -> `search_scale` given to `fit` (`None` = its
-            default); defaults to ``{"default": None}``. Methods without a search run once, under the first name.
+        searches (`Mapping[str, tuple | dict | None]`, *optional*): name -> `search_scale` given to `fit` (`None` =
+            its default), or a dict of `fit`'s search arguments (`search_grid`, `search_scale`, `search_step`);
+            defaults to ``{"default": None}``. Methods without a search run once, under the first name.
         augment_views (`int`, *optional*, defaults to 10): views per training image.
         on_result (`Callable`, *optional*): called with each result as soon as it is measured.
         show_progress (`bool`, *optional*, defaults to `False`): `fit`'s progress bars.
@@ -193,8 +194,9 @@ def compare_methods(
                     )
                     if number > 0 and not adapter.method.uses_cache:
                         break  # the search range means nothing to it: it ran once already
+                    search_args = dict(scale) if isinstance(scale, Mapping) else {"search_scale": scale}
                     adapter, report = fit(
-                        adapter, views, val_embeds, validation_labels=val_labels, seed=seed, search_scale=scale,
+                        adapter, views, val_embeds, validation_labels=val_labels, seed=seed, **search_args,
                         show_progress=show_progress,
                     )  # fmt: skip
                     metrics = _test_metrics(adapter, (test_embeds, test_labels), (val_embeds, val_labels))

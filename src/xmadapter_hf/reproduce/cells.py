@@ -76,11 +76,12 @@ class _Runner:
             self.clip, list(task.class_names), processor=self.processor,
             templates=_templates(dataset.name, settings["templates"]), method=method,
         )  # fmt: skip
-        scale = settings["search_scale"]
+        scale, step = settings["search_scale"], settings["search_step"]
         model, report = fit(
             model, ExtractedEmbeddings(train, torch.tensor(task.train.labels)), val,
             validation_labels=torch.tensor(task.val.labels), seed=seed, epochs=settings["epochs"],
-            search_scale=tuple(scale) if scale else None, search_step=tuple(settings["search_step"]),
+            search_grid=settings.get("search_grid"), search_scale=tuple(scale) if scale else None,
+            search_step=tuple(step) if step else None,
             dataset_name=_search_dataset(dataset.name), show_progress=False,
         )  # fmt: skip
         return model, report

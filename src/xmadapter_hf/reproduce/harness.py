@@ -243,8 +243,9 @@ def run_protocol(
     augment_views: int = 10,
     augment_seed: int = 0,
     epochs: int | None = None,
+    search_grid: str | None = None,
     search_scale: tuple[float, float] | None = None,
-    search_step: tuple[int, int] = (200, 20),
+    search_step: tuple[int, int] | None = None,
     meta_adapter_official: bool = True,
     meta_adapter_require_all_classes: bool = True,
     backbone_name: str | None = None,
@@ -276,7 +277,9 @@ def run_protocol(
         templates (`str`): prompt template source, ``"tip-adapter"``, ``"clip"`` or ``"coop"``.
         augment_views, augment_seed: views per training image and the seed of their draws (fixed across seeds,
             so that the views are extracted once and shared by all cells).
-        epochs, search_scale, search_step: given to `fit` (defaults: the method's recipe, the dataset's range).
+        epochs, search_grid, search_scale, search_step: given to `fit` (`None`: the library's defaults: the method's
+            recipe; the backbone-adaptive `"auto"` search, or with a scale or step Tip-Adapter's grid over the
+            dataset's range).
         meta_adapter_official, meta_adapter_require_all_classes (`bool`): `meta_adapter_task`'s ``official`` (the
             official readers' per-dataset quirks) and ``require_all_classes`` (every class of Meta-Adapter's lists
             in the dataset); the meta-adapter protocol only, where they are recorded in the settings.
@@ -296,6 +299,9 @@ def run_protocol(
     """
     datasets, methods, shots, seeds = list(datasets), list(methods), list(shots), list(seeds)
     _check_grid(datasets, methods, shots, seeds, protocol)
+    from ..training.search import resolve_search_grid
+
+    resolve_search_grid(search_grid, search_scale, search_step)  # a bad choice fails here, before any extraction
     meta_adapter = {"meta_adapter_official": meta_adapter_official,
                     "meta_adapter_require_all_classes": meta_adapter_require_all_classes}  # fmt: skip
     _check_meta_adapter(protocol, datasets, meta_adapter)
@@ -326,8 +332,10 @@ def run_protocol(
     settings = {
         "protocol": protocol, "model": model, "backbone": label, "backbone_key": store.backbone_key,
         "validation": validation, "templates": templates, "augment_views": augment_views,
-        "augment_seed": augment_seed, "epochs": epochs, "search_scale": list(search_scale) if search_scale else None,
-        "search_step": list(search_step), "targets": [t.name for t in targets], "xmadapter_hf": __version__,
+        "augment_seed": augment_seed, "epochs": epochs, "search_grid": search_grid,
+        "search_scale": list(search_scale) if search_scale else None,
+        "search_step": list(search_step) if search_step else None, "targets": [t.name for t in targets],
+        "xmadapter_hf": __version__,
     }  # fmt: skip
     if protocol == "meta-adapter":  # recorded for this protocol only: the other protocols' folders stay valid
         settings |= meta_adapter

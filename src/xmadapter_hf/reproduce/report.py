@@ -92,12 +92,25 @@ def summarize(rows: list[dict], *, protocol: str, backbone: str) -> list[dict]:
     return summary
 
 
+def _search(settings: dict) -> str:
+    """Which grid the cells' validation search used (as `fit` resolves `None`: `search_on_validation`)."""
+    grid, scale, step = settings.get("search_grid"), settings.get("search_scale"), settings.get("search_step")
+    if grid is None:
+        grid = "tip-adapter-grid" if scale or step else "auto"
+    if grid == "auto":
+        return "auto (the library's default: backbone-adaptive log grids, docs/training.md)"
+    scale = "the dataset's range, else (7, 3)" if not scale else f"range {tuple(scale)}"
+    step = "the dataset's sizes, else (200, 20)" if not step else f"sizes {tuple(step)}"
+    return f"{grid} (Tip-Adapter's fixed linear grid; {scale}; {step})"
+
+
 def _notes(protocol: str, settings: dict, label: str) -> list[str]:
     notes = [
         f"backbone: {label} ({settings['model']}); protocol: {protocol}; validation rule: {settings['validation']}; "
         f"prompt templates: {settings['templates']}; {settings['augment_views']} augmented views per training image "
         f"(augmentation seed {settings['augment_seed']}, shared by all seeds)",
         "accuracy: top-1 % on the test split; mean ± sample std over the seeds listed",
+        f"validation search: {_search(settings)}",
         "published numbers: a difference is shown only where backbone and protocol match; † = selected on the "
         "test set by its source (Tip-Adapter-F's numbers: best epoch and ImageNet's search on test)",
     ]

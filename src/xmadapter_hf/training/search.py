@@ -53,10 +53,19 @@ def _weight(ratio, num_rows: int, device) -> torch.Tensor:
 def resolve_search_grid(search_grid, search_scale, search_step, dataset_name=None) -> tuple[str, tuple, tuple]:
     """(grid, scale, step) of a search: `None` is `"tip-adapter-grid"` when a scale or step was given, else
     `"auto"`; the `"tip-adapter-grid"`'s (or `"paper"`'s: the same search) scale and step are the given ones, else
-    the dataset's (``dataset_name``), else Tip-Adapter's ImageNet (7, 3) and (200, 20)."""
+    the dataset's (``dataset_name``), else Tip-Adapter's ImageNet (7, 3) and (200, 20). `"auto"` with a scale or step
+    is refused: it has ranges of its own, and would ignore them silently."""
     if search_grid is None:
         search_grid = "tip-adapter-grid" if search_scale is not None or search_step is not None else "auto"
     check_choice("search_grid", search_grid, SEARCH_GRIDS)
+    if search_grid == "auto" and (search_scale is not None or search_step is not None):
+        given = " and ".join(
+            n for n, v in (("search_scale", search_scale), ("search_step", search_step)) if v is not None
+        )
+        raise ValueError(
+            f"`{given}` sizes the fixed grid of `search_grid='tip-adapter-grid'`; `search_grid='auto'` chooses its "
+            "own ranges from the backbone: pass one or the other."
+        )
     if dataset_name is not None and search_grid != "auto":  # explicit argument > dataset > Tip's ImageNet
         from ..data.defaults import dataset_defaults
 
