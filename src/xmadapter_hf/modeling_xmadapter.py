@@ -18,6 +18,7 @@ from . import caches, checkpoint, prompts
 from . import functional as Fn
 from .configuration_xmadapter import XMAdapterConfig
 from .methods import AdapterMethod, CacheState, get_method_class
+from .methods.memo import Memo
 from .modeling_cache import AdapterCacheMixin
 from .modeling_checks import check_inputs, checked_backbone, expected_adapter_shapes, own_buffers
 from .modeling_outputs import METHOD_OUTPUT_FIELDS, XMAdapterImageClassifierOutput
@@ -100,6 +101,11 @@ class XMAdapterForImageClassification(AdapterCacheMixin, PreTrainedModel):
     # ------------------------------------------------------------------------------------------ initialisation
     def _init_weights(self, module):
         # Only the adapter's own modules: the backbone arrives initialised (or loaded) and must not change.
+        if module is self or isinstance(module, Memo):
+            # The buffers' construction values (zeros: an all-zero probe embedding reads as "none held", label 0 is
+            # in range), so that meta-device construction + `to_empty()` + `init_weights()` defines every buffer.
+            for buffer in module.buffers(recurse=False):
+                init.zeros_(buffer)
         kind = getattr(module, "_xmadapter_init", None)
         if kind is not None:
             if kind == "zeros":
