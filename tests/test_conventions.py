@@ -26,3 +26,20 @@ def test_meta_construction_then_init_weights_defines_every_buffer(make_model):
             assert torch.equal(buffer, built_buffers[name]), name
     logits = meta(image_embeds=torch.randn(2, meta.embed_dim)).logits
     assert logits.shape == (2, config.num_classes) and torch.isfinite(logits).all()
+
+
+def test_hidden_states_attentions_and_return_dict_reach_the_output(make_model, test_pixels):
+    """Item 8: `output_hidden_states`/`output_attentions` (argument or config) reach the vision tower and come back
+    on the output, as `CLIPForImageClassification` returns them; `config.return_dict=False` gives a tuple."""
+    model = make_model("tip-adapter")
+    pixels = test_pixels[0][:2]
+    layers = model.clip.config.vision_config.num_hidden_layers
+    out = model(pixel_values=pixels, output_hidden_states=True)
+    assert len(out.hidden_states) == layers + 1 and out.attentions is None
+    plain = model(pixel_values=pixels)
+    assert plain.hidden_states is None and torch.equal(plain.logits, out.logits)
+    model.config.output_hidden_states = True
+    assert len(model(pixel_values=pixels).hidden_states) == layers + 1
+    model.config.output_hidden_states = False
+    model.config.return_dict = False
+    assert isinstance(model(pixel_values=pixels), tuple)

@@ -225,6 +225,8 @@ class XMAdapterForImageClassification(AdapterCacheMixin, PreTrainedModel):
         labels: torch.Tensor | None = None,
         cache_index: torch.Tensor | None = None,
         return_dict: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         **kwargs,
     ) -> XMAdapterImageClassifierOutput:
         r"""
@@ -235,15 +237,31 @@ class XMAdapterForImageClassification(AdapterCacheMixin, PreTrainedModel):
             labels (`torch.LongTensor` of shape `(B,)`, *optional*): class ids; `-100` is ignored.
             cache_index (`torch.LongTensor` of shape `(B,)`, *optional*): each training image's position in the
                 cache (-1 if none), so the hard-sample criterion leaves its own entry out.
+            return_dict, output_hidden_states, output_attentions (`bool`, *optional*): as in transformers (default:
+                the config's); the vision tower's hidden states and attentions (with `pixel_values` only).
             kwargs: `num_items_in_batch` (passed by Trainer) normalises the loss; other keys are ignored.
         """
         check_inputs(self, pixel_values, image_embeds, labels, cache_index)
-        raw = self.embed_images(pixel_values) if pixel_values is not None else image_embeds
+        states = {
+            "output_hidden_states": self.config.output_hidden_states
+            if output_hidden_states is None
+            else output_hidden_states,
+            "output_attentions": self.config.output_attentions if output_attentions is None else output_attentions,
+        }
+        vision = None
+        if pixel_values is not None and any(states.values()):
+            vision = bb.encode_images_with_states(self.clip, pixel_values, **states)
+            raw = vision.pooler_output
+        else:
+            raw = self.embed_images(pixel_values) if pixel_values is not None else image_embeds
         image = Fn.l2_normalize(raw.float())  # (B, C) float32 whatever the model's dtype: the logits are float32
         out = self.method(image, self.cache_state(), labels=labels, cache_index=cache_index)
         loss = None if labels is None else adapter_loss(out, labels, self.config, kwargs.get("num_items_in_batch"))
         fields = {name: getattr(out, name) for name in METHOD_OUTPUT_FIELDS}  # the same names: a mechanical mapping
+        if vision is not None:
+            fields["hidden_states"], fields["attentions"] = vision.hidden_states, vision.attentions
         output = XMAdapterImageClassifierOutput(loss=loss, image_embeds=image, **fields)
+        return_dict = self.config.return_dict if return_dict is None else return_dict
         return output if return_dict is not False else output.to_tuple()
 
     # -------------------------------------------------------------------------------------------- save / load
