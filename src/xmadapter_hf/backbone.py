@@ -21,6 +21,7 @@ __all__ = [
     "backbone_from_config",
     "check_backbone",
     "encode_images",
+    "encode_images_with_states",
     "encode_probe_image",
     "encode_probe_text",
     "encode_texts",
@@ -79,6 +80,15 @@ def encode_images(model, pixel_values: torch.Tensor) -> torch.Tensor:
     """Raw (unnormalised) image embeddings, (B, 3, H, W) -> (B, C)."""
     param = next(model.parameters())
     return _pooled(model.get_image_features(pixel_values=pixel_values.to(device=param.device, dtype=param.dtype)))
+
+
+@torch.no_grad()
+def encode_images_with_states(model, pixel_values: torch.Tensor, **outputs):
+    """The vision tower's output with the raw image embeddings as `pooler_output`; ``outputs`` (`output_hidden_states`,
+    `output_attentions`) ask it for its hidden states and attentions, as `CLIPForImageClassification` does."""
+    param = next(model.parameters())
+    pixel_values = pixel_values.to(device=param.device, dtype=param.dtype)
+    return model.get_image_features(pixel_values=pixel_values, return_dict=True, **outputs)
 
 
 @torch.no_grad()

@@ -238,12 +238,13 @@ def load_adapter(
     # The tensors' bytes, before any backbone is loaded (or downloaded) for them: a damaged file fails fast.
     tensors, _ = read_weights(weights_path)
     integrity.check_tensors(tensors, metadata, _weights_name(weights_path, path_or_repo), config.xmadapter_version)
-    info = {"missing_keys": list(tolerated), "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
+    # transformers 5's loading info: sets of keys (`LoadStateDictInfo.to_dict()`), a list of error messages
+    info = {"missing_keys": set(tolerated), "unexpected_keys": set(), "mismatched_keys": set(), "error_msgs": []}
     backbone_hub = {k: v for k, v in hub.items() if k not in ("revision", "subfolder")}
     if clip_model is None:
         clip_model, clip_info = _load_config_backbone(config, dtype, device_map, backbone_hub, backbone_kwargs)
         for key in ("missing_keys", "unexpected_keys", "mismatched_keys"):
-            info[key] += [f"clip.{k}" if isinstance(k, str) else k for k in clip_info.get(key) or []]
+            info[key] |= {f"clip.{k}" if isinstance(k, str) else tuple(k) for k in clip_info.get(key) or []}
         info["error_msgs"] += list(clip_info.get("error_msgs") or [])
     if processor is None:
         processor = _load_processor_quietly(config, path_or_repo, hub, backbone_hub)

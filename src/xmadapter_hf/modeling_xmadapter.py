@@ -18,6 +18,7 @@ from . import caches, checkpoint, prompts
 from . import functional as Fn
 from .configuration_xmadapter import XMAdapterConfig
 from .methods import AdapterMethod, CacheState
+from .methods.memo import Memo
 from .modeling_cache import AdapterCacheMixin
 from .modeling_checks import check_inputs, checked_backbone, expected_adapter_shapes, own_buffers
 from .modeling_outputs import METHOD_OUTPUT_FIELDS, XMAdapterImageClassifierOutput
@@ -101,6 +102,11 @@ class XMAdapterForImageClassification(AdapterCacheMixin, PreTrainedModel):
     # ------------------------------------------------------------------------------------------ initialisation
     def _init_weights(self, module):
         # Only the adapter's own modules: the backbone arrives initialised (or loaded) and must not change.
+        if module is self or isinstance(module, Memo):
+            # The buffers' construction values (zeros: an all-zero probe embedding reads as "none held", label 0 is
+            # in range), so that meta-device construction + `to_empty()` + `init_weights()` defines every buffer.
+            for buffer in module.buffers(recurse=False):
+                init.zeros_(buffer)
         kind = getattr(module, "_xmadapter_init", None)
         if kind is not None:
             if kind == "zeros":
@@ -222,6 +228,8 @@ class XMAdapterForImageClassification(AdapterCacheMixin, PreTrainedModel):
         labels: torch.Tensor | None = None,
         cache_index: torch.Tensor | None = None,
         return_dict: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         **kwargs,
     ) -> XMAdapterImageClassifierOutput:
         r"""
@@ -232,15 +240,31 @@ class XMAdapterForImageClassification(AdapterCacheMixin, PreTrainedModel):
             labels (`torch.LongTensor` of shape `(B,)`, *optional*): class ids; `-100` is ignored.
             cache_index (`torch.LongTensor` of shape `(B,)`, *optional*): each training image's position in the
                 cache (-1 if none), so the hard-sample criterion leaves its own entry out.
+            return_dict, output_hidden_states, output_attentions (`bool`, *optional*): as in transformers (default:
+                the config's); the vision tower's hidden states and attentions (with `pixel_values` only).
             kwargs: `num_items_in_batch` (passed by Trainer) normalises the loss; other keys are ignored.
         """
         check_inputs(self, pixel_values, image_embeds, labels, cache_index)
-        raw = self.embed_images(pixel_values) if pixel_values is not None else image_embeds
+        states = {
+            "output_hidden_states": self.config.output_hidden_states
+            if output_hidden_states is None
+            else output_hidden_states,
+            "output_attentions": self.config.output_attentions if output_attentions is None else output_attentions,
+        }
+        vision = None
+        if pixel_values is not None and any(states.values()):
+            vision = bb.encode_images_with_states(self.clip, pixel_values, **states)
+            raw = vision.pooler_output
+        else:
+            raw = self.embed_images(pixel_values) if pixel_values is not None else image_embeds
         image = Fn.l2_normalize(raw.float())  # (B, C) float32 whatever the model's dtype: the logits are float32
         out = self.method(image, self.cache_state(), labels=labels, cache_index=cache_index)
         loss = None if labels is None else adapter_loss(out, labels, self.config, kwargs.get("num_items_in_batch"))
         fields = {name: getattr(out, name) for name in METHOD_OUTPUT_FIELDS}  # the same names: a mechanical mapping
+        if vision is not None:
+            fields["hidden_states"], fields["attentions"] = vision.hidden_states, vision.attentions
         output = XMAdapterImageClassifierOutput(loss=loss, image_embeds=image, **fields)
+        return_dict = self.config.return_dict if return_dict is None else return_dict
         return output if return_dict is not False else output.to_tuple()
 
     # -------------------------------------------------------------------------------------------- save / load
