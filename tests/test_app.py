@@ -18,7 +18,6 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -163,7 +162,9 @@ def test_api_matches_predict_and_grown_zip_loads_with_the_same_logits(server, de
     zipfile.ZipFile(zipped).extractall(tmp_path / "grown")
     logits = _logits_of(tmp_path / "grown", fifth)
     assert list(logits) == list(details["logits"])
-    assert torch.allclose(torch.tensor(list(logits.values())), torch.tensor(list(details["logits"].values())), atol=1e-5)
+    assert torch.allclose(
+        torch.tensor(list(logits.values())), torch.tensor(list(details["logits"].values())), atol=1e-5
+    )
     other = json.loads(Client(server, verbose=False).predict(handle_file(str(fifth)), api_name="/classify")[3])
     assert NEW not in other["logits"]  # another client (session) never sees the class
 
@@ -202,7 +203,7 @@ def test_file_routes_never_read_a_server_path(server, demo):
 
 def _browser():
     if not (Path(CHROMIUM).exists() and CHROMEDRIVER):
-        reason = "the browser test needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"
+        reason = "the browser test needs Debian's chromium and its driver (apt-get install chromium chromium-driver)"
         if os.environ.get("CI") == "true":
             pytest.fail(reason)
         pytest.skip(reason)
