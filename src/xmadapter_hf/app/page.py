@@ -138,7 +138,7 @@ def build_page(served: ServedAdapter, title: str = "xmadapter"):
                 label="Closest support images (--support)", columns=4, height="auto", elem_id="closest",
                 visible=served.support is not None,
             )  # fmt: skip
-            with gr.Accordion("Details (JSON): every logit, the temperature, the closest support images", open=False):
+            with gr.Accordion("Details (JSON): every logit, the temperature, the closest support images", open=True):
                 details = gr.Textbox(show_label=False, lines=8, max_lines=30, elem_id="details")
         with gr.Tab("Add a class"):
             names = gr.Textbox(
