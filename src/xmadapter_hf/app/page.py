@@ -14,18 +14,10 @@ import tempfile
 from ..jsonsafe import dumps
 from .core import AppInputError, ServedAdapter
 
-__all__ = ["PART_NAMES", "build_page", "launch_page"]
+__all__ = ["build_page", "launch_page"]
 
 logger = logging.getLogger(__name__)
 
-#: How the page names each term of a logit (`cli/predict.py`'s `logit_parts`).
-PART_NAMES = {
-    "zero_shot": "zero-shot",
-    "image_cache": "image cache",
-    "text_cache": "text cache",
-    "gaussian": "Gaussian (GDA)",
-    "adapter": "adapter",
-}
 UNEXPECTED = "Something went wrong on the server while handling this request; the server's log has the details."
 
 
@@ -40,7 +32,7 @@ def _visitor(request) -> str | None:
     return getattr(request, "session_hash", None) if request is not None else None
 
 
-def build_page(served: ServedAdapter, title: str = "xmadapter"):
+def build_page(served: ServedAdapter, title: str = "Few-shot adapter"):
     """The `gr.Blocks` page (not launched)."""
     import gradio as gr
     import pandas as pd
@@ -69,7 +61,7 @@ def build_page(served: ServedAdapter, title: str = "xmadapter"):
             return pd.DataFrame({"term": [], "logit": []})
         top = result["predictions"][0]
         return pd.DataFrame(
-            {"term": [PART_NAMES.get(name, name) for name in top["parts"]], "logit": list(top["parts"].values())}
+            {"term": [name.replace("_", " ") for name in top["parts"]], "logit": list(top["parts"].values())}
         )
 
     def top_line(result: dict) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .core import ServedAdapter, load_support
 
 __all__ = ["load_served", "serve"]
@@ -37,6 +39,6 @@ def serve(
     from .page import build_page, launch_page
 
     served = load_served(source, support, **kwargs)
-    page = build_page(served, title or f"xmadapter: {source}")
+    page = build_page(served, title or f"Adapter {Path(source).name if Path(source).is_dir() else source}")
     launch_page(page, port, max_file_size=max_file_size, block=block)
     return page
