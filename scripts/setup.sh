@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates .venv (if missing) and installs xmadapter-hf with its test, plot and export (ONNX) extras, CPU torch first.
+# Creates .venv (if missing) and installs xmadapter-hf with its test, plot, export (ONNX) and app (gradio) extras, CPU torch first.
 #
 # torch is installed before the package, pinned to 2.13.0: where pip can see a local CPU wheel (our development
 # and CI machines) that takes seconds. Elsewhere set TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu to get the
@@ -18,5 +18,5 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
     "${PIP[@]}" install "torch==2.13.0"
   fi
 fi
-"${PIP[@]}" install -e ".[test,plot,export]" 2> >(grep -v "^WARNING: Location" >&2)
+"${PIP[@]}" install -e ".[test,plot,export,app]" 2> >(grep -v "^WARNING: Location" >&2)
 .venv/bin/python -c "import torch, transformers, xmadapter_hf; print(f'torch {torch.__version__}, transformers {transformers.__version__}, xmadapter-hf {xmadapter_hf.__version__}')"

@@ -26,7 +26,7 @@ from PIL import Image
 from xmadapter_hf.demo import DEMO_CLASSES, export_images
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMAND_NAMES = ("demo", "fit", "eval", "predict", "search", "add-classes", "push", "export", "reproduce")
+COMMAND_NAMES = ("demo", "fit", "eval", "predict", "search", "add-classes", "push", "export", "reproduce", "serve")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 

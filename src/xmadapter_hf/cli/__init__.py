@@ -20,6 +20,7 @@ import warnings
 
 from ..data import WORKERS_ENV
 from . import add_classes, demo, evaluate, export, fit, predict, push, reproduce, search
+from . import serve as serve_command
 from .common import CLIError, Command, one_line
 from .progress import heartbeat
 
@@ -36,6 +37,7 @@ COMMANDS: tuple[Command, ...] = (
     push.COMMAND,
     export.COMMAND,
     reproduce.COMMAND,
+    serve_command.COMMAND,
 )
 
 PROG = "xmadapter"
