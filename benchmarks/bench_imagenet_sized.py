@@ -83,12 +83,12 @@ def make_task(classes: int, shots: int, views: int, dim: int, val_per_class: int
 
     means = F.normalize(torch.randn(classes, dim, generator=gen), dim=-1)  # (N, C) on the sphere
     labels = torch.arange(classes).repeat_interleave(shots)  # (NK,) sorted by class, K each
-    images = around(means[labels], 1.2)  # (NK, C)
+    images = around(means[labels], 2.5)  # (NK, C)
     train_views = torch.stack([around(images, 0.4) for _ in range(views)])  # (V, NK, C)
     val_labels = torch.arange(classes).repeat_interleave(val_per_class)  # (M,)
     return {
-        "views": train_views, "labels": labels, "text": around(means, 1.0),
-        "val": around(means[val_labels], 1.2), "val_labels": val_labels,
+        "views": train_views, "labels": labels, "text": around(means, 1.5),
+        "val": around(means[val_labels], 2.5), "val_labels": val_labels,
     }  # fmt: skip
 
 
@@ -237,8 +237,10 @@ def training_floor(method: str, model, task: dict, batch: int, steps: int) -> fl
                                     weight_decay=values["weight_decay"])  # fmt: skip
     else:
         decoupled = values["optim_args"] is None
-        optimizer = torch.optim.Adam(trainable, lr=values["learning_rate"], eps=values["adam_epsilon"],
-                                     weight_decay=values["weight_decay"], decoupled_weight_decay=decoupled)  # fmt: skip
+        optimizer = torch.optim.Adam(
+            trainable, lr=values["learning_rate"], eps=values["adam_epsilon"], weight_decay=values["weight_decay"],
+            decoupled_weight_decay=decoupled,
+        )  # fmt: skip
     gen = torch.Generator().manual_seed(1)
     embeds = task["views"][0]
     labels = task["labels"]
@@ -430,14 +432,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--epochs", type=int, default=None, help="cap every trainable method's epochs")
     parser.add_argument("--max-steps", type=int, default=None, help="cap every trainable method's optimiser steps")
     parser.add_argument("--floor-steps", type=int, default=10, help="steps the bare training loop is timed over")
-    parser.add_argument("--quick", action="store_true", help="a small task (30 classes, 4 shots, 3 views, 2 epochs)")
+    parser.add_argument("--quick", action="store_true", help="a small smoke-run task")
     parser.add_argument("--in-process", action="store_true", help="no subprocess per method (no peak memory)")
     parser.add_argument("--json", default=None, help="also write the rows to this file")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     raw = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(raw)
     if args.quick:
-        args.classes, args.shots, args.views, args.dim, args.val_per_class = 30, 4, 3, 64, 2
+        args.classes, args.shots, args.views, args.dim, args.val_per_class = 12, 4, 3, 32, 2
         args.epochs = 2 if args.epochs is None else args.epochs
         args.floor_steps = min(args.floor_steps, 3)
     if args.child:
