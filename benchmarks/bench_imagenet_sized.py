@@ -360,6 +360,10 @@ def child(method: str, args) -> dict:
         return out
 
     grid_search._search_logit_terms = logit_search
+    if args.direct_count:  # the search's scoring before the interval counter, for comparison
+        from xmadapter_hf.training.counting import count_correct_direct
+
+        grid_search.count_correct = count_correct_direct
     kwargs = {}
     if args.epochs is not None and model.method.trainable:
         kwargs["epochs"] = args.epochs
@@ -434,6 +438,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--floor-steps", type=int, default=10, help="steps the bare training loop is timed over")
     parser.add_argument("--quick", action="store_true", help="a small smoke-run task")
     parser.add_argument("--in-process", action="store_true", help="no subprocess per method (no peak memory)")
+    parser.add_argument("--direct-count", action="store_true", help="score the search's ratios the direct way")
     parser.add_argument("--json", default=None, help="also write the rows to this file")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     raw = list(sys.argv[1:] if argv is None else argv)
