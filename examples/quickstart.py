@@ -31,7 +31,7 @@ def main() -> None:
     print(report)  # its accuracies are on the validation split
 
     model.save_pretrained("my-adapter")  # config.json, model.safetensors (the adapter only), preprocessor_config.json
-    classify = pipeline("image-classification", model="my-adapter")  # reloads the adapter and the backbone it names
+    classify = pipeline("xmadapter-image-classification", model="my-adapter")  # the adapter + the backbone it names
     print(classify(data["test"][0]["image"], top_k=3))
     # --- end of the README's block
     print(f"true class of that test image: {class_names[data['test'][0]['label']]}")
