@@ -326,25 +326,3 @@ def test_bad_inputs_raise(changes, error, match) -> None:
     leading = [args.pop(key) for key in POSITIONAL]
     with pytest.raises(error, match=match):
         search_hyperparameters(*leading, args.pop("logit_scale"), **args)
-
-
-@pytest.mark.parametrize("kind", ["random", "integer ties", "duplicate classes", "all zero"])
-def test_counting_by_intervals_equals_the_argmax_of_every_ratio(kind: str) -> None:
-    """The search's counter (intervals of alpha, the direct argmax only near ties) gives the direct counts exactly."""
-    from xmadapter_hf.training.counting import count_correct, count_correct_direct
-
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(40):
-        m, n, p = (int(torch.randint(low, high, (1,), generator=gen)) for low, high in ((1, 50), (2, 30), (1, 12)))
-        zero_shot, cache = torch.randn(m, n, generator=gen) * 10, torch.rand(m, n, generator=gen) * 5
-        ratios = torch.sort(torch.rand(p, generator=gen) * 3).values
-        ratios[0] = 0.0
-        if kind == "integer ties":
-            zero_shot, cache, ratios = zero_shot.round(), cache.round(), ratios.round()
-        elif kind == "duplicate classes":
-            zero_shot[:, 1], cache[:, 1] = zero_shot[:, 0], cache[:, 0]
-        elif kind == "all zero":
-            zero_shot, cache[:, : n // 2] = torch.zeros(m, n), 0.0
-        labels = torch.randint(0, n, (m,), generator=gen)
-        assert torch.equal(count_correct(zero_shot, cache, ratios, labels),
-                           count_correct_direct(zero_shot, cache, ratios, labels))  # fmt: skip

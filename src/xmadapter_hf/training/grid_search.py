@@ -29,7 +29,6 @@ import torch
 from ..methods import CacheTerm, LogitTerm, SearchSpace
 from ..methods.cache import affinity_, class_sums
 from ..validation import check_choice, check_int, check_number, check_pair
-from .counting import count_correct
 from .grids import SEARCH_GRIDS, linear_grid, log_grid, residual_ratio_grid, sharpness_grid
 
 __all__ = [
@@ -86,9 +85,9 @@ class SearchResult:
 
 
 def _count_correct(zero_shot: torch.Tensor, cache: torch.Tensor, ratios: torch.Tensor, labels: torch.Tensor):
-    """Correct predictions of ``zero_shot + alpha * cache`` for every alpha at once. Returns (P,) int64: the counts
-    of the `(P, m, N)` logits' argmax, from a few passes over `(m, N)` (`counting.py`)."""
-    return count_correct(zero_shot, cache, ratios, labels)
+    """Correct predictions of ``zero_shot + alpha * cache`` for every alpha at once. Returns (P,) int64."""
+    logits = zero_shot[None] + ratios[:, None, None] * cache[None]  # (P, m, N)
+    return (logits.argmax(dim=-1) == labels[None]).sum(dim=1)  # (P, m) -> (P,)
 
 
 def _first_maximum(counts: torch.Tensor) -> int:
