@@ -354,8 +354,8 @@ def child(method: str, args) -> dict:
     phases.count_affinity_passes(grid_search)
     original_logit_search = grid_search._search_logit_terms
 
-    def logit_search(space, labels, chunks, result, fixed, weights, search_grid):
-        out = original_logit_search(space, labels, chunks, result, fixed, weights, search_grid)
+    def logit_search(space, labels, chunks, result, *rest):
+        out = original_logit_search(space, labels, chunks, result, *rest)
         phases.counts["logit_weights"] += sum(len(grid) for grid in result.weight_grids.values())
         return out
 

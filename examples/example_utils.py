@@ -88,6 +88,10 @@ def build_model(args, backbone: str, names: list[str]) -> XMAdapterForImageClass
     strength = args.hard_sample_strength
     if strength is None:
         strength = 1.0 if args.method == "xmadapter" else 0.0
+    if args.method == "xmadapter":
+        # the Gaussian term's weight is chosen by the validation search (`fit` runs it); these loops run none and
+        # fix the residual ratio and the sharpness, so they train the paper's XMAdapter
+        overrides["use_gaussian_term"] = False
     return XMAdapterForImageClassification.from_clip(
         backbone, names, method=args.method, seed=args.seed, hard_sample_strength=strength,
         residual_ratio=1.0 if args.residual_ratio is None else args.residual_ratio, **overrides,

@@ -163,8 +163,8 @@ def test_eval_predict_search_export_on_the_fitted_adapter(batch, demo_folder):
         assert len(entry["predictions"]) == 2 and 0 < entry["affinity_ratio"] < 1
         assert entry["temperature"] == temperature and sum(p["score"] for p in entry["predictions"]) <= 1 + 1e-6
         assert entry["predictions"][0]["logit"] >= entry["predictions"][1]["logit"]  # ranked by logit
-        for p in entry["predictions"]:  # XMAdapter's logit is zero-shot + image cache + text cache, nothing else
-            assert set(p["parts"]) == {"zero_shot", "image_cache", "text_cache"}
+        for p in entry["predictions"]:  # XMAdapter's logit: zero-shot + image cache + text cache + Gaussian term
+            assert set(p["parts"]) == {"zero_shot", "image_cache", "text_cache", "gaussian"}
             assert sum(p["parts"].values()) == pytest.approx(p["logit"], abs=1e-4)
 
     searched = _ok(results["search"])

@@ -30,6 +30,8 @@ RUN_ELSEWHERE = {
     "docs/demo.md": "tests/test_demo.py::test_docs_demo_code_runs",
     "docs/export.md": "tests/test_export.py::test_docs_example_runs",
     "docs/design.md": "tests/test_docs.py::test_design_s_new_method_example_runs",
+    "docs/app.md": "tests/test_app.py::test_api_matches_predict_and_grown_zip_loads_with_the_same_logits (the same "
+    "/classify call on a served page)",
 }
 #: Docs whose blocks this module runs (README's first block: also tests/test_examples.py, as examples/quickstart.py).
 RUN_HERE = ("README.md", "docs/getting-started.md", "docs/distributed.md", "docs/hub.md", "docs/large_caches.md")

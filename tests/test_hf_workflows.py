@@ -105,7 +105,7 @@ def _logits(model, images, dtype=torch.float32) -> tuple[torch.Tensor, torch.Ten
 #: CLIP, a trained backbone, no clear item of its 400 test images at 1, 4 and 16 shots; docs/methods.md). For them
 #: the references are the float32 model's logits on the embeddings the bf16 model sees: what the bf16 *adapter*
 #: changes.
-INPUT_SENSITIVE = {"gda"}
+INPUT_SENSITIVE = {"gda", "xmadapter"}  # XMAdapter holds GDA's term (`use_gaussian_term`, on by default)
 
 
 @torch.no_grad()
@@ -318,7 +318,7 @@ def test_a_failed_constructor_changes_nothing(clip_and_processor, monkeypatch):
 
     for config, clip_model, error, match in cases:
         if error is RuntimeError:
-            monkeypatch.setattr("xmadapter_hf.modeling_xmadapter.get_method_class", broken_method)
+            monkeypatch.setattr("xmadapter_hf.modeling_xmadapter.method_class", broken_method)
         before = copy.deepcopy(config.__dict__)
         with pytest.raises(error, match=match):
             XMAdapterForImageClassification(config, clip_model=clip_model)

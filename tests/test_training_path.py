@@ -58,7 +58,7 @@ def test_the_trainer_path_trains_the_weights_fit_trains(clip_and_processor, task
     assert report.steps == 16 and report.batch_size == 2  # 16 images: at least 8 steps an epoch
     # the Trainer path, as docs/training.md shows it
     model = _build(clip_and_processor, method)
-    model.set_cache(views.embeds.mean(0), views.labels)
+    model.set_cache(views.embeds, views.labels)  # every view: the keys are their mean, GDA's term reads them all
     model.config.seed = 3  # what `build_cache(..., seed=3)` records: the training seed of `recipe_arguments`
     if model.method.uses_cache:
         model.search_hyperparameters(val_embeds, val_labels, **SEARCH)
