@@ -1,0 +1,91 @@
+"""Scoring every residual ratio of the grid search: the correct predictions of ``base + alpha * term`` for each alpha.
+
+The direct way ([`count_correct_direct`]) builds the `(P, m, N)` logits of all P ratios and takes their argmax: at
+ImageNet's N = 1,000 classes and P = 32 that is most of the search's time, more than the affinity pass it scores.
+[`count_correct`] gives the same counts, bit for bit, from the two end ratios and the direct way on the few rows the
+end points leave undecided:
+
+For one row with true class ``y``, each class's logit ``z_j + alpha s_j`` is linear in alpha, so the true class's
+lead ``min_{j != y} (z_y + alpha s_y) - (z_j + alpha s_j)`` is a minimum of linear functions, concave in alpha: a row
+whose lead is positive at the smallest and at the largest ratio is correct at every ratio in between, and a row where
+one class beats the true class at both ends (a linear difference) is wrong at every ratio in between. Floating-point
+logits are not exactly linear, so "positive" means above a bound on the rounding: with ``D = eps (|z|_max + |alpha|_max
+|s|_max)`` per row (the worst error of ``fl(z + fl(alpha s))`` in the coarsest dtype involved), a lead above ``6 D``
+at both ends keeps every computed logit of the row's winner strictly above every other at every ratio of the grid,
+whatever the order of the float operations, so the argmax (first maximum on ties) is the true class exactly where
+the direct way's is. Rows within the bound of a tie, non-finite rows and rows whose winner changes between the ends
+are counted the direct way. The result is therefore equal to the direct count for every input, ties included
+(tests/test_counting.py checks it against the direct way on ties, constant rows and non-finite values).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["count_correct", "count_correct_direct"]
+
+#: The lead (in units of the per-row rounding bound ``D``) that decides a row from the end ratios alone.
+_LEAD = 6.0
+#: Ratios counted the direct way at once (fewer than this: splitting the grid further costs more than it saves).
+_LEAF = 4
+
+
+def count_correct_direct(base: torch.Tensor, term: torch.Tensor, ratios: torch.Tensor, labels: torch.Tensor):
+    """Correct predictions of ``base + alpha * term`` for every alpha of ``ratios`` at once: `(P,)` int64.
+
+    ``base`` and ``term`` are `(m, N)` logits, ``ratios`` `(P,)`, ``labels`` `(m,)`: the argmax of the `(P, m, N)`
+    logits (the first maximum on ties) against the labels."""
+    logits = base[None] + ratios[:, None, None] * term[None]  # (P, m, N)
+    return (logits.argmax(dim=-1) == labels[None]).sum(dim=1)  # (P, m) -> (P,)
+
+
+def count_correct(base: torch.Tensor, term: torch.Tensor, ratios: torch.Tensor, labels: torch.Tensor):
+    """[`count_correct_direct`]'s counts (equal for every input), scoring the direct way only the rows the end ratios
+    leave undecided, on halves of the grid in turn (see the module docstring)."""
+    num_rows, num_ratios = base.shape[0], ratios.numel()
+    if num_ratios <= _LEAF or num_rows == 0 or base.shape[-1] < 2 or not bool(torch.isfinite(ratios).all()):
+        return count_correct_direct(base, term, ratios, labels)
+    probe = base[:1, :1] + ratios[:1, None, None] * term[:1, :1]  # the logits' dtype, as the direct way promotes
+    eps = max(torch.finfo(t.dtype).eps for t in (base, term, ratios, probe))
+    tiny = max(torch.finfo(t.dtype).tiny for t in (base, term, ratios, probe))
+    bound = (_row_magnitude(base) + float(ratios.abs().max()) * _row_magnitude(term)) * (eps * (1 + eps)) + tiny
+    threshold = (_LEAD * bound).to(probe.dtype)  # (m,): NaN or inf where a row is not finite
+    counts = torch.zeros(num_ratios, dtype=torch.long, device=base.device)
+    _count_sorted(base, term, threshold, labels, ratios, ratios.argsort(), counts)
+    return counts
+
+
+def _count_sorted(base, term, threshold, labels, ratios, order, counts) -> None:
+    """Adds the correct counts of the ratios ``ratios[order]`` (``order`` sorts them) into ``counts[order]``."""
+    if order.numel() <= _LEAF or base.shape[0] == 0:
+        counts[order] += count_correct_direct(base, term, ratios[order], labels)
+        return
+    ends = ratios[order[[0, -1]]]  # (2,): the smallest and largest ratio, the same dtype and broadcast as `ratios`
+    logits = base[None] + ends[:, None, None] * term[None]  # (2, m, N): each end as the direct way computes it
+    top, winner = logits.max(dim=-1)  # (2, m) each: the value and the first index of each end's maximum
+    truth = labels[None, :].expand(2, -1)
+    # correct at both ends with every other class more than the threshold below: correct at every ratio between
+    near = (logits >= (top - threshold)[..., None]).sum(dim=-1)  # classes within the threshold of the maximum
+    leads = ((winner == truth) & (near == 1)).all(dim=0)
+    # one class (either end's winner) more than the threshold above the true class at both ends: wrong throughout
+    true_logit = logits.gather(-1, truth[..., None])[..., 0]  # (2, m)
+    trails = torch.zeros_like(leads)
+    for end in range(2):
+        rival = logits.gather(-1, winner[end][None, :, None].expand(2, -1, 1))[..., 0]  # (2, m)
+        trails |= ((rival - true_logit) > threshold).all(dim=0) & (winner[end] != labels)
+    finite = torch.isfinite(threshold)
+    counts[order] += int((leads & finite).sum())
+    rest = (~((leads | trails) & finite)).nonzero()[:, 0]
+    if rest.numel() == 0:
+        return
+    if rest.numel() < base.shape[0]:
+        base, term, threshold, labels = base[rest], term[rest], threshold[rest], labels[rest]
+    half = order.numel() // 2  # the undecided rows on each half of the grid: most cross between two ratios only
+    _count_sorted(base, term, threshold, labels, ratios, order[:half], counts)
+    _count_sorted(base, term, threshold, labels, ratios, order[half:], counts)
+
+
+def _row_magnitude(values: torch.Tensor) -> torch.Tensor:
+    """``max_j |values_j|`` of each row, float64 (NaN where a row holds a NaN)."""
+    low, high = torch.aminmax(values, dim=-1)
+    return torch.maximum(low.abs(), high.abs()).double()
