@@ -60,26 +60,28 @@ def _count_sorted(base, term, threshold, labels, ratios, order, counts) -> None:
     if order.numel() <= _LEAF or base.shape[0] == 0:
         counts[order] += count_correct_direct(base, term, ratios[order], labels)
         return
-    ends = ratios[order[[0, -1]]]  # (2,): the smallest and largest ratio, the same dtype and broadcast as `ratios`
-    logits = base[None] + ends[:, None, None] * term[None]  # (2, m, N): each end as the direct way computes it
+    ends = ratios[order[[0, -1]]]  # (2,): the smallest and largest ratio
+    # (2, m, N): the logits at each end, in one fused pass (the bound holds whatever the rounding order)
+    dtype = threshold.dtype  # the direct way's promoted dtype
+    logits = torch.addcmul(base[None].to(dtype), ends[:, None, None].to(dtype), term[None].to(dtype))
     top, winner = logits.max(dim=-1)  # (2, m) each: the value and the first index of each end's maximum
-    truth = labels[None, :].expand(2, -1)
-    # correct at both ends with every other class more than the threshold below: correct at every ratio between
-    near = (logits >= (top - threshold)[..., None]).sum(dim=-1)  # classes within the threshold of the maximum
-    leads = ((winner == truth) & (near == 1)).all(dim=0)
+    true_logit = logits.gather(-1, labels[None, :, None].expand(2, -1, 1))[..., 0]  # (2, m)
     # one class (either end's winner) more than the threshold above the true class at both ends: wrong throughout
-    true_logit = logits.gather(-1, truth[..., None])[..., 0]  # (2, m)
-    trails = torch.zeros_like(leads)
+    trails = torch.zeros_like(labels, dtype=torch.bool)
     for end in range(2):
         rival = logits.gather(-1, winner[end][None, :, None].expand(2, -1, 1))[..., 0]  # (2, m)
         trails |= ((rival - true_logit) > threshold).all(dim=0) & (winner[end] != labels)
+    # correct at both ends with every other class more than the threshold below: correct at every ratio between
+    second = logits.scatter_(-1, winner[..., None], -torch.inf).amax(dim=-1)  # (2, m): the runner-up's logit
+    leads = ((winner == labels[None]) & ((top - second) > threshold)).all(dim=0)
     finite = torch.isfinite(threshold)
     counts[order] += int((leads & finite).sum())
     rest = (~((leads | trails) & finite)).nonzero()[:, 0]
     if rest.numel() == 0:
         return
     if rest.numel() < base.shape[0]:
-        base, term, threshold, labels = base[rest], term[rest], threshold[rest], labels[rest]
+        base, term = base.index_select(0, rest), term.index_select(0, rest)
+        threshold, labels = threshold[rest], labels[rest]
     half = order.numel() // 2  # the undecided rows on each half of the grid: most cross between two ratios only
     _count_sorted(base, term, threshold, labels, ratios, order[:half], counts)
     _count_sorted(base, term, threshold, labels, ratios, order[half:], counts)
@@ -87,5 +89,5 @@ def _count_sorted(base, term, threshold, labels, ratios, order, counts) -> None:
 
 def _row_magnitude(values: torch.Tensor) -> torch.Tensor:
     """``max_j |values_j|`` of each row, float64 (NaN where a row holds a NaN)."""
-    low, high = torch.aminmax(values, dim=-1)
+    low, high = values.amin(dim=-1), values.amax(dim=-1)  # two passes: faster than `aminmax` on CPU
     return torch.maximum(low.abs(), high.abs()).double()
