@@ -50,33 +50,46 @@ def count_correct(base: torch.Tensor, term: torch.Tensor, ratios: torch.Tensor, 
     tiny = max(torch.finfo(t.dtype).tiny for t in (base, term, ratios, probe))
     bound = (_row_magnitude(base) + float(ratios.abs().max()) * _row_magnitude(term)) * (eps * (1 + eps)) + tiny
     threshold = (_LEAD * bound).to(probe.dtype)  # (m,): NaN or inf where a row is not finite
-    counts = torch.zeros(num_ratios, dtype=torch.long, device=base.device)
+    finite = torch.isfinite(threshold)
+    counts = [0] * num_ratios  # Python ints: no tensor op per update
+    if not bool(finite.all()):  # rows with a non-finite value: the direct way, on every ratio
+        odd = (~finite).nonzero()[:, 0]
+        _add(counts, range(num_ratios), count_correct_direct(base[odd], term[odd], ratios, labels[odd]))
+        rows = finite.nonzero()[:, 0]
+        base, term, threshold, labels = base[rows], term[rows], threshold[rows], labels[rows]
     _count_sorted(base, term, threshold, labels, ratios, ratios.argsort(), counts)
-    return counts
+    return torch.tensor(counts, dtype=torch.long, device=base.device)
 
 
-def _count_sorted(base, term, threshold, labels, ratios, order, counts) -> None:
-    """Adds the correct counts of the ratios ``ratios[order]`` (``order`` sorts them) into ``counts[order]``."""
+def _add(counts: list, positions, values: torch.Tensor) -> None:
+    for position, value in zip(positions, values.tolist()):
+        counts[position] += value
+
+
+def _count_sorted(base, term, threshold, labels, ratios, order, counts: list) -> None:
+    """Adds the correct counts of the ratios ``ratios[order]`` (``order`` sorts them) into ``counts[order]``; every
+    row's threshold is finite."""
     if order.numel() <= _LEAF or base.shape[0] == 0:
-        counts[order] += count_correct_direct(base, term, ratios[order], labels)
+        if base.shape[0]:
+            _add(counts, order.tolist(), count_correct_direct(base, term, ratios[order], labels))
         return
     ends = ratios[order[[0, -1]]]  # (2,): the smallest and largest ratio
-    # (2, m, N): the logits at each end, in one fused pass (the bound holds whatever the rounding order)
     dtype = threshold.dtype  # the direct way's promoted dtype
+    # (2, m, N): the logits at each end, in one fused pass (the bound holds whatever the rounding order)
     logits = torch.addcmul(base[None].to(dtype), ends[:, None, None].to(dtype), term[None].to(dtype))
     top, winner = logits.max(dim=-1)  # (2, m) each: the value and the first index of each end's maximum
-    true_logit = logits.gather(-1, labels[None, :, None].expand(2, -1, 1))[..., 0]  # (2, m)
+    # the true class's and both ends' winners' logits at both ends, (2, m, 3)
+    picked = logits.gather(-1, torch.stack([labels, winner[0], winner[1]], dim=-1)[None].expand(2, -1, -1))
     # one class (either end's winner) more than the threshold above the true class at both ends: wrong throughout
-    trails = torch.zeros_like(labels, dtype=torch.bool)
-    for end in range(2):
-        rival = logits.gather(-1, winner[end][None, :, None].expand(2, -1, 1))[..., 0]  # (2, m)
-        trails |= ((rival - true_logit) > threshold).all(dim=0) & (winner[end] != labels)
+    behind = ((picked[..., 1:] - picked[..., :1]) > threshold[None, :, None]).all(dim=0)  # (m, 2)
+    trails = (behind & (winner.t() != labels[:, None])).any(dim=-1)
     # correct at both ends with every other class more than the threshold below: correct at every ratio between
     second = logits.scatter_(-1, winner[..., None], -torch.inf).amax(dim=-1)  # (2, m): the runner-up's logit
     leads = ((winner == labels[None]) & ((top - second) > threshold)).all(dim=0)
-    finite = torch.isfinite(threshold)
-    counts[order] += int((leads & finite).sum())
-    rest = (~((leads | trails) & finite)).nonzero()[:, 0]
+    decided = int(leads.sum())
+    for position in order.tolist():
+        counts[position] += decided
+    rest = (~(leads | trails)).nonzero()[:, 0]
     if rest.numel() == 0:
         return
     if rest.numel() < base.shape[0]:
