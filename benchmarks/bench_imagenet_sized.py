@@ -16,6 +16,10 @@ its wall time is split into phases by wrapping the library's own functions (noth
 - ``val``: the per-epoch validation of best-epoch selection (`ValidationEarlyStopping.accuracy`);
 - ``other``: the rest of `fit` (accuracies, the temperature fit).
 
+The training phase is also split into its **per-step** cost (the steady state: from the second optimiser step's
+start to the last's, less any validation between them, per step: data, forward, backward, optimiser, callbacks) and
+its **set-up** (the rest: `TrainingArguments`, the Trainer, the optimiser, the first step's lazy initialisation).
+
 Beside each phase, its **floor**: the same unavoidable operations in a bare torch loop, timed in the same process
 right after `fit` (so under the same load):
 
@@ -98,7 +102,28 @@ class Phases:
     def __init__(self):
         self.seconds = dict.fromkeys(PHASES + ("fit", "train_call"), 0.0)
         self.counts = {"search": 0, "val": 0, "affinity_elements": 0, "cosine_flops": 0, "logit_weights": 0}
+        self.step_starts: list[tuple[float, float]] = []  # (time, validation seconds so far) at each step's start
         self._undo = []
+
+    def time_steps(self, trainer_class):
+        """Records the start of every optimiser step (`training_step`), to separate the per-step cost from set-up."""
+        original = trainer_class.training_step
+
+        def timed(*args, **kwargs):
+            self.step_starts.append((time.perf_counter(), self.seconds["val"]))
+            return original(*args, **kwargs)
+
+        trainer_class.training_step = timed
+        self._undo.append((trainer_class, "training_step", original))
+
+    def per_step(self) -> float | None:
+        """Seconds per optimiser step in the steady state: from the first step's start to the last's, less any
+        validation between them, over the steps in between (the Trainer's set-up and the first step's lazy
+        initialisation are left out)."""
+        if len(self.step_starts) < 3:
+            return None
+        (first, val_first), (last, val_last) = self.step_starts[1], self.step_starts[-1]
+        return (last - first - (val_last - val_first)) / (len(self.step_starts) - 2)
 
     def wrap(self, owner, name, phase):
         original = getattr(owner, name)
@@ -330,6 +355,7 @@ def gda_floor(task: dict) -> float:
 # ------------------------------------------------------------------------------------------------------- one case
 def child(method: str, args) -> dict:
     import torch
+    from transformers import Trainer
 
     import xmadapter_hf.training.fit as fit_module
     import xmadapter_hf.training.grid_search as grid_search
@@ -351,16 +377,18 @@ def child(method: str, args) -> dict:
     phases.wrap(XMAdapterForImageClassification, "search_hyperparameters", "search")
     phases.wrap(ValidationEarlyStopping, "accuracy", "val")
     phases.wrap(fit_module, "_train", "train_call")
+    phases.time_steps(Trainer)
     phases.count_affinity_passes(grid_search)
     original_logit_search = grid_search._search_logit_terms
 
-    def logit_search(space, labels, chunks, result, *rest):
-        out = original_logit_search(space, labels, chunks, result, *rest)
-        phases.counts["logit_weights"] += sum(len(grid) for grid in result.weight_grids.values())
+    def logit_search(space, labels, chunks, result, *args, **kwargs):
+        before = sum(len(grid) for grid in result.weight_grids.values())
+        out = original_logit_search(space, labels, chunks, result, *args, **kwargs)
+        phases.counts["logit_weights"] += sum(len(grid) for grid in result.weight_grids.values()) - before
         return out
 
     grid_search._search_logit_terms = logit_search
-    if args.direct_count:  # the search's scoring before the interval counter, for comparison
+    if args.direct_count:  # every ratio scored by the direct argmax (the way before counting.py), for comparison
         from xmadapter_hf.training.counting import count_correct_direct
 
         grid_search.count_correct = count_correct_direct
@@ -393,6 +421,9 @@ def child(method: str, args) -> dict:
         per_step = training_floor(method, model, task, report.batch_size, args.floor_steps)
         floors["train"] = per_step * report.steps
         notes["floor_seconds_per_step"] = per_step
+        notes["seconds_per_step"] = phases.per_step()
+        if notes["seconds_per_step"] is not None:
+            notes["train_setup_seconds"] = sec["train"] - notes["seconds_per_step"] * report.steps
         if phases.counts["val"]:
             floors["val"] = validation_floor(method, model, task) * phases.counts["val"]
     return {
@@ -413,6 +444,9 @@ def row_line(row: dict) -> str:
     for phase in ("cache", "search", "train", "val"):
         seconds, floor = row["seconds"][phase], row["floors"][phase]
         cells.append(f"{seconds:.2f}" + (f" / {floor:.2f} = {ratio(seconds, floor)}" if floor else ""))
+    step, floor = row.get("seconds_per_step"), row.get("floor_seconds_per_step")
+    cells.append("" if step is None else f"{1e3 * step:.1f} / {1e3 * floor:.1f} = {ratio(step, floor)}")
+    cells.append("" if step is None else f"{row['train_setup_seconds']:.2f}")
     cells += [f"{row['seconds']['other']:.2f}", str(row["steps"]), f"{row['peak_rss_above_mib']:.0f}",
               f"{row['accuracy']:.3f}"]  # fmt: skip
     return "| " + " | ".join(cells) + " |"
@@ -461,9 +495,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.epochs is not None or args.max_steps is not None:
         print(f"# trainable methods capped at epochs={args.epochs}, max_steps={args.max_steps} (ratios are per step)")
     print("# each cell: seconds / floor seconds = ratio; floors measured in the same process right after its fit")
-    print("| method | fit s | cache (GDA: statistics) | search | train | val | other s | steps | peak RSS above "
-          "MiB | val acc |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| method | fit s | cache (GDA: statistics) | search | train | val | train per step ms | train set-up s | "
+          "other s | steps | peak RSS above MiB | val acc |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for method in args.methods:
         row = child(method, args) if args.in_process else run_child(method, forwarded)

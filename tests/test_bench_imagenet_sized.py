@@ -24,7 +24,12 @@ def test_quick_run_prints_each_phase_against_its_floor(capsys):
         assert abs(sum(row["seconds"][p] for p in benchmark.PHASES) - row["seconds"]["fit"]) < 1e-6
     lines = [line for line in printed.splitlines() if line.startswith("| tip-adapter-f |")]
     assert len(lines) == 1
-    # search, train and val cells each read "seconds / floor = ratio", the ratio of the unrounded times
-    assert len(re.findall(r"[\d.]+ / [\d.]+ = [\d.]+x", lines[0])) == 3
+    # search, train, val and per-step cells each read "seconds / floor = ratio", the ratio of the unrounded times
+    assert len(re.findall(r"[\d.]+ / [\d.]+ = [\d.]+x", lines[0])) == 4
     for phase in ("search", "train", "val"):
         assert f"= {tip['seconds'][phase] / tip['floors'][phase]:.2f}x" in lines[0]
+    # the steady-state per-step cost and the set-up split the training phase
+    assert 0 < tip["seconds_per_step"] < tip["seconds"]["train"]
+    assert f"= {tip['seconds_per_step'] / tip['floor_seconds_per_step']:.2f}x" in lines[0]
+    setup = tip["seconds"]["train"] - tip["seconds_per_step"] * tip["steps"]
+    assert abs(tip["train_setup_seconds"] - setup) < 1e-9

@@ -5,8 +5,9 @@
 searched as Tip-Adapter does: the first cache's sharpness and the residual ratio jointly (sharpness outer, ratio
 inner, ties keep the first strict maximum), then each further cache's sharpness on its own 1-D grid (XMAdapter's text
 cache; coordinate-wise, not a 3-D grid). The cache logits ``A L`` are computed once per sharpness value with the
-library's one implementation (`methods/cache.py`) and every residual ratio is scored in one batched op; since the
-fusion is linear and each weight is per row, the other caches' halves are computed once for the whole grid.
+library's one implementation (`methods/cache.py`) and every residual ratio is scored at once (`counting.py`: the
+rows the smallest and largest ratio decide are not scored at every ratio; the counts equal the direct argmax's);
+since the fusion is linear and each weight is per row, the other caches' halves are computed once for the whole grid.
 
 A space may also hold logit terms ([`~xmadapter_hf.methods.LogitTerm`], ``+ weight_g * logits_g``: GDA's Gaussian
 discriminant), whose logits are computed once: the caches are searched with them at their starting weights, then
@@ -32,6 +33,7 @@ import torch
 from ..methods import CacheTerm, LogitTerm, SearchSpace
 from ..methods.cache import affinity_, class_sums
 from ..validation import check_choice, check_int, check_number, check_pair
+from .counting import count_correct
 from .grids import SEARCH_GRIDS, linear_grid, log_grid, residual_ratio_grid, sharpness_grid
 
 __all__ = [
@@ -87,12 +89,6 @@ class SearchResult:
     weight_grid_accuracy: dict = dataclasses.field(default_factory=dict)
 
 
-def _count_correct(zero_shot: torch.Tensor, cache: torch.Tensor, ratios: torch.Tensor, labels: torch.Tensor):
-    """Correct predictions of ``zero_shot + alpha * cache`` for every alpha at once. Returns (P,) int64."""
-    logits = zero_shot[None] + ratios[:, None, None] * cache[None]  # (P, m, N)
-    return (logits.argmax(dim=-1) == labels[None]).sum(dim=1)  # (P, m) -> (P,)
-
-
 def _first_maximum(counts: torch.Tensor) -> int:
     """Flat index of the first maximum, i.e. the first strict improvement in row-major loop order."""
     flat = counts.reshape(-1)
@@ -128,7 +124,7 @@ def _grid_counts(space, labels, chunks, sharpnesses, ratios, fixed: list[float],
         parts = [None if t == varied else _term_logits(d, fixed[t], space) for t, d in enumerate(distances)]
         for i, sharpness in enumerate(sharpnesses):
             parts[varied] = _term_logits(distances[varied], sharpness, space, buffer)
-            counts[i] += _count_correct(space.zero_shot_logits[rows], _fused(parts, space.terms, rows), ratios[i],
+            counts[i] += count_correct(space.zero_shot_logits[rows], _fused(parts, space.terms, rows), ratios[i],
                                         labels[rows])  # fmt: skip
     return counts
 
@@ -270,7 +266,7 @@ def _search_logit_terms(space, labels, chunks, result: SearchResult, fixed, weig
         counts = torch.zeros(len(grid), dtype=torch.long, device=labels.device)
         for rows in chunks:
             base = _logits_at(space, rows, fixed, result.residual_ratio, weights, skip=g)
-            counts += _count_correct(base, term.logits[rows], values, labels[rows])
+            counts += count_correct(base, term.logits[rows], values, labels[rows])
         best = _first_maximum(counts)
         weights[g] = grid[best]
         result.accuracy = int(counts[best]) / num_rows
