@@ -3,7 +3,10 @@ model tests run outside the suite (scripts/transformers_common_tests.sh, docs/co
 
 from __future__ import annotations
 
+import copy
+
 import torch
+from transformers import AutoModelForImageClassification, PreTrainedModel
 
 from xmadapter_hf import XMAdapterForImageClassification
 
@@ -43,3 +46,42 @@ def test_hidden_states_attentions_and_return_dict_reach_the_output(make_model, t
     model.config.output_hidden_states = False
     model.config.return_dict = False
     assert isinstance(model(pixel_values=pixels), tuple)
+
+
+def _attention_everywhere(model) -> set:
+    """The attention implementation of the model's config, of every sub-model's config and of the backbone's
+    sub-configs (what the attention layers read)."""
+    configs = [model.config, model.clip.config.text_config, model.clip.config.vision_config]
+    configs += [module.config for module in model.modules() if isinstance(module, PreTrainedModel)]
+    return {config._attn_implementation for config in configs}
+
+
+def test_attention_implementation_asked_for_at_construction_reaches_the_backbone(make_model, test_pixels, tmp_path):
+    """Item 9: `config._attn_implementation`, `_from_config(config, attn_implementation=)` and
+    `AutoModelForImageClassification.from_config(config, attn_implementation=)` reach the CLIP backbone and every
+    sub-config of it (they stayed `sdpa`), and the model declares what the backbone supports."""
+    model = make_model("tip-adapter")
+    cls = XMAdapterForImageClassification
+    assert cls._supports_sdpa and cls._supports_flash_attn and cls._supports_flex_attn
+    assert _attention_everywhere(model) == {"sdpa"}  # with nothing asked for, the config says what the backbone does
+    config = copy.deepcopy(model.config)
+    config._attn_implementation = "eager"
+    routes = {
+        "config": lambda: cls(config),
+        "_from_config": lambda: cls._from_config(copy.deepcopy(model.config), attn_implementation="eager"),
+        "AutoModel": lambda: AutoModelForImageClassification.from_config(
+            copy.deepcopy(model.config), attn_implementation="eager"
+        ),
+    }
+    for route, build in routes.items():
+        built = build()
+        assert _attention_everywhere(built) == {"eager"}, route
+        out = built(pixel_values=test_pixels[0][:2], output_attentions=True)  # eager attention returns its weights
+        assert len(out.attentions) == built.clip.config.vision_config.num_hidden_layers, route
+    built.set_attn_implementation("sdpa")
+    assert _attention_everywhere(built) == {"sdpa"}
+    # from_pretrained with a backbone object: the request reaches it too
+    model.save_pretrained(tmp_path)
+    clip = copy.deepcopy(model.clip)
+    loaded = cls.from_pretrained(tmp_path, clip_model=clip, processor=model.processor, attn_implementation="eager")
+    assert _attention_everywhere(loaded) == {"eager"}

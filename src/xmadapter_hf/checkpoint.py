@@ -224,6 +224,8 @@ def load_adapter(
         config = copy.deepcopy(config)  # loading records things in the config: never in the caller's
     else:
         config = XMAdapterConfig.from_pretrained(resolve_file(path_or_repo, CONFIG_NAME, hub))
+    if "attn_implementation" in backbone_kwargs:  # for a `clip_model=` too, as transformers sets it on the config
+        config._attn_implementation = backbone_kwargs["attn_implementation"]
     integrity.check_version(config)
     if is_pending(config):  # `save_pretrained` refuses these: a config written by hand, or by another tool
         raise ValueError(

@@ -55,14 +55,23 @@ class XMAdapterForImageClassification(AdapterCacheMixin, PreTrainedModel):
     # forward normalises the loss by Trainer's `num_items_in_batch` itself (see training/losses.py)
     accepts_loss_kwargs = True
     _no_split_modules = []
+    # The attention implementations the CLIP backbone supports (`CLIPPreTrainedModel` declares the same); the one asked
+    # for at construction (`config._attn_implementation`, `attn_implementation=` of `_from_config`/`from_config`/
+    # `from_pretrained`) is applied to the backbone, whose own check has the last word (`backbone.match_attention`).
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
 
     def __init__(self, config: XMAdapterConfig, clip_model=None, processor=None):
         # Validate before building anything; if anything still fails, the caller's config is left as it was (the
         # parent constructor sets attributes on it).
+        requested_attention = config._attn_implementation  # None: the backbone's own (the parent resolves None)
         clip_model, dim = checked_backbone(config, clip_model)
         before = dict(config.__dict__)
         try:
             self._build(config, clip_model, processor, dim)
+            bb.match_attention(self, requested_attention)
         except BaseException:
             config.__dict__.clear()
             config.__dict__.update(before)
