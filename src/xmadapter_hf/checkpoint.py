@@ -69,6 +69,15 @@ def save_adapter(model, save_directory, state_dict=None, is_main_process: bool =
         tensors, f"Nothing was saved to {str(directory)!r}: the adapter holds",
         "it would predict nothing meaningful (a training run that diverged?).",
     )  # fmt: skip
+    try:  # what `from_pretrained` checks first: never write what cannot load
+        integrity.check_sizes(type(model), model.config, {k: tuple(v.shape) for k, v in tensors.items()})
+    except ValueError as error:
+        raise ValueError(
+            f"Nothing was saved to {str(directory)!r}: the config no longer describes the model's tensors, so the "
+            f"saved adapter could not be loaded ({error}) Was a size field (`class_names`, `cache_size`) set by hand? "
+            "Change classes with `model.add_classes(...)` or `from_pretrained(path, class_names=[...])`, the cache "
+            "with `build_cache`/`set_cache`."
+        ) from error
     save_id = uuid.uuid4().hex
     config = copy.deepcopy(model.config)
     config.save_id, config.architectures = save_id, [type(model).__name__]
