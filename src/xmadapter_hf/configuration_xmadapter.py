@@ -201,6 +201,11 @@ class XMAdapterConfig(PreTrainedConfig):
             The backbone's architecture (its config's non-default entries with its `model_type`), so that
             `XMAdapterForImageClassification(config)` can build a randomly initialised backbone; `None` in 0.1.0
             configs.
+        backbone_init_seed (`int`, *optional*):
+            Set by `XMAdapterForImageClassification(config)` when it builds a randomly initialised backbone from
+            `backbone_config` (the seed of its weights: the same config builds the same backbone), so that
+            `from_pretrained` rebuilds that backbone instead of loading `base_model_name_or_path`; `None`: a loaded
+            backbone.
         backbone_fingerprint (`dict`, *optional*):
             What identifies the backbone (architecture hash); checked on load with the stored probe embeddings.
         xmadapter_version (`str`, *optional*):
@@ -241,6 +246,7 @@ class XMAdapterConfig(PreTrainedConfig):
     base_model_revision: str | None = None
     projection_dim: int | None = validated_field(at_least("projection_dim", 1), default=None)
     backbone_config: dict | None = None
+    backbone_init_seed: int | None = None
     backbone_fingerprint: dict | None = None
     xmadapter_version: str | None = None
     save_id: str | None = None
