@@ -374,4 +374,3 @@ def _with_vision_fingerprint(model, state_dict, prefix, local_metadata) -> None:
     held = state_dict.get(key)
     if held is not None and not held.is_meta and not torch.any(held != 0):
         state_dict[key] = model.vision_fingerprint().to(held)
-
