@@ -318,7 +318,7 @@ def test_a_failed_constructor_changes_nothing(clip_and_processor, monkeypatch):
 
     for config, clip_model, error, match in cases:
         if error is RuntimeError:
-            monkeypatch.setattr("xmadapter_hf.modeling_xmadapter.get_method_class", broken_method)
+            monkeypatch.setattr("xmadapter_hf.modeling_xmadapter.method_class", broken_method)
         before = copy.deepcopy(config.__dict__)
         with pytest.raises(error, match=match):
             XMAdapterForImageClassification(config, clip_model=clip_model)
