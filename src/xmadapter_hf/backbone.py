@@ -26,6 +26,7 @@ __all__ = [
     "encode_probe_text",
     "encode_texts",
     "freeze",
+    "match_attention",
     "probe_pixels",
     "projection_dim",
 ]
@@ -107,6 +108,21 @@ def freeze(model) -> None:
     """Freezes every backbone parameter and puts it in eval mode (dropout off)."""
     model.requires_grad_(False)
     model.eval()
+
+
+def match_attention(model, requested: str | dict | None) -> None:
+    """Makes ``model``'s attention implementation and its backbone's one and the same.
+
+    ``requested`` (`config._attn_implementation` as given before construction, which `_from_config(...,
+    attn_implementation=)` and `AutoModelForImageClassification.from_config` set) goes to the backbone and every
+    sub-model and sub-config of it (`set_attn_implementation`, which checks that the backbone supports it); with none
+    requested, the adapter's config takes the backbone's (a backbone loaded with `attn_implementation=` keeps it).
+    The adapter's config is a different object from the backbone's, so nothing else would carry the request across.
+    """
+    if requested is None:
+        model.config._attn_implementation_internal = model.clip.config._attn_implementation
+    else:
+        model.clip.set_attn_implementation(model.config._attn_implementation)
 
 
 def architecture_hash(model) -> str:

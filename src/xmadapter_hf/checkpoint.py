@@ -69,6 +69,15 @@ def save_adapter(model, save_directory, state_dict=None, is_main_process: bool =
         tensors, f"Nothing was saved to {str(directory)!r}: the adapter holds",
         "it would predict nothing meaningful (a training run that diverged?).",
     )  # fmt: skip
+    try:  # what `from_pretrained` checks first: never write what cannot load
+        integrity.check_sizes(type(model), model.config, {k: tuple(v.shape) for k, v in tensors.items()})
+    except ValueError as error:
+        raise ValueError(
+            f"Nothing was saved to {str(directory)!r}: the config no longer describes the model's tensors, so the "
+            f"saved adapter could not be loaded ({error}) Was a size field (`class_names`, `cache_size`) set by hand? "
+            "Change classes with `model.add_classes(...)` or `from_pretrained(path, class_names=[...])`, the cache "
+            "with `build_cache`/`set_cache`."
+        ) from error
     save_id = uuid.uuid4().hex
     config = copy.deepcopy(model.config)
     config.save_id, config.architectures = save_id, [type(model).__name__]
@@ -215,6 +224,19 @@ def load_adapter(
     **kwargs,
 ):
     """Implements `XMAdapterForImageClassification.from_pretrained` (see there)."""
+    if torch.get_default_device().type == "meta":  # transformers' own refusal, in its words
+        raise RuntimeError(
+            "You are using `from_pretrained` with a meta device context manager or `torch.set_default_device('meta')`"
+            ": the loaded tensors would be discarded. Load without it (build on meta with `cls(config)`)."
+        )
+    state_dict = kwargs.pop("state_dict", None)
+    if path_or_repo is None or state_dict is not None:
+        if path_or_repo is not None or not isinstance(config, XMAdapterConfig) or state_dict is None:
+            raise ValueError(
+                "from_pretrained(None, config=..., state_dict=...) builds a model from an `XMAdapterConfig` and a "
+                "state dict (as transformers does); give both and no path, or a path alone."
+            )
+        return _from_state_dict(cls, copy.deepcopy(config), state_dict, clip_model, processor, output_loading_info)
     path_or_repo = str(path_or_repo)
     if dtype is None and "torch_dtype" in kwargs:  # the name transformers 4 used
         dtype = kwargs.pop("torch_dtype")
@@ -224,6 +246,8 @@ def load_adapter(
         config = copy.deepcopy(config)  # loading records things in the config: never in the caller's
     else:
         config = XMAdapterConfig.from_pretrained(resolve_file(path_or_repo, CONFIG_NAME, hub))
+    if "attn_implementation" in backbone_kwargs:  # for a `clip_model=` too, as transformers sets it on the config
+        config._attn_implementation = backbone_kwargs["attn_implementation"]
     integrity.check_version(config)
     if is_pending(config):  # `save_pretrained` refuses these: a config written by hand, or by another tool
         raise ValueError(
@@ -241,17 +265,20 @@ def load_adapter(
     # transformers 5's loading info: sets of keys (`LoadStateDictInfo.to_dict()`), a list of error messages
     info = {"missing_keys": set(tolerated), "unexpected_keys": set(), "mismatched_keys": set(), "error_msgs": []}
     backbone_hub = {k: v for k, v in hub.items() if k not in ("revision", "subfolder")}
-    if clip_model is None:
+    if clip_model is None and config.backbone_init_seed is None:
         clip_model, clip_info = _load_config_backbone(config, dtype, device_map, backbone_hub, backbone_kwargs)
         for key in ("missing_keys", "unexpected_keys", "mismatched_keys"):
             info[key] |= {f"clip.{k}" if isinstance(k, str) else tuple(k) for k in clip_info.get(key) or []}
         info["error_msgs"] += list(clip_info.get("error_msgs") or [])
     if processor is None:
         processor = _load_processor_quietly(config, path_or_repo, hub, backbone_hub)
+    # a backbone built from `backbone_config` (`cls(config)`, seeded) is rebuilt the same; the checks below confirm it
     model = cls(config, clip_model=clip_model, processor=processor)
+    if clip_model is None and adapter_dtype is not None:
+        model.clip.to(adapter_dtype)
     _load_tensors(model, tensors)
     del tensors  # the model holds its own copy: free the file's before the checks below
-    model.to(next(clip_model.parameters()).device)
+    model.to(next(model.clip.parameters()).device)
     if adapter_dtype is not None:
         model.cast_adapter(adapter_dtype)
     bb.freeze(model.clip)
@@ -263,6 +290,27 @@ def load_adapter(
     if class_names is not None:
         classes.replace_classes(model, class_names)
     model.eval()
+    return (model, info) if output_loading_info else model
+
+
+def _from_state_dict(cls, config, state_dict: dict, clip_model, processor, output_loading_info: bool):
+    """`from_pretrained(None, config=, state_dict=)`: the model `cls(config)` builds (the backbone from
+    ``clip_model``, else from `config.backbone_config`), with the state dict's tensors; its `clip.*` tensors, when it
+    has them, go to the backbone. The adapter's tensors are checked as a file's are (sizes, finite values)."""
+    adapter = {k: v for k, v in state_dict.items() if not k.startswith("clip.")}
+    tolerated = integrity.check_sizes(cls, config, {k: tuple(v.shape) for k, v in adapter.items()})
+    integrity.check_finite(adapter, "The state dict holds", "it would predict nothing meaningful.")
+    model = cls(config, clip_model=clip_model, processor=processor)
+    backbone = {k.removeprefix("clip."): v for k, v in state_dict.items() if k.startswith("clip.")}
+    missing, unexpected = [], []
+    if backbone:
+        result = model.clip.load_state_dict(backbone, strict=False)
+        missing, unexpected = [f"clip.{k}" for k in result.missing_keys], [f"clip.{k}" for k in result.unexpected_keys]
+    _load_tensors(model, adapter)
+    bb.freeze(model.clip)
+    model.eval()
+    info = {"missing_keys": {*tolerated, *missing}, "unexpected_keys": set(unexpected), "mismatched_keys": set()}
+    info["error_msgs"] = []
     return (model, info) if output_loading_info else model
 
 

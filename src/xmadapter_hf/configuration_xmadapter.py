@@ -201,6 +201,11 @@ class XMAdapterConfig(PreTrainedConfig):
             The backbone's architecture (its config's non-default entries with its `model_type`), so that
             `XMAdapterForImageClassification(config)` can build a randomly initialised backbone; `None` in 0.1.0
             configs.
+        backbone_init_seed (`int`, *optional*):
+            Set by `XMAdapterForImageClassification(config)` when it builds a randomly initialised backbone from
+            `backbone_config` (the seed of its weights: the same config builds the same backbone), so that
+            `from_pretrained` rebuilds that backbone instead of loading `base_model_name_or_path`; `None`: a loaded
+            backbone.
         backbone_fingerprint (`dict`, *optional*):
             What identifies the backbone (architecture hash); checked on load with the stored probe embeddings.
         xmadapter_version (`str`, *optional*):
@@ -241,6 +246,7 @@ class XMAdapterConfig(PreTrainedConfig):
     base_model_revision: str | None = None
     projection_dim: int | None = validated_field(at_least("projection_dim", 1), default=None)
     backbone_config: dict | None = None
+    backbone_init_seed: int | None = None
     backbone_fingerprint: dict | None = None
     xmadapter_version: str | None = None
     save_id: str | None = None
@@ -264,6 +270,10 @@ class XMAdapterConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
 
     def __setattr__(self, name, value):
+        # After construction, the labels follow `class_names` (see `_checked_label_change`).
+        constructed = getattr(self, "_post_init_done", False)  # set by `PreTrainedConfig.__post_init__`, last
+        if constructed and name in ("num_labels", "id2label", "label2id"):
+            value = self._checked_label_change(name, value)
         # Runs after `strict`'s validation of the shared fields: validates the fields the methods declare.
         declared = method_config_fields().get(name)
         if declared is not None:
@@ -278,6 +288,9 @@ class XMAdapterConfig(PreTrainedConfig):
                 except (TypeError, ValueError) as error:
                     raise _field_error(name, value, field.type, error) from error
         super().__setattr__(name, value)
+        if constructed and name == "class_names":  # keep the labels in step (`_set_class_names` in classes.py)
+            self.id2label = dict(enumerate(self.class_names))
+            self.label2id = {label: i for i, label in enumerate(self.class_names)}
 
     def default_hard_sample_strength(self) -> float:
         """What `hard_sample_strength=None` resolves to for `method`: 1.0 where the method measures the cross-modal
@@ -333,6 +346,33 @@ class XMAdapterConfig(PreTrainedConfig):
             )
         self.id2label = derived
         self.label2id = {name: i for i, name in derived.items()}
+
+    def _checked_label_change(self, name: str, value):
+        """``value`` for `num_labels`/`id2label`/`label2id` assigned after construction, normalised, when it agrees
+        with `class_names`; anything else is refused (it was accepted and saved, and the adapter then failed to load).
+        transformers sets these during construction (`__post_init__`, `from_dict`), before this check applies."""
+        names = self.class_names
+        expected = {"id2label": dict(enumerate(names)), "label2id": {label: i for i, label in enumerate(names)}}
+        try:
+            if name == "num_labels":
+                given = value
+                agrees = isinstance(value, int) and not isinstance(value, bool) and value == len(names)
+            elif name == "id2label":
+                given = value = {int(k): v for k, v in value.items()}
+                agrees = value == expected[name]
+            else:
+                given = value = {k: int(v) for k, v in value.items()}
+                agrees = value == expected[name]
+        except (AttributeError, TypeError, ValueError):
+            given, agrees = value, False
+        if not agrees:
+            raise ConfigValueError(
+                f"`{name}` follows `class_names` ({len(names)} classes) and cannot be set to {given!r:.200}. To give "
+                "the adapter more classes call `model.add_classes(new_names, support_set)`; for other classes load it "
+                "with `XMAdapterForImageClassification.from_pretrained(path, class_names=[...])` "
+                "(docs/add-classes.md)."
+            )
+        return value
 
     # -------------------------------------------------------------------------------------------------- helpers
     @property

@@ -9,7 +9,14 @@ from .methods import get_method_class, registered_methods
 from .selection import is_pending, method_class, pending_message
 from .validation import describe
 
-__all__ = ["check_inputs", "check_trainable", "checked_backbone", "expected_adapter_shapes", "own_buffers"]
+__all__ = [
+    "backbone_seed",
+    "check_inputs",
+    "check_trainable",
+    "checked_backbone",
+    "expected_adapter_shapes",
+    "own_buffers",
+]
 
 
 def own_buffers(config: XMAdapterConfig, dim: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
@@ -61,7 +68,17 @@ def _backbone_of(config: XMAdapterConfig):
             "`XMAdapterForImageClassification.from_pretrained(path)`, build one with `from_clip(...)`, or pass "
             "`clip_model=`."
         )
-    return bb.backbone_from_config(config.backbone_config)
+    # seeded, so that the backbone is a function of the config alone: `from_pretrained` rebuilds the same one
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(backbone_seed(config))
+        return bb.backbone_from_config(config.backbone_config)
+
+
+def backbone_seed(config: XMAdapterConfig) -> int:
+    """The seed of a backbone built from `config.backbone_config`: `backbone_init_seed`, else the adapter's seed."""
+    if config.backbone_init_seed is not None:
+        return config.backbone_init_seed
+    return config.seed if config.seed is not None else 0
 
 
 def check_inputs(model, pixel_values, image_embeds, labels, cache_index) -> None:

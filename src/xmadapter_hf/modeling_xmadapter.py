@@ -20,7 +20,7 @@ from .configuration_xmadapter import XMAdapterConfig
 from .methods import AdapterMethod, CacheState
 from .methods.memo import Memo
 from .modeling_cache import AdapterCacheMixin
-from .modeling_checks import check_inputs, checked_backbone, expected_adapter_shapes, own_buffers
+from .modeling_checks import backbone_seed, check_inputs, checked_backbone, expected_adapter_shapes, own_buffers
 from .modeling_outputs import METHOD_OUTPUT_FIELDS, XMAdapterImageClassifierOutput
 from .selection import is_pending, method_class, pending_message
 from .training.losses import adapter_loss
@@ -55,14 +55,26 @@ class XMAdapterForImageClassification(AdapterCacheMixin, PreTrainedModel):
     # forward normalises the loss by Trainer's `num_items_in_batch` itself (see training/losses.py)
     accepts_loss_kwargs = True
     _no_split_modules = []
+    # The attention implementations the CLIP backbone supports (`CLIPPreTrainedModel` declares the same); the one asked
+    # for at construction (`config._attn_implementation`, `attn_implementation=` of `_from_config`/`from_config`/
+    # `from_pretrained`) is applied to the backbone, whose own check has the last word (`backbone.match_attention`).
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
 
     def __init__(self, config: XMAdapterConfig, clip_model=None, processor=None):
         # Validate before building anything; if anything still fails, the caller's config is left as it was (the
         # parent constructor sets attributes on it).
+        requested_attention = config._attn_implementation  # None: the backbone's own (the parent resolves None)
+        built_from_config = clip_model is None
         clip_model, dim = checked_backbone(config, clip_model)
         before = dict(config.__dict__)
         try:
             self._build(config, clip_model, processor, dim)
+            bb.match_attention(self, requested_attention)
+            if built_from_config:  # `from_pretrained` rebuilds this backbone (it names none to load)
+                config.backbone_init_seed = backbone_seed(config)
         except BaseException:
             config.__dict__.clear()
             config.__dict__.update(before)
@@ -86,6 +98,7 @@ class XMAdapterForImageClassification(AdapterCacheMixin, PreTrainedModel):
         self._keys_to_ignore_on_save = {key for key in self.state_dict() if key.startswith("clip.")}
         self.cache_shots: int | None = None  # K of a cache sorted by class with K per class (`refresh_cache_layout`)
         self.register_load_state_dict_post_hook(lambda module, keys: module.refresh_cache_layout())
+        self.register_state_dict_post_hook(_with_vision_fingerprint)
         config.projection_dim = dim
         if config.backbone_config is None:
             config.backbone_config = bb.backbone_config(clip_model)
@@ -102,11 +115,14 @@ class XMAdapterForImageClassification(AdapterCacheMixin, PreTrainedModel):
     # ------------------------------------------------------------------------------------------ initialisation
     def _init_weights(self, module):
         # Only the adapter's own modules: the backbone arrives initialised (or loaded) and must not change.
-        if module is self or isinstance(module, Memo):
+        if module is self or isinstance(module, (Memo, AdapterMethod)):
             # The buffers' construction values (zeros: an all-zero probe embedding reads as "none held", label 0 is
-            # in range), so that meta-device construction + `to_empty()` + `init_weights()` defines every buffer.
+            # in range, zero Gaussian statistics are "no Gaussian term" until `build_cache`), so that meta-device
+            # construction + `to_empty()` + `init_weights()` defines every buffer.
             for buffer in module.buffers(recurse=False):
                 init.zeros_(buffer)
+            if isinstance(module, Memo):
+                module.reset()  # nothing remembered: a NaN fingerprint, as construction leaves it
         kind = getattr(module, "_xmadapter_init", None)
         if kind is not None:
             if kind == "zeros":
@@ -117,6 +133,11 @@ class XMAdapterForImageClassification(AdapterCacheMixin, PreTrainedModel):
                 init.zeros_(module.bias)
         elif isinstance(module, AdapterMethod) and hasattr(module, "reset_own_parameters"):
             module.reset_own_parameters()
+
+    def get_input_embeddings(self):
+        """The backbone's vision input embedding (CLIP's patch embedding, a `Conv2d`), as `CLIPVisionModel` returns:
+        the model reads images only."""
+        return self.clip.vision_model.get_input_embeddings()
 
     def train(self, mode: bool = True):
         """As `nn.Module.train`, but the frozen backbone always stays in eval mode (dropout off)."""
@@ -344,3 +365,12 @@ class XMAdapterForImageClassification(AdapterCacheMixin, PreTrainedModel):
             cls, pretrained_model_name_or_path, config=config, clip_model=clip_model, processor=processor,
             dtype=dtype, device_map=device_map, **kwargs,
         )  # fmt: skip
+
+
+def _with_vision_fingerprint(model, state_dict, prefix, local_metadata) -> None:
+    """`state_dict()` holds what `save_pretrained` writes for `probe_image_embed`: the fingerprint the model holds, or
+    the backbone's where it holds none (see `vision_fingerprint`), so that a state dict or a save round-trips."""
+    key = f"{prefix}probe_image_embed"
+    held = state_dict.get(key)
+    if held is not None and not held.is_meta and not torch.any(held != 0):
+        state_dict[key] = model.vision_fingerprint().to(held)
