@@ -7,6 +7,7 @@ driver the browser test is skipped, with the reason, except under CI=true, where
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -27,6 +28,7 @@ pytest.importorskip("gradio", reason='the app extra (pip install "xmadapter-hf[a
 
 ROOT = Path(__file__).resolve().parents[1]
 NEW = "yellow grid"
+IMAGE = Path("test", "red zigzag", "000.png")  # the image both the API and the page classify
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver")
 
 
@@ -36,32 +38,56 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+IMPORT_CHECK = (
+    "import sys, xmadapter_hf, xmadapter_hf.app, xmadapter_hf.cli; "
+    "assert 'gradio' not in sys.modules, 'gradio imported'; print('ok')"
+)
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    """The exported demo images and an XMAdapter fitted on every class but NEW (4 shots)."""
+    """The exported demo images and an XMAdapter fitted on every class but NEW (4 shots, 1 augmented view, 2 epochs,
+    its values and temperature chosen on 4 validation images per class). Meanwhile the import check of
+    `test_import_xmadapter_hf_does_not_import_gradio` runs in a fresh process (it costs an import of torch)."""
     from xmadapter_hf.cli import main
     from xmadapter_hf.demo import export_images
 
+    probe = subprocess.Popen([sys.executable, "-c", IMPORT_CHECK], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)  # fmt: skip
     work = tmp_path_factory.mktemp("app")
     images = export_images(work / "images", shots=4, seed=0)
     base = work / "base"
-    for split in ("train", "validation"):
-        for folder in (images / split).iterdir():
-            if folder.name != NEW:
-                (base / split).mkdir(parents=True, exist_ok=True)
-                (base / split / folder.name).symlink_to(folder)
+    for folder in (images / "train").iterdir():
+        if folder.name != NEW:
+            (base / "train").mkdir(parents=True, exist_ok=True)
+            (base / "train" / folder.name).symlink_to(folder)
+            (base / "validation" / folder.name).mkdir(parents=True)
+            for file in sorted((images / "validation" / folder.name).iterdir())[:4]:
+                (base / "validation" / folder.name / file.name).symlink_to(file)
     adapter = work / "adapter"
     status = main(
         ["fit", "--data", str(base), "--shots", "4", "--augment-views", "1", "--epochs", "2", "--output", str(adapter),
          "--no-progress"]
     )  # fmt: skip
     assert status == 0
-    return images, adapter, work
+    return images, adapter, work, probe
+
+
+def _predict_json(adapter: Path, image: Path) -> dict:
+    """`xmadapter predict ADAPTER IMAGE --json --top-k 5`, run by the CLI's own `main` in this process."""
+    from xmadapter_hf.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["predict", str(adapter), str(image), "--json", "--top-k", "5", "--no-progress"]) == 0
+    return json.loads(out.getvalue())[0]
 
 
 @pytest.fixture(scope="module")
 def server(demo):
-    images, adapter, work = demo
+    """The URL of `xmadapter serve` on the adapter, and `xmadapter predict`'s answer on IMAGE (computed while the
+    server starts)."""
+    images, adapter, work, _ = demo
     port = _free_port()
     environment = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(work / "gradio")}
     log = open(work / "server.log", "w")  # noqa: SIM115
@@ -70,6 +96,7 @@ def server(demo):
          "--max-visitors", "4", "--threads", "2"],
         stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=work,
     )  # fmt: skip
+    expected = _predict_json(adapter, images / IMAGE)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 90
     while True:
@@ -80,8 +107,8 @@ def server(demo):
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
                 pytest.fail(f"the server did not start: {(work / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-    yield url
+            time.sleep(0.3)
+    yield url, expected
     process.terminate()
     try:
         process.wait(timeout=10)
@@ -91,14 +118,6 @@ def server(demo):
     text = (work / "server.log").read_text()
     assert "Traceback" not in text, text[-3000:]
     assert "gradio.live" not in text and "Running on public URL" not in text  # no share link
-
-
-def _predict_json(adapter: Path, image: Path) -> dict:
-    result = subprocess.run(
-        [sys.executable, "-m", "xmadapter_hf", "predict", str(adapter), str(image), "--json", "--top-k", "5"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return json.loads(result.stdout)[0]
 
 
 def _logits_of(folder: Path, image: Path) -> dict:
@@ -112,13 +131,9 @@ def _logits_of(folder: Path, image: Path) -> dict:
     return dict(zip(model.config.class_names, logits.tolist()))
 
 
-def test_import_xmadapter_hf_does_not_import_gradio():
-    code = (
-        "import sys, xmadapter_hf, xmadapter_hf.app, xmadapter_hf.cli; "
-        "assert 'gradio' not in sys.modules, 'gradio imported'; print('ok')"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.stdout.strip() == "ok", result.stderr
+def test_import_xmadapter_hf_does_not_import_gradio(demo):
+    stdout, stderr = demo[3].communicate(timeout=120)  # started by the `demo` fixture, in a fresh process
+    assert stdout.strip() == "ok", stderr
 
 
 def test_visitor_copies_are_capped_and_expire():
@@ -141,11 +156,10 @@ def test_visitor_copies_are_capped_and_expire():
 def test_api_matches_predict_and_grown_zip_loads_with_the_same_logits(server, demo, tmp_path):
     from gradio_client import Client, handle_file
 
-    images, adapter, _ = demo
-    image = images / "test" / "red zigzag" / "000.png"
-    client = Client(server, verbose=False)
-    details = json.loads(client.predict(handle_file(str(image)), api_name="/classify")[3])
-    expected = _predict_json(adapter, image)
+    images, _, _, _ = demo
+    url, expected = server
+    client = Client(url, verbose=False)
+    details = json.loads(client.predict(handle_file(str(images / IMAGE)), api_name="/classify")[3])
     assert details["predictions"][0]["label"] == expected["predictions"][0]["label"]
     for got, want in zip(details["predictions"], expected["predictions"], strict=True):
         assert got["label"] == want["label"]
@@ -165,16 +179,16 @@ def test_api_matches_predict_and_grown_zip_loads_with_the_same_logits(server, de
     assert torch.allclose(
         torch.tensor(list(logits.values())), torch.tensor(list(details["logits"].values())), atol=1e-5
     )
-    other = json.loads(Client(server, verbose=False).predict(handle_file(str(fifth)), api_name="/classify")[3])
+    other = json.loads(Client(url, verbose=False).predict(handle_file(str(fifth)), api_name="/classify")[3])
     assert NEW not in other["logits"]  # another client (session) never sees the class
 
 
 def test_32_concurrent_requests_are_answered_within_30_seconds(server, demo):
     from gradio_client import Client, handle_file
 
-    images, _, _ = demo
+    images = demo[0]
     files = sorted((images / "test").rglob("*.png"))[:32]
-    client = Client(server, verbose=False)
+    client = Client(server[0], verbose=False)
     start = time.monotonic()
     jobs = [client.submit(handle_file(str(file)), api_name="/classify") for file in files]
     results = [json.loads(job.result(timeout=30)[3]) for job in jobs]
@@ -184,7 +198,7 @@ def test_32_concurrent_requests_are_answered_within_30_seconds(server, demo):
 
 
 def test_file_routes_never_read_a_server_path(server, demo):
-    _, adapter, work = demo
+    _, adapter, work, _ = demo
     secret = adapter / "config.json"
     probes = [
         f"gradio_api/file={secret}", "gradio_api/file=../../../../etc/passwd", "gradio_api/file=/etc/passwd",
@@ -194,7 +208,7 @@ def test_file_routes_never_read_a_server_path(server, demo):
     ]  # fmt: skip
     for probe in probes:
         try:
-            with urllib.request.urlopen(server + probe, timeout=10) as response:
+            with urllib.request.urlopen(server[0] + probe, timeout=10) as response:
                 body = response.read()
         except urllib.error.HTTPError:
             continue  # refused
@@ -252,18 +266,18 @@ def _tab(driver, name: str) -> None:
 def test_browser_classify_add_a_class_download_and_errors(server, demo, tmp_path):
     from selenium.webdriver.common.by import By
 
-    images, adapter, _ = demo
-    image = images / "test" / "red zigzag" / "000.png"
+    images = demo[0]
+    url, expected = server
     fifth = images / "test" / NEW / "000.png"
     first, second = _browser(), _browser()
     try:
-        first.get(server)
-        second.get(server)
+        first.get(url)
+        second.get(url)
         # classify: the page's top class and score are `xmadapter predict`'s
-        _upload(first, "#image", [image])
+        _upload(first, "#image", [images / IMAGE])
         top = _text(first, "#top", contains="Top class")
-        expected = _predict_json(adapter, image)["predictions"][0]
-        assert f"Top class: {expected['label']}, score {expected['score']:.4f}" in top, top
+        best = expected["predictions"][0]
+        assert f"Top class: {best['label']}, score {best['score']:.4f}" in top, top
         time.sleep(1)  # the bar chart draws
         first.save_screenshot(str(tmp_path / "page.png"))
         if os.environ.get("XMADAPTER_UPDATE_SCREENSHOT") == "1":  # docs/app.md's picture, written on request only
