@@ -31,18 +31,18 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    try:
-        import gradio  # noqa: F401
-    except ImportError as error:
-        raise CLIError('`xmadapter space` needs gradio: pip install "xmadapter-hf[app]"') from error
-    from ..app.space import write_space
-
     output = Path(args.output)
     if output.exists() and not output.is_dir():
         raise CLIError(f"output {args.output!r} is a file")
     if output.is_dir() and any(output.iterdir()) and not args.overwrite:
         raise CLIError(f"output {args.output!r} is not empty: pass --overwrite to write into it")
     check_adapter(args.adapter)
+    try:  # the Space's sdk_version is the installed gradio's
+        import gradio  # noqa: F401
+    except ImportError as error:
+        raise CLIError('`xmadapter space` needs gradio: pip install "xmadapter-hf[app]"') from error
+    from ..app.space import write_space
+
     written = write_space(
         args.adapter, output, model_id=args.model_id, revision=args.revision, base_model_id=args.base_model_id,
         title=args.title, overwrite=args.overwrite,
