@@ -340,3 +340,96 @@ def test_browser_classify_add_a_class_download_and_errors(server, demo, tmp_path
     finally:
         first.quit()
         second.quit()
+
+
+def test_space_writes_a_ready_space_with_a_copy_of_the_adapter(demo, tmp_path, capsys):
+    """`xmadapter space` on a local adapter built on the demo CLIP: the copy, `app.py` calling the library's app on
+    the installed demo CLIP, the pins, the front matter; a local backbone it cannot ship is refused before anything
+    is written (scripts/check_space.sh starts such a folder in a fresh virtualenv)."""
+    import gradio
+
+    from xmadapter_hf import __version__
+    from xmadapter_hf.app import write_space
+    from xmadapter_hf.cli import main
+
+    _, adapter, _, _ = demo
+    space = tmp_path / "space"
+    assert main(["space", str(adapter), "--output", str(space), "--title", "Demo adapter"]) == 0
+    assert sorted(p.name for p in space.iterdir()) == ["README.md", "adapter", "app.py", "requirements.txt"]
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json"):
+        assert (space / "adapter" / name).read_bytes() == (adapter / name).read_bytes()
+    app = (space / "app.py").read_text()
+    assert "from xmadapter_hf.app import run_space" in app and "backbone='demo'" in app
+    assert "ADAPTER = str(Path(__file__).resolve().parent / 'adapter')" in app and str(adapter) not in app
+    requirements = (space / "requirements.txt").read_text().splitlines()
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in requirements
+    assert f"torch=={torch.__version__.split('+')[0]}" in requirements
+    assert f"xmadapter-hf[app]=={__version__}" in requirements
+    readme = (space / "README.md").read_text()
+    assert readme.startswith("---\ntitle: Demo adapter\nsdk: gradio\n")
+    assert f"sdk_version: {gradio.__version__}\napp_file: app.py\n" in readme and "models:" not in readme
+    # a Hub repo id: loaded from the Hub, linked in `models:`; nothing copied
+    assert main(["space", "me/adapter", "--output", str(tmp_path / "hub")]) == 0
+    assert "ADAPTER = 'me/adapter'" in (tmp_path / "hub" / "app.py").read_text()
+    assert "models:\n- me/adapter\n" in (tmp_path / "hub" / "README.md").read_text()
+    assert not (tmp_path / "hub" / "adapter").exists()
+    # an adapter whose backbone is a local folder other than the demo CLIP: refused, nothing written
+    other = tmp_path / "other"
+    shutil.copytree(adapter, other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "base_model_name_or_path": str(tmp_path)}))
+    with pytest.raises(ValueError, match="the Space cannot read .* pass `base_model_id=`"):
+        write_space(str(other), tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    assert main(["space", str(other), "--output", str(tmp_path / "given"), "--base-model-id", "me/clip"]) == 0
+    assert json.loads((tmp_path / "given" / "adapter" / "config.json").read_text())["base_model_name_or_path"] == (
+        "me/clip"
+    )
+    capsys.readouterr()
+    assert main(["space", str(adapter), "--output", str(space)]) == 1  # not empty, no --overwrite
+    assert "is not empty: pass --overwrite" in capsys.readouterr().err
+
+
+def test_support_closest_images_come_from_the_extracted_support_embeddings(demo, tmp_path):
+    """`--support DIR` (as `load_served` gives it): the closest support images are DIR's files with their folders'
+    classes, ranked by cosine with the support embeddings as extracted (the mean of the adapter's views,
+    normalised), not the adapter's trained keys."""
+    from xmadapter_hf.app import load_served
+    from xmadapter_hf.data.extraction import extract_embeddings
+
+    images, adapter, _, _ = demo
+    support = tmp_path / "support"
+    for name in ("red zigzag", "blue grid", NEW):
+        (support / name).mkdir(parents=True)
+        for file in sorted((images / "test" / name).iterdir())[:2]:
+            shutil.copy(file, support / name / file.name)
+    served = load_served(str(adapter), str(support))
+    assert served.class_names() == ["blue grid", "red zigzag", NEW]  # DIR's classes, sorted
+    query = support / NEW / "000.png"
+    result = served.classify(query, neighbours=6)
+    closest = result["closest"]
+    assert len(closest) == 6 and closest[0]["file"] == str(query)  # the query itself is in DIR: nearest
+    for item in closest:
+        assert Path(item["file"]).parent.parent == support and Path(item["file"]).parent.name == item["label"]
+    assert [item["similarity"] for item in closest] == sorted((item["similarity"] for item in closest), reverse=True)
+    # recomputed here from the extraction and the query's own image embedding
+    import datasets
+
+    from xmadapter_hf.cli.data import open_support
+
+    dataset = open_support(str(support))[0]
+    files = [item["path"] for item in dataset.cast_column("image", datasets.Image(decode=False))["image"]]
+    extracted = extract_embeddings(served.model.clip, served.model.processor, dataset,
+                                   augment_views=served.model.config.augment_views, seed=served.model.config.seed,
+                                   show_progress=False)  # fmt: skip
+    keys = torch.nn.functional.normalize(extracted.embeds.float().mean(dim=0), dim=-1)
+    assert torch.allclose(served.support.embeds, keys, atol=1e-6)
+    from xmadapter_hf.data.images import load_image
+
+    pixels = served.model.processor.image_processor(images=[load_image(query)], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        embed = served.model(pixel_values=pixels).image_embeds[0]
+    cosine = keys @ embed.float()
+    want = sorted(zip(cosine.tolist(), files), reverse=True)
+    assert [item["file"] for item in closest] == [file for _, file in want]
+    assert [item["similarity"] for item in closest] == pytest.approx([value for value, _ in want], abs=1e-5)

@@ -129,7 +129,6 @@ def batch(demo_folder, tmp_path_factory):
         "bad push": ["push", adapter, "me/adapter"],  # a local backbone and no --base-model-id
         "bad add-classes": ["add-classes", adapter, "--support", work / "missing", "--output", work / "grown"],
         "bad export": ["export", adapter, work / "onnx-bad", "--what", "everything"],
-        "space": ["space", adapter, "--output", work / "space", "--title", "Demo adapter"],
         "bad space": ["space", adapter, "--output", demo_folder],  # not empty
         "bad push space": ["push", adapter, "me/adapter", "--base-model-id", "me/clip", "--space", "no-namespace"],
         "debug fit data": ["--debug", "fit", "--data", work / "missing", "--output", work / "out"],
@@ -258,32 +257,6 @@ def test_bad_input_ends_every_command_with_one_line(batch):
     line = _one_line_error(results["bad hub name"], "fit")  # HF_HUB_OFFLINE=1: the cache only, and both readings
     assert "'no-such-user/no-such-dataset': no such folder here, and as a Hub dataset name: not in the local" in line
     assert not (work / "out").exists() and not (work / "onnx-bad").exists() and not (work / "grown").exists()
-
-
-def test_space_writes_a_ready_space_with_a_copy_of_the_adapter(batch):
-    """`xmadapter space` on a local adapter built on the demo CLIP: the copy, `app.py` calling the library's app on
-    the installed demo CLIP, the pins and the front matter (scripts/check_space.sh starts such a folder)."""
-    import gradio
-    import torch
-
-    from xmadapter_hf import __version__
-
-    results, work, _ = batch
-    assert "wrote" in _ok(results["space"])
-    space = work / "space"
-    assert sorted(p.name for p in space.iterdir()) == ["README.md", "adapter", "app.py", "requirements.txt"]
-    for name in ("config.json", "model.safetensors", "preprocessor_config.json"):
-        assert (space / "adapter" / name).read_bytes() == (work / "adapter" / name).read_bytes()
-    app = (space / "app.py").read_text()
-    assert "from xmadapter_hf.app import run_space" in app and "backbone='demo'" in app
-    assert "ADAPTER = str(Path(__file__).resolve().parent / 'adapter')" in app and str(work) not in app
-    requirements = (space / "requirements.txt").read_text().splitlines()
-    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in requirements
-    assert f"torch=={torch.__version__.split('+')[0]}" in requirements
-    assert f"xmadapter-hf[app]=={__version__}" in requirements
-    readme = (space / "README.md").read_text()
-    assert readme.startswith("---\ntitle: Demo adapter\nsdk: gradio\n")
-    assert f"sdk_version: {gradio.__version__}\napp_file: app.py\n" in readme and "models:" not in readme
 
 
 def test_every_command_has_help_and_debug_shows_the_traceback(batch):
