@@ -7,6 +7,7 @@ driver the browser test is skipped, with the reason, except under CI=true, where
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -27,6 +28,7 @@ pytest.importorskip("gradio", reason='the app extra (pip install "xmadapter-hf[a
 
 ROOT = Path(__file__).resolve().parents[1]
 NEW = "yellow grid"
+IMAGE = Path("test", "red zigzag", "000.png")  # the image both the API and the page classify
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver")
 
 
@@ -36,32 +38,56 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+IMPORT_CHECK = (
+    "import sys, xmadapter_hf, xmadapter_hf.app, xmadapter_hf.cli; "
+    "assert 'gradio' not in sys.modules, 'gradio imported'; print('ok')"
+)
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    """The exported demo images and an XMAdapter fitted on every class but NEW (4 shots)."""
+    """The exported demo images and an XMAdapter fitted on every class but NEW (4 shots, 1 augmented view, 2 epochs,
+    its values and temperature chosen on 4 validation images per class). Meanwhile the import check of
+    `test_import_xmadapter_hf_does_not_import_gradio` runs in a fresh process (it costs an import of torch)."""
     from xmadapter_hf.cli import main
     from xmadapter_hf.demo import export_images
 
+    probe = subprocess.Popen([sys.executable, "-c", IMPORT_CHECK], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)  # fmt: skip
     work = tmp_path_factory.mktemp("app")
     images = export_images(work / "images", shots=4, seed=0)
     base = work / "base"
-    for split in ("train", "validation"):
-        for folder in (images / split).iterdir():
-            if folder.name != NEW:
-                (base / split).mkdir(parents=True, exist_ok=True)
-                (base / split / folder.name).symlink_to(folder)
+    for folder in (images / "train").iterdir():
+        if folder.name != NEW:
+            (base / "train").mkdir(parents=True, exist_ok=True)
+            (base / "train" / folder.name).symlink_to(folder)
+            (base / "validation" / folder.name).mkdir(parents=True)
+            for file in sorted((images / "validation" / folder.name).iterdir())[:4]:
+                (base / "validation" / folder.name / file.name).symlink_to(file)
     adapter = work / "adapter"
     status = main(
         ["fit", "--data", str(base), "--shots", "4", "--augment-views", "1", "--epochs", "2", "--output", str(adapter),
          "--no-progress"]
     )  # fmt: skip
     assert status == 0
-    return images, adapter, work
+    return images, adapter, work, probe
+
+
+def _predict_json(adapter: Path, image: Path) -> dict:
+    """`xmadapter predict ADAPTER IMAGE --json --top-k 5`, run by the CLI's own `main` in this process."""
+    from xmadapter_hf.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["predict", str(adapter), str(image), "--json", "--top-k", "5", "--no-progress"]) == 0
+    return json.loads(out.getvalue())[0]
 
 
 @pytest.fixture(scope="module")
 def server(demo):
-    images, adapter, work = demo
+    """The URL of `xmadapter serve` on the adapter, and `xmadapter predict`'s answer on IMAGE (computed while the
+    server starts)."""
+    images, adapter, work, _ = demo
     port = _free_port()
     environment = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(work / "gradio")}
     log = open(work / "server.log", "w")  # noqa: SIM115
@@ -70,6 +96,7 @@ def server(demo):
          "--max-visitors", "4", "--threads", "2"],
         stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=work,
     )  # fmt: skip
+    expected = _predict_json(adapter, images / IMAGE)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 90
     while True:
@@ -80,8 +107,8 @@ def server(demo):
             if process.poll() is not None or time.monotonic() > deadline:
                 process.kill()
                 pytest.fail(f"the server did not start: {(work / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-    yield url
+            time.sleep(0.3)
+    yield url, expected
     process.terminate()
     try:
         process.wait(timeout=10)
@@ -91,14 +118,6 @@ def server(demo):
     text = (work / "server.log").read_text()
     assert "Traceback" not in text, text[-3000:]
     assert "gradio.live" not in text and "Running on public URL" not in text  # no share link
-
-
-def _predict_json(adapter: Path, image: Path) -> dict:
-    result = subprocess.run(
-        [sys.executable, "-m", "xmadapter_hf", "predict", str(adapter), str(image), "--json", "--top-k", "5"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return json.loads(result.stdout)[0]
 
 
 def _logits_of(folder: Path, image: Path) -> dict:
@@ -112,13 +131,9 @@ def _logits_of(folder: Path, image: Path) -> dict:
     return dict(zip(model.config.class_names, logits.tolist()))
 
 
-def test_import_xmadapter_hf_does_not_import_gradio():
-    code = (
-        "import sys, xmadapter_hf, xmadapter_hf.app, xmadapter_hf.cli; "
-        "assert 'gradio' not in sys.modules, 'gradio imported'; print('ok')"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert result.stdout.strip() == "ok", result.stderr
+def test_import_xmadapter_hf_does_not_import_gradio(demo):
+    stdout, stderr = demo[3].communicate(timeout=120)  # started by the `demo` fixture, in a fresh process
+    assert stdout.strip() == "ok", stderr
 
 
 def test_visitor_copies_are_capped_and_expire():
@@ -141,11 +156,10 @@ def test_visitor_copies_are_capped_and_expire():
 def test_api_matches_predict_and_grown_zip_loads_with_the_same_logits(server, demo, tmp_path):
     from gradio_client import Client, handle_file
 
-    images, adapter, _ = demo
-    image = images / "test" / "red zigzag" / "000.png"
-    client = Client(server, verbose=False)
-    details = json.loads(client.predict(handle_file(str(image)), api_name="/classify")[3])
-    expected = _predict_json(adapter, image)
+    images, _, _, _ = demo
+    url, expected = server
+    client = Client(url, verbose=False)
+    details = json.loads(client.predict(handle_file(str(images / IMAGE)), api_name="/classify")[3])
     assert details["predictions"][0]["label"] == expected["predictions"][0]["label"]
     for got, want in zip(details["predictions"], expected["predictions"], strict=True):
         assert got["label"] == want["label"]
@@ -165,16 +179,16 @@ def test_api_matches_predict_and_grown_zip_loads_with_the_same_logits(server, de
     assert torch.allclose(
         torch.tensor(list(logits.values())), torch.tensor(list(details["logits"].values())), atol=1e-5
     )
-    other = json.loads(Client(server, verbose=False).predict(handle_file(str(fifth)), api_name="/classify")[3])
+    other = json.loads(Client(url, verbose=False).predict(handle_file(str(fifth)), api_name="/classify")[3])
     assert NEW not in other["logits"]  # another client (session) never sees the class
 
 
 def test_32_concurrent_requests_are_answered_within_30_seconds(server, demo):
     from gradio_client import Client, handle_file
 
-    images, _, _ = demo
+    images = demo[0]
     files = sorted((images / "test").rglob("*.png"))[:32]
-    client = Client(server, verbose=False)
+    client = Client(server[0], verbose=False)
     start = time.monotonic()
     jobs = [client.submit(handle_file(str(file)), api_name="/classify") for file in files]
     results = [json.loads(job.result(timeout=30)[3]) for job in jobs]
@@ -184,7 +198,7 @@ def test_32_concurrent_requests_are_answered_within_30_seconds(server, demo):
 
 
 def test_file_routes_never_read_a_server_path(server, demo):
-    _, adapter, work = demo
+    _, adapter, work, _ = demo
     secret = adapter / "config.json"
     probes = [
         f"gradio_api/file={secret}", "gradio_api/file=../../../../etc/passwd", "gradio_api/file=/etc/passwd",
@@ -194,7 +208,7 @@ def test_file_routes_never_read_a_server_path(server, demo):
     ]  # fmt: skip
     for probe in probes:
         try:
-            with urllib.request.urlopen(server + probe, timeout=10) as response:
+            with urllib.request.urlopen(server[0] + probe, timeout=10) as response:
                 body = response.read()
         except urllib.error.HTTPError:
             continue  # refused
@@ -252,18 +266,18 @@ def _tab(driver, name: str) -> None:
 def test_browser_classify_add_a_class_download_and_errors(server, demo, tmp_path):
     from selenium.webdriver.common.by import By
 
-    images, adapter, _ = demo
-    image = images / "test" / "red zigzag" / "000.png"
+    images = demo[0]
+    url, expected = server
     fifth = images / "test" / NEW / "000.png"
     first, second = _browser(), _browser()
     try:
-        first.get(server)
-        second.get(server)
+        first.get(url)
+        second.get(url)
         # classify: the page's top class and score are `xmadapter predict`'s
-        _upload(first, "#image", [image])
+        _upload(first, "#image", [images / IMAGE])
         top = _text(first, "#top", contains="Top class")
-        expected = _predict_json(adapter, image)["predictions"][0]
-        assert f"Top class: {expected['label']}, score {expected['score']:.4f}" in top, top
+        best = expected["predictions"][0]
+        assert f"Top class: {best['label']}, score {best['score']:.4f}" in top, top
         time.sleep(1)  # the bar chart draws
         first.save_screenshot(str(tmp_path / "page.png"))
         if os.environ.get("XMADAPTER_UPDATE_SCREENSHOT") == "1":  # docs/app.md's picture, written on request only
@@ -326,3 +340,96 @@ def test_browser_classify_add_a_class_download_and_errors(server, demo, tmp_path
     finally:
         first.quit()
         second.quit()
+
+
+def test_space_writes_a_ready_space_with_a_copy_of_the_adapter(demo, tmp_path, capsys):
+    """`xmadapter space` on a local adapter built on the demo CLIP: the copy, `app.py` calling the library's app on
+    the installed demo CLIP, the pins, the front matter; a local backbone it cannot ship is refused before anything
+    is written (scripts/check_space.sh starts such a folder in a fresh virtualenv)."""
+    import gradio
+
+    from xmadapter_hf import __version__
+    from xmadapter_hf.app import write_space
+    from xmadapter_hf.cli import main
+
+    _, adapter, _, _ = demo
+    space = tmp_path / "space"
+    assert main(["space", str(adapter), "--output", str(space), "--title", "Demo adapter"]) == 0
+    assert sorted(p.name for p in space.iterdir()) == ["README.md", "adapter", "app.py", "requirements.txt"]
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json"):
+        assert (space / "adapter" / name).read_bytes() == (adapter / name).read_bytes()
+    app = (space / "app.py").read_text()
+    assert "from xmadapter_hf.app import run_space" in app and "backbone='demo'" in app
+    assert "ADAPTER = str(Path(__file__).resolve().parent / 'adapter')" in app and str(adapter) not in app
+    requirements = (space / "requirements.txt").read_text().splitlines()
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in requirements
+    assert f"torch=={torch.__version__.split('+')[0]}" in requirements
+    assert f"xmadapter-hf[app]=={__version__}" in requirements
+    readme = (space / "README.md").read_text()
+    assert readme.startswith("---\ntitle: Demo adapter\nsdk: gradio\n")
+    assert f"sdk_version: {gradio.__version__}\napp_file: app.py\n" in readme and "models:" not in readme
+    # a Hub repo id: loaded from the Hub, linked in `models:`; nothing copied
+    assert main(["space", "me/adapter", "--output", str(tmp_path / "hub")]) == 0
+    assert "ADAPTER = 'me/adapter'" in (tmp_path / "hub" / "app.py").read_text()
+    assert "models:\n- me/adapter\n" in (tmp_path / "hub" / "README.md").read_text()
+    assert not (tmp_path / "hub" / "adapter").exists()
+    # an adapter whose backbone is a local folder other than the demo CLIP: refused, nothing written
+    other = tmp_path / "other"
+    shutil.copytree(adapter, other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "base_model_name_or_path": str(tmp_path)}))
+    with pytest.raises(ValueError, match="the Space cannot read .* pass `base_model_id=`"):
+        write_space(str(other), tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    assert main(["space", str(other), "--output", str(tmp_path / "given"), "--base-model-id", "me/clip"]) == 0
+    assert json.loads((tmp_path / "given" / "adapter" / "config.json").read_text())["base_model_name_or_path"] == (
+        "me/clip"
+    )
+    capsys.readouterr()
+    assert main(["space", str(adapter), "--output", str(space)]) == 1  # not empty, no --overwrite
+    assert "is not empty: pass --overwrite" in capsys.readouterr().err
+
+
+def test_support_closest_images_come_from_the_extracted_support_embeddings(demo, tmp_path):
+    """`--support DIR` (as `load_served` gives it): the closest support images are DIR's files with their folders'
+    classes, ranked by cosine with the support embeddings as extracted (the mean of the adapter's views,
+    normalised), not the adapter's trained keys."""
+    from xmadapter_hf.app import load_served
+    from xmadapter_hf.data.extraction import extract_embeddings
+
+    images, adapter, _, _ = demo
+    support = tmp_path / "support"
+    for name in ("red zigzag", "blue grid", NEW):
+        (support / name).mkdir(parents=True)
+        for file in sorted((images / "test" / name).iterdir())[:2]:
+            shutil.copy(file, support / name / file.name)
+    served = load_served(str(adapter), str(support))
+    assert served.class_names() == ["blue grid", "red zigzag", NEW]  # DIR's classes, sorted
+    query = support / NEW / "000.png"
+    result = served.classify(query, neighbours=6)
+    closest = result["closest"]
+    assert len(closest) == 6 and closest[0]["file"] == str(query)  # the query itself is in DIR: nearest
+    for item in closest:
+        assert Path(item["file"]).parent.parent == support and Path(item["file"]).parent.name == item["label"]
+    assert [item["similarity"] for item in closest] == sorted((item["similarity"] for item in closest), reverse=True)
+    # recomputed here from the extraction and the query's own image embedding
+    import datasets
+
+    from xmadapter_hf.cli.data import open_support
+
+    dataset = open_support(str(support))[0]
+    files = [item["path"] for item in dataset.cast_column("image", datasets.Image(decode=False))["image"]]
+    extracted = extract_embeddings(served.model.clip, served.model.processor, dataset,
+                                   augment_views=served.model.config.augment_views, seed=served.model.config.seed,
+                                   show_progress=False)  # fmt: skip
+    keys = torch.nn.functional.normalize(extracted.embeds.float().mean(dim=0), dim=-1)
+    assert torch.allclose(served.support.embeds, keys, atol=1e-6)
+    from xmadapter_hf.data.images import load_image
+
+    pixels = served.model.processor.image_processor(images=[load_image(query)], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        embed = served.model(pixel_values=pixels).image_embeds[0]
+    cosine = keys @ embed.float()
+    want = sorted(zip(cosine.tolist(), files), reverse=True)
+    assert [item["file"] for item in closest] == [file for _, file in want]
+    assert [item["similarity"] for item in closest] == pytest.approx([value for value, _ in want], abs=1e-5)

@@ -26,7 +26,19 @@ from PIL import Image
 from xmadapter_hf.demo import DEMO_CLASSES, export_images
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMAND_NAMES = ("demo", "fit", "eval", "predict", "search", "add-classes", "push", "export", "reproduce", "serve")
+COMMAND_NAMES = (
+    "demo",
+    "fit",
+    "eval",
+    "predict",
+    "search",
+    "add-classes",
+    "push",
+    "export",
+    "reproduce",
+    "serve",
+    "space",
+)
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 
@@ -117,6 +129,8 @@ def batch(demo_folder, tmp_path_factory):
         "bad push": ["push", adapter, "me/adapter"],  # a local backbone and no --base-model-id
         "bad add-classes": ["add-classes", adapter, "--support", work / "missing", "--output", work / "grown"],
         "bad export": ["export", adapter, work / "onnx-bad", "--what", "everything"],
+        "bad space": ["space", adapter, "--output", demo_folder],  # not empty
+        "bad push space": ["push", adapter, "me/adapter", "--base-model-id", "me/clip", "--space", "no-namespace"],
         "debug fit data": ["--debug", "fit", "--data", work / "missing", "--output", work / "out"],
         **{f"help {name}": [name, "--help"] for name in COMMAND_NAMES},
     }
@@ -184,15 +198,30 @@ def test_eval_predict_search_export_on_the_fitted_adapter(batch, demo_folder):
     assert "head:" in _ok(results["export"]) and (work / "onnx" / "head.onnx").is_file()
 
 
-def test_push_sends_the_adapter_with_the_given_base_model_id(batch, local_hub, tmp_path):  # noqa: F811
+def test_push_sends_the_adapter_with_the_given_base_model_id_and_its_space(batch, local_hub, tmp_path):  # noqa: F811
+    import gradio
+
+    from xmadapter_hf import __version__
+
     _, work, _ = batch
     environment = {**hub_env(local_hub, tmp_path / "hf-home"), "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "xmadapter_hf", "push", str(work / "adapter"), "me/demo-adapter"]
-    result = _run(command + ["--base-model-id", "local-user/demo-clip"], environment)
-    assert "pushed" in _ok(result)
+    result = _run(command + ["--base-model-id", "local-user/demo-clip", "--space", "me/demo-space"], environment)
+    out = _ok(result)
+    assert "pushed" in out and "pushed its Space to me/demo-space" in out
     files = local_hub.files("me/demo-adapter")
     assert set(files) >= {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"}
     assert json.loads(files["config.json"])["base_model_name_or_path"] == "local-user/demo-clip"
+    # the Space, next to the model: it loads the pushed repo, and the two link to each other
+    space = local_hub.files("me/demo-space", repo_type="space")
+    assert set(space) == {"app.py", "requirements.txt", "README.md"}  # no copy of the adapter: it is on the Hub
+    assert "ADAPTER = 'me/demo-adapter'" in space["app.py"].decode()
+    assert "from xmadapter_hf.app import run_space" in space["app.py"].decode()
+    assert f"xmadapter-hf[app]=={__version__}" in space["requirements.txt"].decode().splitlines()
+    readme = space["README.md"].decode()
+    assert f"sdk: gradio\nsdk_version: {gradio.__version__}\napp_file: app.py\n" in readme
+    assert "models:\n- me/demo-adapter\n" in readme and f"({local_hub.endpoint}/me/demo-adapter)" in readme
+    assert f"the Space [me/demo-space]({local_hub.endpoint}/spaces/me/demo-space)" in files["README.md"].decode()
 
 
 def _one_line_error(result: subprocess.CompletedProcess, command: str) -> str:
@@ -215,6 +244,11 @@ def test_bad_input_ends_every_command_with_one_line(batch):
     assert "--support " in (line := _one_line_error(results["bad add-classes"], "add-classes"))
     assert "missing': no such folder" in line
     assert "invalid choice: 'everything'" in _one_line_error(results["bad export"], "export")
+    line = _one_line_error(results["bad space"], "space")
+    assert "images' is not empty: pass --overwrite to write into it" in line
+    assert "--space must be a Space id, user/name; got 'no-namespace'" in _one_line_error(
+        results["bad push space"], "push"
+    )
     line = _one_line_error(results["search without output"], "search")
     assert "pass --output DIR to write the searched adapter to a new folder, or --in-place" in line
     line = _one_line_error(results["bad export folder"], "export")

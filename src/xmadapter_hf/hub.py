@@ -64,8 +64,9 @@ def no_cache_note(config) -> str | None:
     )
 
 
-def build_model_card(config, repo_id: str, datasets: list[str] | None = None):
-    """Our model card (a `huggingface_hub.ModelCard`): YAML metadata, usage, method, shots, chosen values, results."""
+def build_model_card(config, repo_id: str, datasets: list[str] | None = None, space_id: str | None = None):
+    """Our model card (a `huggingface_hub.ModelCard`): YAML metadata, usage, method, shots, chosen values, results;
+    with ``space_id``, a link to the adapter's Space (`xmadapter push --space`)."""
     from huggingface_hub import ModelCard, ModelCardData
 
     evaluation = config.evaluation or {}
@@ -105,11 +106,17 @@ def build_model_card(config, repo_id: str, datasets: list[str] | None = None):
         dataset = evaluation.get("dataset", "the user's data")
         lines = "\n".join(f"| {name} | {_format(value)} |" for name, value in sorted(metrics.items()))
         results = f"\n## Results\n\nMeasured on {dataset} ({split}).\n\n| metric | value |\n|---|---|\n{lines}\n"
+    space = ""
+    if space_id:
+        from huggingface_hub import constants
+
+        url = f"{constants.ENDPOINT.rstrip('/')}/spaces/{space_id}"
+        space = f"\nTry it in a web page: the Space [{space_id}]({url}) (classify an image, add a class).\n"
     body = f"""# {repo_id}
 
 A few-shot image-classification adapter made with [xmadapter-hf](https://pypi.org/project/xmadapter-hf/) on a frozen
 CLIP backbone. This repository holds the adapter only; the backbone is downloaded from its own repository.
-{warning}
+{space}{warning}
 ## Usage
 
 ```python
@@ -178,11 +185,13 @@ def push_adapter_to_hub(
     create_pr: bool = False,
     base_model_id: str | None = None,
     datasets: list[str] | None = None,
+    space_id: str | None = None,
 ) -> str:
     """Uploads exactly the adapter files and our card to ``repo_id``; returns the commit URL.
 
     A `base_model_name_or_path` that is a local path would make the pushed repo unusable: it is refused unless
-    ``base_model_id`` names the Hub id to record in the pushed config and card.
+    ``base_model_id`` names the Hub id to record in the pushed config and card. ``space_id``: the card links the
+    adapter's Space there (`xmadapter push --space` uploads it after the adapter).
     """
     from huggingface_hub import HfApi
 
@@ -204,7 +213,7 @@ def push_adapter_to_hub(
         saved["base_model_name_or_path"] = base
         config_path.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
         card_config = type(model.config).from_dict(saved)
-        build_model_card(card_config, repo_id, datasets=datasets).save(Path(folder) / "README.md")
+        build_model_card(card_config, repo_id, datasets=datasets, space_id=space_id).save(Path(folder) / "README.md")
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         info = api.upload_folder(
             repo_id=repo_id,

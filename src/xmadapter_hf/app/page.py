@@ -155,12 +155,14 @@ def build_page(served: ServedAdapter, title: str = "Few-shot adapter"):
 
 
 def launch_page(
-    page, port: int | None = None, *, max_file_size: str = "10mb", block: bool = True, concurrency: int = 2
+    page, port: int | None = None, *, max_file_size: str = "10mb", block: bool = True, concurrency: int = 2,
+    host: str = "127.0.0.1",
 ):  # fmt: skip
-    """Serves ``page`` on 127.0.0.1 (``port``, or a free one), no share link, analytics off, uploads capped."""
+    """Serves ``page`` on ``host`` (127.0.0.1; a Space's `app.py` gives 0.0.0.0) at ``port`` (or a free one), no
+    share link, analytics off, uploads capped."""
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     page.queue(default_concurrency_limit=concurrency)
     return page.launch(
-        server_name="127.0.0.1", server_port=port, share=False, max_file_size=max_file_size, show_error=False,
+        server_name=host, server_port=port, share=False, max_file_size=max_file_size, show_error=False,
         prevent_thread_lock=not block, ssr_mode=False, quiet=False,
     )  # fmt: skip

@@ -19,7 +19,7 @@ import sys
 import warnings
 
 from ..data import WORKERS_ENV
-from . import add_classes, demo, evaluate, export, fit, predict, push, reproduce, search
+from . import add_classes, demo, evaluate, export, fit, predict, push, reproduce, search, space
 from . import serve as serve_command
 from .common import CLIError, Command, one_line
 from .progress import heartbeat
@@ -38,6 +38,7 @@ COMMANDS: tuple[Command, ...] = (
     export.COMMAND,
     reproduce.COMMAND,
     serve_command.COMMAND,
+    space.COMMAND,
 )
 
 PROG = "xmadapter"
