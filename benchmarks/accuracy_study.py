@@ -14,9 +14,17 @@ every method in ``METHODS`` (GDA included) through `fit` with its defaults and X
 is appended to ``--log`` (default ``benchmarks/results/study.jsonl``) as it ends, and a run already there is skipped,
 so an interrupted study resumes (and two processes, one per ``--tasks``, may share the log). The embeddings go to the
 library's embedding store (``--cache-dir``), so every method and every rerun reads the same views without a backbone
-forward. It ends by writing the tables (mean ± std over seeds, paired differences ± standard error) between the markers
-of docs/accuracy.md and the curves to docs/accuracy_<task>.png; ``--study --no-run`` only regenerates those from the
-log.
+forward. It ends by writing the tables (mean ± std over seeds, paired differences ± standard error, issue 24's targets)
+into docs/accuracy.md's ``<!-- generated: study -->`` region and the curves to docs/accuracy_<task>.png;
+``--study --no-run`` only regenerates those from the log (`scripts/generate_docs.py --check` compares the region with
+what the committed log gives). The tables are benchmarks/study_tables.py's.
+
+`auto` is not fitted by the study: its rows are derived from the logged `fit` rows exactly as `xmadapter demo` derives
+its own (`xmadapter_hf.demo.compare.auto_result`: per task, shots and seed, the candidate with the best validation
+accuracy, a tie to the earlier of `AUTO_CANDIDATES`), and a (task, shots, seed) that lacks a candidate's row is left
+out of them and named. ``--variants auto-check`` runs the real path, `fit` of `from_clip(..., method="auto")` on the same
+views and splits, for the cells of ``--tasks``/``--shots``/``--seeds``; the tables compare its choice and test accuracy
+with the derived row's.
 
 Variants (``--variants``, each a row of the table, all on the same seeds, views and splits):
 
