@@ -22,9 +22,9 @@ what the committed log gives). The tables are benchmarks/study_tables.py's.
 `auto` is not fitted by the study: its rows are derived from the logged `fit` rows exactly as `xmadapter demo` derives
 its own (`xmadapter_hf.demo.compare.auto_result`: per task, shots and seed, the candidate with the best validation
 accuracy, a tie to the earlier of `AUTO_CANDIDATES`), and a (task, shots, seed) that lacks a candidate's row is left
-out of them and named. ``--variants auto-check`` runs the real path, `fit` of `from_clip(..., method="auto")` on the same
-views and splits, for the cells of ``--tasks``/``--shots``/``--seeds``; the tables compare its choice and test accuracy
-with the derived row's.
+out of them and named. ``--variants auto-check`` runs the real path, `fit` of `from_clip(..., method="auto")` on the
+same views and splits, for the cells of ``--tasks``/``--shots``/``--seeds``; the tables compare its choice and test
+accuracy with the derived row's.
 
 Variants (``--variants``, each a row of the table, all on the same seeds, views and splits):
 
