@@ -10,7 +10,9 @@ import time
 
 import pytest
 
-from xmadapter_hf.plotting import BAND_LABEL, METHOD_COLOURS, method_colour
+from xmadapter_hf.methods import METHODS
+from xmadapter_hf.methods.base import get_method_class
+from xmadapter_hf.plotting import BAND_LABEL, method_colour
 
 
 class _Clocked(io.StringIO):
@@ -138,7 +140,7 @@ def test_a_method_has_one_colour_in_every_figure(figures):
     plot_few_shot_curve({"xmadapter": curve, "tip-adapter": curve}, "a.png", flat={"zero-shot": 44.0})
     plot_few_shot_panels({"dtd": {"clip-adapter": curve, "tip-adapter": curve, "xmadapter": curve},
                           "eurosat": {"zero-shot": curve, "xmadapter": curve}}, "b.png")  # fmt: skip
-    plot_affinity_ratio({1: (0.4, 0.0), 16: (0.3, 0.0)}, "c.png")
+    plot_affinity_ratio({1: (0.4, 0.0), 16: (0.3, 0.0)}, "c.png", "xmadapter")
     seen: dict[str, set[str]] = {}
     for figure in figures:
         for axes in figure.axes:
@@ -146,16 +148,17 @@ def test_a_method_has_one_colour_in_every_figure(figures):
                 name = label.split(":")[0]
                 seen.setdefault(name, set()).add(colour)
     assert set(seen) == {"zero-shot", "tip-adapter", "clip-adapter", "xmadapter"}
-    assert all(colours == {METHOD_COLOURS[name]} for name, colours in seen.items()), seen
-    assert len(set(METHOD_COLOURS.values())) == len(METHOD_COLOURS)  # no two methods share one
-    assert method_colour("my-method") == method_colour("my-method") not in METHOD_COLOURS.values()
+    assert all(colours == {get_method_class(name).colour} for name, colours in seen.items()), seen
+    shipped = {get_method_class(name).colour for name in METHODS}
+    assert None not in shipped and len(shipped) == len(METHODS)  # each shipped method has its own
+    assert method_colour("my-method") == method_colour("my-method") not in shipped
 
 
 def test_the_affinity_ratio_is_drawn_once_and_error_bars_only_with_a_spread(figures):
     from xmadapter_hf.plotting import plot_affinity_ratio
 
-    plot_affinity_ratio({1: (0.4, 0.0), 16: (0.3, 0.0)}, "one-seed.png")
-    plot_affinity_ratio({1: (0.4, 0.05), 16: (0.3, 0.02)}, "seeds.png")
+    plot_affinity_ratio({1: (0.4, 0.0), 16: (0.3, 0.0)}, "one-seed.png", "xmadapter")
+    plot_affinity_ratio({1: (0.4, 0.05), 16: (0.3, 0.02)}, "seeds.png", "xmadapter")
     (one_seed,), (seeds,) = (figure.axes for figure in figures)
     for axes in (one_seed, seeds):
         data = [line for line in axes.get_lines() if len(line.get_xdata()) == 2 and line.get_marker() == "o"]

@@ -13,7 +13,6 @@ from pathlib import Path
 
 __all__ = [
     "BAND_LABEL",
-    "METHOD_COLOURS",
     "PLOT_EXTRA",
     "PlotUnavailableError",
     "plot_affinity_ratio",
@@ -27,18 +26,6 @@ __all__ = [
 #: What to install for plots.
 PLOT_EXTRA = "pip install 'xmadapter-hf[plot]'"
 
-#: One colour per shipped method in every figure (matplotlib's tab10 colours; zero-shot grey), whichever methods a
-#: figure holds and in whichever order; [`method_colour`] gives other methods theirs.
-METHOD_COLOURS = {
-    "zero-shot": "#7f7f7f",
-    "tip-adapter": "#1f77b4",
-    "tip-adapter-f": "#ff7f0e",
-    "clip-adapter": "#2ca02c",
-    "xmadapter": "#d62728",
-    "multimodal-adapter": "#9467bd",
-    "meta-adapter": "#8c564b",
-    "gda": "#e377c2",
-}
 _OTHER_COLOURS = ("#bcbd22", "#17becf", "#000000", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5")
 
 #: What the shaded band around a curve is.
@@ -46,12 +33,16 @@ BAND_LABEL = "shaded: ± 1 std over the seeds"
 
 
 def method_colour(name: str) -> str:
-    """The colour of method ``name`` in every figure: `METHOD_COLOURS`' for a shipped method, else one of the other
-    colours chosen from the name alone (the same in every figure and process)."""
+    """The colour of method ``name`` in every figure, whichever methods a figure holds and in whichever order: the
+    registered method's `colour` (the shipped methods: matplotlib's tab10 colours, zero-shot grey), else one of the
+    other colours chosen from the name alone (the same in every figure and process)."""
     import zlib
 
-    if name in METHOD_COLOURS:
-        return METHOD_COLOURS[name]
+    from .methods import get_method_class, registered_methods
+
+    colour = get_method_class(name).colour if name in registered_methods() else None
+    if colour is not None:
+        return colour
     return _OTHER_COLOURS[zlib.crc32(name.encode()) % len(_OTHER_COLOURS)]
 
 
@@ -171,7 +162,7 @@ def plot_few_shot_panels(
     return _save(figure, path)
 
 
-def plot_affinity_ratio(points: Mapping[int, tuple[float, float]], path: str | os.PathLike) -> Path:
+def plot_affinity_ratio(points: Mapping[int, tuple[float, float]], path: str | os.PathLike, method: str) -> Path:
     """XMAdapter's affinity ratio r (the image cache's weight; the text cache's is 1 - r, which the axis label says
     rather than a second, mirror-image line) against shots per class, in XMAdapter's colour; error bars (± 1 std
     over the seeds) only where a std is > 0.
@@ -179,13 +170,14 @@ def plot_affinity_ratio(points: Mapping[int, tuple[float, float]], path: str | o
     Args:
         points: {shots: (mean, std)} of the learned ratio.
         path: the PNG to write.
+        method: the name of the method whose ratio it is (its colour and label).
     """
     plt = require_matplotlib()
     figure, axes = plt.subplots(figsize=(6.4, 4.0))
     shots = sorted(points)
     means = [points[k][0] for k in shots]
     stds = [points[k][1] for k in shots]
-    colour, label = method_colour("xmadapter"), "xmadapter: affinity ratio r"
+    colour, label = method_colour(method), f"{method}: affinity ratio r"
     if any(s > 0 for s in stds):
         axes.errorbar(shots, means, yerr=stds, marker="o", capsize=3, color=colour, label=f"{label} (± 1 std)")
     else:

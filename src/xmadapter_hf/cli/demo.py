@@ -106,7 +106,8 @@ def _plots(results, output: Path) -> list[Path]:
     written = [plot_few_shot_curve(curves, output / "few_shot_curve.png", flat=flat, title="Demo task: few-shot")]
     ratios = summarize_affinity_ratio(results)
     if ratios:
-        written.append(plot_affinity_ratio(ratios, output / "affinity_ratio.png"))
+        method = next(r.method for r in results if r.affinity_ratio is not None)
+        written.append(plot_affinity_ratio(ratios, output / "affinity_ratio.png", method))
     return written
 
 

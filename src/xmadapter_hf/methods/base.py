@@ -328,6 +328,8 @@ class AdapterMethod(nn.Module):
     config_fields: ClassVar[type | None] = None
     recipe: ClassVar[TrainingRecipe | None] = None
     cache_parameters: ClassVar[tuple[str, ...]] = ()
+    #: the method's colour in every figure (a matplotlib colour); `None`: one chosen from its name
+    colour: ClassVar[str | None] = None
 
     def __init__(self, config, embed_dim: int):
         super().__init__()

@@ -58,6 +58,7 @@ class ClipAdapter(AdapterMethod):
         embed_dim (`int`): ``C``, the backbone's projection dim.
     """
 
+    colour = "#2ca02c"  # tab10
     trainable = True
     config_fields = ClipAdapterFields
     recipe = TrainingRecipe(

@@ -353,6 +353,7 @@ class GDA(GaussianStatistics, AdapterMethod):
         embed_dim (`int`): ``C``, the backbone's projection dim.
     """
 
+    colour = "#e377c2"  # tab10
     uses_cache = True
     config_fields = GDAFields
 

@@ -64,6 +64,7 @@ class MetaAdapter(AdapterMethod):
         embed_dim (`int`): ``C``, the backbone's projection dim.
     """
 
+    colour = "#8c564b"  # tab10
     trainable = True
     uses_cache = True
     config_fields = MetaAdapterFields

@@ -128,6 +128,7 @@ class MultiModalAdapter(AdapterMethod):
         embed_dim (`int`): ``C``, the backbone's projection dim.
     """
 
+    colour = "#9467bd"  # tab10
     trainable = True
     config_fields = MultiModalAdapterFields
     # dqmis/clip-mma (notebooks/extension.ipynb, fomo/pipelines/train.py): Adam(lr 5e-3, weight decay 1e-4), the

@@ -60,6 +60,7 @@ class TipAdapterFFields(TipAdapterFields):
 class TipAdapter(AdapterMethod):
     """Tip-Adapter: ``logits = s f W^T + alpha * exp(-beta (1 - f F^T)) L`` with the frozen cache keys ``F = E``."""
 
+    colour = "#1f77b4"  # tab10
     uses_cache = True
     config_fields = TipAdapterFields
 
@@ -119,6 +120,7 @@ class TipAdapterF(TipAdapter):
     256 (with at least 8 steps per epoch, see docs/training.md).
     """
 
+    colour = "#ff7f0e"  # tab10
     trainable = True
     config_fields = TipAdapterFFields
     recipe = TrainingRecipe(dataset_defaults=True)  # data.defaults' epochs and learning rates are Tip-Adapter-F's

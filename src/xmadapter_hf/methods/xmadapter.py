@@ -105,6 +105,7 @@ class XMAdapter(GaussianStatistics, TipAdapterF):
     `affinity_ratio_lr_multiplier` times the learning rate.
     """
 
+    colour = "#d62728"  # tab10
     config_fields = XMAdapterFields
     gaussian_required = False  # a support without spread leaves the term at zero (with a warning)
 
