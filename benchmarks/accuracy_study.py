@@ -14,9 +14,17 @@ every method in ``METHODS`` (GDA included) through `fit` with its defaults and X
 is appended to ``--log`` (default ``benchmarks/results/study.jsonl``) as it ends, and a run already there is skipped,
 so an interrupted study resumes (and two processes, one per ``--tasks``, may share the log). The embeddings go to the
 library's embedding store (``--cache-dir``), so every method and every rerun reads the same views without a backbone
-forward. It ends by writing the tables (mean ± std over seeds, paired differences ± standard error) between the markers
-of docs/accuracy.md and the curves to docs/accuracy_<task>.png; ``--study --no-run`` only regenerates those from the
-log.
+forward. It ends by writing the tables (mean ± std over seeds, paired differences ± standard error, issue 24's targets)
+into docs/accuracy.md's ``<!-- generated: study -->`` region and the curves to docs/accuracy_<task>.png;
+``--study --no-run`` only regenerates those from the log (`scripts/generate_docs.py --check` compares the region with
+what the committed log gives). The tables are benchmarks/study_tables.py's.
+
+`auto` is not fitted by the study: its rows are derived from the logged `fit` rows exactly as `xmadapter demo` derives
+its own (`xmadapter_hf.demo.compare.auto_result`: per task, shots and seed, the candidate with the best validation
+accuracy, a tie to the earlier of `AUTO_CANDIDATES`), and a (task, shots, seed) that lacks a candidate's row is left
+out of them and named. ``--variants auto-check`` runs the real path, `fit` of `from_clip(..., method="auto")` on the
+same views and splits, for the cells of ``--tasks``/``--shots``/``--seeds``; the tables compare its choice and test
+accuracy with the derived row's.
 
 Variants (``--variants``, each a row of the table, all on the same seeds, views and splits):
 
@@ -41,12 +49,30 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+# the tables, curves and the constants they share (benchmarks/ is on the path when this file runs as a script)
+from study_tables import (
+    ABLATIONS,
+    AUTO_CHECK,
+    METHODS,
+    RUN_ORDER,
+    STUDY_LOG,
+    STUDY_SEEDS,
+    STUDY_SHOTS,
+    STUDY_VARIANTS,
+    TASKS,
+    VARIANTS,
+    key,
+    plot_curves,
+    print_tables,
+    read_rows,
+    write_docs,
+)
 
 from xmadapter_hf import (
     EmbeddingViewsDataset,
@@ -57,34 +83,6 @@ from xmadapter_hf import (
     recipe_arguments,
 )
 from xmadapter_hf.demo import DEMO_CLASSES, demo_task, load_demo_clip
-
-ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("zero-shot", "tip-adapter", "tip-adapter-f", "clip-adapter", "multimodal-adapter", "meta-adapter", "gda",
-           "xmadapter")  # fmt: skip
-#: The order the study runs them in: the cheap ones first, so that a run cut short has whole methods.
-RUN_ORDER = ("zero-shot", "gda", "tip-adapter", "xmadapter", "tip-adapter-f", "meta-adapter", "clip-adapter",
-             "multimodal-adapter")  # fmt: skip
-TRAINED = ("tip-adapter-f", "clip-adapter", "multimodal-adapter", "meta-adapter", "xmadapter")
-TASKS = ("photo", "sketch")
-# ablation -> (method, fit keyword arguments, config overrides)
-ABLATIONS = {
-    "xma-no-gaussian": ("xmadapter", {}, {"use_gaussian_term": False}),
-    "xma-no-text-cache": ("xmadapter", {}, {"use_text_cache": False}),
-    "xma-no-hard-samples": ("xmadapter", {}, {"hard_sample_strength": 0.0}),
-    "xma-dynamic-ratio": ("xmadapter", {}, {"dynamic_affinity_ratio": True}),
-    "xma-independent-query": ("xmadapter", {}, {"text_query": "independent"}),
-    "tip-adapter-f-last-epoch": ("tip-adapter-f", {"keep_best_epoch": False}, {}),
-    "xmadapter-last-epoch": ("xmadapter", {"keep_best_epoch": False}, {}),
-    "multimodal-adapter-last-epoch": ("multimodal-adapter", {"keep_best_epoch": False}, {}),
-    "multimodal-adapter-plain": ("multimodal-adapter", {"plain": True}, {}),
-    "multimodal-adapter-patience-20": ("multimodal-adapter", {"early_stopping_patience": 20}, {}),
-    "multimodal-adapter-authors": ("multimodal-adapter", {"plain": True, "early_stopping_patience": 20}, {}),
-}
-VARIANTS = ("fit", "trainer", *ABLATIONS)
-STUDY_SHOTS, STUDY_SEEDS, STUDY_VARIANTS = (1, 2, 4, 8, 16), 5, ("fit", "xma-no-gaussian")
-STUDY_LOG = ROOT / "benchmarks" / "results" / "study.jsonl"
-DOCS = ROOT / "docs" / "accuracy.md"
-BEGIN, END = "<!-- accuracy-study:begin -->", "<!-- accuracy-study:end -->"
 
 
 def accuracy(model, embeds, labels) -> float:
@@ -108,194 +106,6 @@ def trainer_path(model, views, val, seed: int):
         if model.method.uses_cache:
             model.search_hyperparameters(val.embeds[0], val.labels)
     return model
-
-
-# ----------------------------------------------------------------------------------------------------- tables
-def key(row) -> tuple:
-    return (row.get("task", "photo"), row["variant"], row["method"], row["shots"], row["seed"])
-
-
-def select(rows, variant, method, shots, task=None) -> dict:
-    """Test accuracy by seed of one (variant, method, shots) (of one task, when given)."""
-    return {r["seed"]: r["test"] for r in rows
-            if (r["variant"], r["method"], r["shots"]) == (variant, method, shots)
-            and (task is None or r.get("task", "photo") == task)}  # fmt: skip
-
-
-def differences(rows, a, b, shots, task=None) -> list[float]:
-    """Paired test differences ``a - b`` in points over the seeds both have; ``a``, ``b``: (variant, method)."""
-    base, runs = select(rows, *b, shots, task), select(rows, *a, shots, task)
-    return [100 * (test - base[seed]) for seed, test in sorted(runs.items()) if seed in base]
-
-
-def count(values) -> str:
-    """`` (n=3)`` after a cell of fewer seeds than the study's."""
-    return f" (n={len(values)})" if len(values) < STUDY_SEEDS else ""
-
-
-def mean_error(values: list[float]) -> str:
-    if not values:
-        return "—"
-    error = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):+.1f} ± {error:.1f}{count(values)}"
-
-
-def paired(rows, variant_a, method_a, variant_b, method_b, shots, task=None) -> str:
-    return mean_error(differences(rows, (variant_a, method_a), (variant_b, method_b), shots, task))
-
-
-def mean_std(values: list[float]) -> str:
-    if not values:
-        return "—"
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.1f} ± {spread:.1f}{count(values)}"
-
-
-def ordered_runs(rows) -> list[tuple[str, str]]:
-    seen = []
-    for r in rows:
-        if (r["variant"], r["method"]) not in seen:
-            seen.append((r["variant"], r["method"]))
-    order = {m: i for i, m in enumerate(METHODS)}
-    return sorted(seen, key=lambda vm: (vm[0] != "fit", vm[0], order.get(vm[1], len(order))))
-
-
-def print_tables(rows) -> None:
-    """The mean ± std table and the paired differences, for the rows' shot counts (issue 15's layout)."""
-    shots_list = sorted({r["shots"] for r in rows})
-    print(f"\n| variant | method | {' | '.join(f'{k}-shot' for k in shots_list)} |")
-    print(f"|---|---|{'---|' * len(shots_list)}")
-    for variant, method in ordered_runs(rows):
-        cells = [mean_std([100 * t for t in select(rows, variant, method, k).values()]) for k in shots_list]
-        print(f"| {variant} | {method} | {' | '.join(cells)} |")
-    print(f"\nPaired differences (test points, mean ± standard error over seeds)\n\n| comparison | "
-          f"{' | '.join(f'{k}-shot' for k in shots_list)} |\n|---|{'---|' * len(shots_list)}")  # fmt: skip
-    comparisons = [(("fit", "xmadapter"), ("fit", "gda"))]
-    for path_ in ("fit", "trainer"):
-        comparisons += [((path_, "xmadapter"), (path_, "tip-adapter-f"))]
-        comparisons += [((path_, m), (path_, "tip-adapter")) for m in TRAINED]
-    for variant, (method, _, _) in ABLATIONS.items():
-        comparisons.append(((variant, method), ("fit", method)))
-    for (va, ma), (vb, mb) in comparisons:
-        cells = [paired(rows, va, ma, vb, mb, k) for k in shots_list]
-        if any(c != "—" for c in cells):
-            print(f"| {va} {ma} − {vb} {mb} | {' | '.join(cells)} |")
-
-
-def study_tables(rows) -> str:
-    """Issue 24's tables for docs/accuracy.md, per task: test accuracy (mean ± std), then paired differences."""
-    lines = []
-    for task in TASKS:
-        task_rows = [r for r in rows if r.get("task", "photo") == task]
-        if not task_rows:
-            continue
-        shots_list = sorted({r["shots"] for r in task_rows})
-        header = " | ".join(f"{k}-shot" for k in shots_list)
-        seeds = sorted({r["seed"] for r in task_rows})
-        lines += [f"### Task `{task}`: test accuracy (%), mean ± std over seeds {seeds[0]}-{seeds[-1]}", "",
-                  f"| variant | method | {header} |", f"|---|---|{'---|' * len(shots_list)}"]  # fmt: skip
-        runs = ordered_runs(task_rows)
-        for variant, method in runs:
-            cells = [mean_std([100 * t for t in select(task_rows, variant, method, k).values()]) for k in shots_list]
-            lines.append(f"| {variant} | {method} | {' | '.join(cells)} |")
-        lines += ["", f"Paired differences on `{task}` (test points, mean ± standard error over seeds)", "",
-                  f"| comparison | {header} |", f"|---|{'---|' * len(shots_list)}"]  # fmt: skip
-        comparisons = [
-            (("fit", "xmadapter"), ("fit", "gda")),
-            (("xma-no-gaussian", "xmadapter"), ("fit", "gda")),
-            (("fit", "xmadapter"), ("xma-no-gaussian", "xmadapter")),
-            (("fit", "xmadapter"), ("fit", "tip-adapter-f")),
-            (("fit", "gda"), ("fit", "tip-adapter")),
-        ]
-        comparisons += [(("fit", "auto"), ("fit", "best"))]
-        for a, b in comparisons:
-            if b == ("fit", "best"):
-                cells = [mean_error(best_differences(task_rows, a, k)) for k in shots_list]
-                label = "fit auto − the best single method (by mean test accuracy at that shot count)"
-            else:
-                cells = [mean_error(differences(task_rows, a, b, k)) for k in shots_list]
-                label = f"{a[0]} {a[1]} − {b[0]} {b[1]}"
-            if any(c != "—" for c in cells):
-                lines.append(f"| {label} | {' | '.join(cells)} |")
-        lines += ["", f"![test accuracy against shots on {task}](accuracy_{task}.png)", ""]
-    return "\n".join(lines)
-
-
-def best_single(rows, shots) -> str | None:
-    """The method (variant `fit`, not `auto`) with the best mean test accuracy at ``shots``."""
-    means = {}
-    for method in METHODS:
-        values = list(select(rows, "fit", method, shots).values())
-        if values:
-            means[method] = statistics.mean(values)
-    return max(means, key=means.get) if means else None
-
-
-def best_differences(rows, a, shots) -> list[float]:
-    best = best_single(rows, shots)
-    return [] if best is None else differences(rows, a, ("fit", best), shots)
-
-
-def plot_curves(rows, path: str, task: str | None = None) -> None:
-    """Mean test accuracy (± std over seeds) against shots, one panel per path (`fit`, `trainer`)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from xmadapter_hf.plotting import method_colour
-
-    if task is not None:
-        rows = [r for r in rows if r.get("task", "photo") == task]
-    paths = [p for p in ("fit", "trainer") if any(r["variant"] == p for r in rows)]
-    figure, axes = plt.subplots(1, len(paths), figsize=(6.5 * len(paths), 4.6), sharey=True, squeeze=False)
-    for axis, variant in zip(axes[0], paths):
-        for method in (*METHODS, "auto"):
-            shots = sorted({r["shots"] for r in rows if (r["variant"], r["method"]) == (variant, method)})
-            if not shots:
-                continue
-            values = [[100 * t for t in select(rows, variant, method, k).values()] for k in shots]
-            means = [statistics.mean(v) for v in values]
-            spreads = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in values]
-            style = dict(linewidth=2.5) if method in ("xmadapter", "gda") else dict(linewidth=1.2)
-            axis.errorbar(shots, means, yerr=spreads, marker="o", capsize=3, label=method, color=method_colour(method),
-                          **style)  # fmt: skip
-        axis.set_xscale("log", base=2)
-        axis.set_xlabel("shots per class")
-        axis.set_title(f"{variant} ({task or 'demo'} task, mean ± std over seeds)")
-        axis.grid(alpha=0.3)
-    axes[0][0].set_ylabel("test accuracy (%)")
-    axes[0][0].legend(fontsize=8, loc="lower right")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-
-
-def read_rows(names) -> list[dict]:
-    """Rows of JSON lists, this script's logs (a JSON row a line) or its JSONL logs; the last row of a run wins."""
-    rows = {}
-    for name in names:
-        if not os.path.exists(name):
-            continue
-        with open(name) as handle:
-            text = handle.read()
-        found = json.loads(text) if text.lstrip().startswith("[") else [
-            json.loads(line) for line in text.splitlines() if line.startswith('{"')]  # fmt: skip
-        rows.update({key(r): r for r in found if "variant" in r})
-    return list(rows.values())
-
-
-def write_docs(rows) -> None:
-    """The tables between the markers of docs/accuracy.md and one PNG of curves per task."""
-    text = DOCS.read_text()
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{DOCS} has no {BEGIN} ... {END} markers to write the tables between.")
-    before, rest = text.split(BEGIN, 1)
-    after = rest.split(END, 1)[1]
-    DOCS.write_text(f"{before}{BEGIN}\n{study_tables(rows)}\n{END}{after}")
-    for task in TASKS:
-        if any(r.get("task", "photo") == task for r in rows):
-            plot_curves(rows, str(ROOT / "docs" / f"accuracy_{task}.png"), task)
-    print(f"wrote {DOCS} and docs/accuracy_<task>.png from {len(rows)} runs")
 
 
 # ------------------------------------------------------------------------------------------------------ runs
@@ -325,7 +135,9 @@ def run_study(args, tasks, shots_list, seeds, methods, variants, log: Path | Non
 
     runs = []
     for variant in variants:
-        if variant in ("fit", "trainer"):
+        if variant == AUTO_CHECK:
+            runs.append((variant, "auto", {}, {}))
+        elif variant in ("fit", "trainer"):
             order = [m for m in RUN_ORDER if m in methods] + [m for m in methods if m not in RUN_ORDER]
             runs += [(variant, m, {}, {}) for m in order if variant == "fit" or m != "zero-shot"]
         else:
@@ -355,6 +167,14 @@ def run_study(args, tasks, shots_list, seeds, methods, variants, log: Path | Non
                         extra = dict(validation=report.accuracy, start=report.training_free_accuracy,
                                      selection=report.extra.get("early_stopping"),
                                      searched=report.search_after or report.search_before)  # fmt: skip
+                        if report.selection is not None:  # method="auto": what it chose and its validation table
+                            extra.update(
+                                chosen=model.config.method,
+                                candidates={
+                                    r["method"]: r.get("validation_accuracy", r.get("reason"))
+                                    for r in report.selection
+                                },
+                            )
                     row = dict(task=task, variant=variant, method=method, shots=shots, seed=seed,
                                test=accuracy(model, test.embeds[0], test.labels),
                                seconds=round(time.perf_counter() - started, 1), **extra)  # fmt: skip

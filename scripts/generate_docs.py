@@ -1,6 +1,8 @@
 """Writes the generated reference pages: docs/cli.md (from the `xmadapter` parser) and docs/config.md (from the
-`Args:` section of `XMAdapterConfig`'s docstring), and the command outputs pages show (`OUTPUTS`: docs/reproduce.md's
-run on the demo images, rerun here; `.ci/run` checks them after the tests, as they take minutes).
+`Args:` section of `XMAdapterConfig`'s docstring), and the command outputs pages show (`OUTPUTS`, each between
+``<!-- generated: NAME -->`` and ``<!-- end generated: NAME -->``: docs/reproduce.md's run on the demo images and
+README.md's `xmadapter demo` table, both rerun here, and docs/accuracy.md's study tables, computed from the committed
+log `benchmarks/results/study.jsonl` without refitting; `.ci/run` checks them after the tests, as they take minutes).
 tests/test_generated_docs.py checks that the committed reference pages
 equal what this prints, so a changed option or config field fails the tests until the pages are regenerated.
 
@@ -228,7 +230,38 @@ def reproduce_output() -> str:
     return "\n".join(["```text", counts, "```", "", *table])
 
 
-OUTPUTS = {"reproduce": ("docs/reproduce.md", reproduce_output)}
+def study_output() -> str:
+    """docs/accuracy.md's study tables, from the committed log `benchmarks/results/study.jsonl` (no fit is rerun):
+    what `python benchmarks/accuracy_study.py --study --no-run` writes between the same markers."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import study_tables
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return study_tables.study_tables(study_tables.read_rows([str(ROOT / "benchmarks" / "results" / "study.jsonl")]))
+
+
+#: The README's demo run, as the README writes it (the plots are not compared).
+DEMO_COMMAND = [[sys.executable, "-m", "xmadapter_hf", "demo", "--no-plot", "--output", "xmadapter-demo"]]
+
+
+def demo_output() -> str:
+    """README.md's demo table: `xmadapter demo`'s accuracy table (its heading line and rows), rerun."""
+    lines = _run_commands(DEMO_COMMAND).splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("test accuracy (%) on the demo task"))
+    table = []
+    for line in lines[start + 1 :]:
+        if not line.startswith("|"):
+            break
+        table.append(line)
+    return "\n".join(["```", lines[start], *table, "```"])
+
+
+OUTPUTS = {
+    "reproduce": ("docs/reproduce.md", reproduce_output),
+    "study": ("docs/accuracy.md", study_output),
+    "demo": ("README.md", demo_output),
+}
 
 
 def _with_output(text: str, name: str, output: str) -> str:

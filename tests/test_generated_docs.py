@@ -111,3 +111,17 @@ def test_an_output_region_is_replaced_and_a_missing_one_named(generate_docs):
     assert generate_docs._with_output(page, "x", "new") == page.replace("old", "new")
     with pytest.raises(ValueError, match="no region <!-- generated: y -->"):
         generate_docs._with_output(page, "y", "new")
+
+
+def test_the_study_region_is_the_committed_log_s_tables(generate_docs):
+    """docs/accuracy.md's study tables are what the committed log gives (no fit rerun): a new row in
+    benchmarks/results/study.jsonl fails here until `accuracy_study.py --study --no-run` (or this script) rewrites
+    them."""
+    page = (ROOT / "docs" / "accuracy.md").read_text()
+    assert generate_docs._with_output(page, "study", generate_docs.study_output()) == page
+
+
+def test_the_readme_has_the_demo_region():
+    text = (ROOT / "README.md").read_text()
+    region = text.split("<!-- generated: demo -->\n", 1)[1].split("\n<!-- end generated: demo -->", 1)[0]
+    assert region.startswith("```\ntest accuracy (%) on the demo task") and region.endswith("\n```")
