@@ -119,10 +119,17 @@ def match_attention(model, requested: str | dict | None) -> None:
     requested, the adapter's config takes the backbone's (a backbone loaded with `attn_implementation=` keeps it).
     The adapter's config is a different object from the backbone's, so nothing else would carry the request across.
     """
+    own = getattr(model.clip.config, "_attn_implementation", None)  # None: not a transformers model (open_clip)
     if requested is None:
-        model.config._attn_implementation_internal = model.clip.config._attn_implementation
-    else:
+        if own is not None:
+            model.config._attn_implementation_internal = own
+    elif hasattr(model.clip, "set_attn_implementation"):
         model.clip.set_attn_implementation(model.config._attn_implementation)
+    else:
+        raise ValueError(
+            f"attn_implementation={requested!r} was asked for, but the backbone ({type(model.clip).__name__}) is "
+            "not a transformers model and has no attention implementation to set."
+        )
 
 
 def architecture_hash(model) -> str:
