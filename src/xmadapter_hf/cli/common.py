@@ -126,6 +126,17 @@ def search_scale(args: argparse.Namespace) -> tuple[float, float] | None:
     return tuple(args.search_scale) if args.search_scale else None
 
 
+def check_output_folder(output: str | Path, overwrite: bool, label: str = "--output") -> Path:
+    """``output`` as a `Path` where a command may write: new, empty, or non-empty with ``overwrite``; a `CLIError`
+    naming it (as ``label``) otherwise, before any work."""
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise CLIError(f"{label} {str(output)!r} is a file")
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
+        raise CLIError(f"{label} {str(output)!r} is not empty: pass --overwrite to write into it")
+    return output
+
+
 def search_options(args: argparse.Namespace) -> dict:
     """--search-grid, --search-scale and --search-step as the library's `search_grid`, `search_scale` and
     `search_step` (each `None` where not given: the library decides); a range with "auto" is a `CLIError`."""

@@ -7,13 +7,11 @@ and `preprocessor_config.json` (docs/export.md). Needs the `export` extra (onnx,
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from .common import (
-    CLIError,
     Command,
     add_loading_arguments,
     add_threads_argument,
+    check_output_folder,
     load_adapter,
     loading_options,
     set_threads,
@@ -39,11 +37,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from ..export import export_onnx
 
-    output = Path(args.output)
-    if output.exists() and not output.is_dir():
-        raise CLIError(f"output {args.output!r} is a file")
-    if output.is_dir() and any(output.iterdir()) and not args.overwrite:
-        raise CLIError(f"output {args.output!r} is not empty: pass --overwrite to write into it")
+    check_output_folder(args.output, args.overwrite, label="output")
     set_threads(args.threads)
     model = load_adapter(args.adapter, **loading_options(args))
     written = export_onnx(model, args.output, what=tuple(args.what), opset=args.opset)

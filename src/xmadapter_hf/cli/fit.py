@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from pathlib import Path
 
 from .common import (
     CLIError,
@@ -20,6 +19,7 @@ from .common import (
     add_threads_argument,
     add_training_arguments,
     add_workers_argument,
+    check_output_folder,
     default_method,
     method_names,
     positive_int,
@@ -79,13 +79,6 @@ def add_arguments(parser) -> None:
     add_progress_argument(parser)
 
 
-def _check_output(output: Path, overwrite: bool) -> None:
-    if output.exists() and not output.is_dir():
-        raise CLIError(f"--output {str(output)!r} is a file")
-    if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise CLIError(f"--output {str(output)!r} is not empty: pass --overwrite to write into it")
-
-
 def _class_counts(dataset, names: list[str], origin: str) -> list[int]:
     from ..data.extraction import read_labels
 
@@ -136,8 +129,7 @@ def run(args) -> int:
     from .. import XMAdapterForImageClassification, fit
     from ..demo import demo_clip_path
 
-    output = Path(args.output)
-    _check_output(output, args.overwrite)
+    output = check_output_folder(args.output, args.overwrite)
     from ..selection import is_pending
 
     auto = is_pending(args)  # --method auto

@@ -24,6 +24,7 @@ from .common import (
     add_search_arguments,
     add_threads_argument,
     add_workers_argument,
+    check_output_folder,
     load_adapter,
     loading_options,
     search_options,
@@ -86,11 +87,7 @@ def _output(args, adapter_dir: Path) -> Path:
     output = Path(args.output)
     if output.exists() and adapter_dir.exists() and output.resolve() == adapter_dir.resolve():
         raise CLIError(f"--output {args.output!r} is the adapter itself: pass --in-place to replace it", status=2)
-    if output.exists() and not output.is_dir():
-        raise CLIError(f"--output {args.output!r} is a file")
-    if output.is_dir() and any(output.iterdir()) and not args.overwrite:
-        raise CLIError(f"--output {args.output!r} is not empty: pass --overwrite to write into it")
-    return output
+    return check_output_folder(output, args.overwrite)
 
 
 def run(args) -> int:

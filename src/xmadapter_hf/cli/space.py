@@ -12,9 +12,7 @@ Needs the `app` extra: pip install "xmadapter-hf[app]".
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from .common import CLIError, Command, check_adapter
+from .common import CLIError, Command, check_adapter, check_output_folder
 
 
 def add_arguments(parser) -> None:
@@ -31,11 +29,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    output = Path(args.output)
-    if output.exists() and not output.is_dir():
-        raise CLIError(f"output {args.output!r} is a file")
-    if output.is_dir() and any(output.iterdir()) and not args.overwrite:
-        raise CLIError(f"output {args.output!r} is not empty: pass --overwrite to write into it")
+    output = check_output_folder(args.output, args.overwrite, label="output")
     check_adapter(args.adapter)
     try:  # the Space's sdk_version is the installed gradio's
         import gradio  # noqa: F401
