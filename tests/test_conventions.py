@@ -90,7 +90,7 @@ def test_attention_implementation_asked_for_at_construction_reaches_the_backbone
     assert _attention_everywhere(loaded) == {"eager"}
 
 
-def test_label_fields_follow_class_names_after_construction(make_model, tmp_path):
+def test_label_fields_follow_class_names_after_construction(make_model, test_pixels, tmp_path):
     """Item 12: `config.num_labels = 3` or `config.id2label = {...}` after construction was accepted and saved, and
     the adapter then failed to load (`id2label contradicts class_names`). A change that contradicts `class_names` is
     refused at assignment, naming what to call instead; one that agrees is accepted; what is saved loads."""
@@ -115,9 +115,17 @@ def test_label_fields_follow_class_names_after_construction(make_model, tmp_path
         tmp_path, clip_model=model.clip, processor=model.processor
     )
     assert loaded.config.id2label == config.id2label
-    # from_pretrained takes no config keywords (transformers' `num_labels=` re-heads a model): refused, named
-    with pytest.raises(TypeError, match="num_labels"):
+    # config keywords set the loaded copy's attributes, as transformers' do; transformers' `num_labels=` re-heads a
+    # model, ours is refused with what to call instead, and a name that is no attribute before any file is read
+    with pytest.raises(ValueError, match=r"`num_labels` follows `class_names`.*add_classes"):
         XMAdapterForImageClassification.from_pretrained(tmp_path, clip_model=model.clip, num_labels=n + 1)
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments: \['num_label'\]"):
+        XMAdapterForImageClassification.from_pretrained(tmp_path / "absent", clip_model=model.clip, num_label=n)
+    again = XMAdapterForImageClassification.from_pretrained(
+        tmp_path, clip_model=model.clip, processor=model.processor, num_labels=n, output_hidden_states=True
+    )
+    assert again.config.output_hidden_states and not config.output_hidden_states
+    assert again(pixel_values=test_pixels[0][:1]).hidden_states is not None
     # `class_names` set on a bare config keeps the labels in step; on a model's config, save refuses what the
     # tensors contradict instead of writing an adapter that cannot load
     bare = copy.deepcopy(config)

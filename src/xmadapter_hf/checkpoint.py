@@ -240,12 +240,14 @@ def load_adapter(
     path_or_repo = str(path_or_repo)
     if dtype is None and "torch_dtype" in kwargs:  # the name transformers 4 used
         dtype = kwargs.pop("torch_dtype")
-    hub, backbone_kwargs = _split_kwargs(dict(kwargs))
+    hub, backbone_kwargs, overrides = _split_kwargs(dict(kwargs))
+    _check_override_names(overrides)  # before any file is read
     adapter_dtype = _adapter_dtype(dtype)
     if isinstance(config, XMAdapterConfig):
         config = copy.deepcopy(config)  # loading records things in the config: never in the caller's
     else:
         config = XMAdapterConfig.from_pretrained(resolve_file(path_or_repo, CONFIG_NAME, hub))
+    _override_config(config, overrides)
     if "attn_implementation" in backbone_kwargs:  # for a `clip_model=` too, as transformers sets it on the config
         config._attn_implementation = backbone_kwargs["attn_implementation"]
     integrity.check_version(config)
@@ -321,15 +323,33 @@ def _weights_name(weights_path: str, path_or_repo: str) -> str:
     return f"{weights_path!r} (downloaded from the Hub repo {path_or_repo!r})"
 
 
-def _split_kwargs(kwargs: dict) -> tuple[dict, dict]:
+def _split_kwargs(kwargs: dict) -> tuple[dict, dict, dict]:
+    """Hub arguments, backbone arguments, and the rest (config attributes to override, checked by the caller)."""
     hub = {k: kwargs.pop(k) for k in _HUB_KEYS if k in kwargs}
     backbone = {k: kwargs.pop(k) for k in ("attn_implementation",) if k in kwargs}
     for key in list(kwargs):
         if key.startswith("_") or key in _IGNORED_KEYS:
             kwargs.pop(key)
-    if kwargs:
-        raise TypeError(f"from_pretrained got unexpected keyword arguments: {sorted(kwargs)}.")
-    return hub, backbone
+    return hub, backbone, kwargs
+
+
+def _check_override_names(overrides: dict) -> None:
+    """As transformers' `from_pretrained(path, output_hidden_states=True, ...)`, keyword arguments may name config
+    attributes (set on the loaded copy by `_override_config`); anything else is refused before any file is read."""
+    reference = XMAdapterConfig()  # every registered method's fields are attributes of any config
+    unknown = sorted(key for key in overrides if not hasattr(reference, key))
+    if unknown:
+        raise TypeError(
+            f"from_pretrained got unexpected keyword arguments: {unknown} (neither loading options nor attributes "
+            "of XMAdapterConfig)."
+        )
+
+
+def _override_config(config: XMAdapterConfig, overrides: dict) -> None:
+    """Sets the config attributes given to `from_pretrained` on the (copied) config. The config's own checks apply:
+    a `num_labels` other than the saved classes' is refused (`class_names=` gives an adapter other classes)."""
+    for key, value in overrides.items():
+        setattr(config, key, value)
 
 
 def _adapter_dtype(dtype) -> torch.dtype | None:

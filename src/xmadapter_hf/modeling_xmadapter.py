@@ -344,7 +344,10 @@ class XMAdapterForImageClassification(AdapterCacheMixin, PreTrainedModel):
         adapter; `device_map` goes to the backbone. `dtype` (a torch dtype, its name, or `"auto"`) goes to the
         backbone and casts the adapter too, as `model.to(dtype)` would (a `clip_model=` you pass is left as it is);
         it wins over `config.cache_dtype` in memory, while `save_pretrained` still writes the cache in
-        `config.cache_dtype` and every other tensor in float32. A passed ``config`` is copied, never changed.
+        `config.cache_dtype` and every other tensor in float32. A passed ``config`` is copied, never changed. Other
+        keyword arguments naming config attributes (`output_hidden_states=True`, `return_dict=False`, ...) are set on
+        the loaded copy, as transformers does; `num_labels` must agree with the saved classes (`class_names=` below
+        changes them); any other keyword is a `TypeError`.
 
         Integrity (`xmadapter_hf.integrity`): the config's sizes are compared with the tensor shapes in the
         safetensors header before any adapter tensor is allocated; missing or unexpected adapter tensors are refused
