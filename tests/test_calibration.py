@@ -262,3 +262,23 @@ def test_json_outputs_never_hold_nan(tmp_path):
     payload = {"loss": float("nan"), "rows": [1.0, float("inf"), (-float("inf"), 2)], "name": "x"}
     assert strict(dumps(payload)) == {"loss": None, "rows": [1.0, None, [None, 2]], "name": "x"}
     assert strict(write_json(tmp_path / "report.json", payload).read_text())["loss"] is None
+
+
+def test_fits_validation_passes_build_no_autograd_graph(clip_and_processor, few_shot_dataset):
+    """Every forward `fit` makes in eval mode (the accuracies, best-epoch selection, the final accuracy and the
+    temperature: one pass for those two) runs without autograd: logits that are only counted or fitted a temperature
+    on need no graph (calibrate's kept the graph of every validation row alive)."""
+    from xmadapter_hf import fit
+
+    clip, processor = clip_and_processor
+    model = XMAdapterForImageClassification.from_clip(clip, CLASS_NAMES, processor=processor, method="tip-adapter-f")
+    calls = []
+    model.register_forward_hook(lambda module, args, output: calls.append((module.training, torch.is_grad_enabled())))
+    validation = tiny_image_dataset(num_classes=len(CLASS_NAMES), shots=6, noise=0.8, start_index=500)
+    _, report = fit(model, few_shot_dataset, validation, augment_views=0, epochs=2, show_progress=False)
+    evaluations = [grad for training, grad in calls if not training]
+    trained = [grad for training, grad in calls if training]
+    assert trained and all(trained)  # the training steps record gradients
+    # the training-free accuracies, epochs 0-2 of best-epoch selection, one pass for accuracy + temperature
+    assert len(evaluations) == 5 and not any(evaluations)
+    assert report.temperature is not None and report.temperature == model.config.temperature

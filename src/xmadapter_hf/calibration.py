@@ -244,14 +244,24 @@ def calibrate(model, embeds: torch.Tensor, labels: torch.Tensor, *, batch_size: 
         raise TypeError(f"`model` must be an XMAdapterForImageClassification, got {type(model).__name__}.")
     check_tensor("embeds", embeds, 2, cols=model.embed_dim)
     labels = check_labels("labels", torch.as_tensor(labels), embeds.shape[0], model.config.num_classes)
+    logits = eval_logits(model, embeds, batch_size)
+    return set_temperature(model, logits, labels.to(logits.device))
+
+
+def eval_logits(model, embeds: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """The model's float32 logits `(M, N)` on raw embeddings `(M, C)`, in eval mode and without autograd,
+    ``batch_size`` rows at a time (the model's train/eval mode is restored)."""
     device, training = model.class_embeds.device, model.training
     model.eval()
     try:
-        logits = torch.cat(
-            [model(image_embeds=chunk.to(device)).logits.float() for chunk in embeds.split(batch_size)]
-        )  # (M, N)
+        with torch.no_grad():
+            return torch.cat([model(image_embeds=part.to(device)).logits.float() for part in embeds.split(batch_size)])
     finally:
         model.train(training)
-    fitted = fit_temperature(logits, labels.to(device))
+
+
+def set_temperature(model, logits: torch.Tensor, labels: torch.Tensor) -> TemperatureFit:
+    """[`fit_temperature`] on the model's validation ``logits`` `(M, N)`, recorded in `model.config.temperature`."""
+    fitted = fit_temperature(logits, labels)
     model.config.temperature = fitted.temperature
     return fitted

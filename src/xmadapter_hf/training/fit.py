@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 
-from ..calibration import calibrate
+from ..calibration import eval_logits, set_temperature
 from ..data.extraction import ExtractedEmbeddings, extract_embeddings
 from ..data.views import VIEW_SAMPLINGS, EmbeddingViewsDataset
 from ..selection import is_pending
@@ -333,9 +333,11 @@ def fit(
         if searches and method.trainable:
             report.search_after = _search_summary(model.search_hyperparameters(val_embeds, val_labels, **search_args))
         if val_embeds is not None:
-            (report.accuracy,) = _accuracies(model, val_embeds, val_labels)
-            # ---- 6. the scores' temperature, on the final logits (set_cache reset it to None)
-            fitted = calibrate(model, val_embeds, val_labels)
+            # ---- 6. the final accuracy and the scores' temperature from one pass (set_cache reset T to None)
+            logits = eval_logits(model, val_embeds)  # (M, N)
+            truth = val_labels.to(logits.device)
+            report.accuracy = int((logits.argmax(-1) == truth).sum()) / truth.shape[0]
+            fitted = set_temperature(model, logits, truth)
             report.temperature, report.calibration = fitted.temperature, fitted.to_dict()
     return model, report
 
