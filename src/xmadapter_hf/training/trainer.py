@@ -164,12 +164,10 @@ def build_optimizer(
 @torch.no_grad()
 def _accuracies(model, embeds: torch.Tensor, labels: torch.Tensor, batch_size: int = 1024,
                 outputs: tuple[str, ...] = ("logits",)) -> list[float]:  # fmt: skip
-    """Top-1 accuracy of each of the model's ``outputs`` (e.g. `"zero_shot_logits"`) on raw embeddings `(M, C)`
-    (without autograd: no graph is built for logits that are only counted)."""
+    """Top-1 accuracy of each of the model's ``outputs`` (e.g. `"zero_shot_logits"`) on raw embeddings `(M, C)`."""
     device, hits = model.class_embeds.device, [0] * len(outputs)
     for start in range(0, embeds.shape[0], batch_size):
-        with torch.no_grad():
-            out = model(image_embeds=embeds[start : start + batch_size].to(device))
+        out = model(image_embeds=embeds[start : start + batch_size].to(device))
         truth = labels[start : start + batch_size].to(device)
         for i, name in enumerate(outputs):
             hits[i] += int((getattr(out, name).argmax(-1) == truth).sum())
