@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -9,6 +12,16 @@ from xmadapter_hf import XMAdapterForImageClassification
 from xmadapter_hf.testing import tiny_clip, tiny_image_dataset
 
 CLASS_NAMES = ["red apple", "green leaf", "blue sky", "yellow sun"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_repo_module(relative_path: str):
+    """A script of the repository that is not part of the package (`benchmarks/...`, `scripts/...`), imported."""
+    path = ROOT / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

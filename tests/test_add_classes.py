@@ -5,13 +5,12 @@ class_names=...)`), the mechanism Meta-Adapter's online use shares."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import math
 import statistics
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_repo_module
 from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 
@@ -295,10 +294,7 @@ def test_new_classes_score_at_least_as_a_tip_adapter_on_the_grown_cache_on_the_d
     method's residual ratio and sharpness, minus 2 points."""
     from xmadapter_hf.demo import load_demo_clip
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "add_classes_demo.py"
-    spec = importlib.util.spec_from_file_location("add_classes_demo", path)
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
+    benchmark = load_repo_module("benchmarks/add_classes_demo.py")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small matmuls: one thread is fastest, and a loaded machine is not slowed further
     try:

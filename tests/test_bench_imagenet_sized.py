@@ -3,16 +3,13 @@ floor with the ratio; the timings themselves are the benchmark's, not a test's (
 
 from __future__ import annotations
 
-import importlib.util
 import re
-from pathlib import Path
+
+from conftest import load_repo_module
 
 
 def test_quick_run_prints_each_phase_against_its_floor(capsys):
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_imagenet_sized.py"
-    spec = importlib.util.spec_from_file_location("bench_imagenet_sized", path)
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
+    benchmark = load_repo_module("benchmarks/bench_imagenet_sized.py")
     rows = benchmark.main(["--quick", "--in-process", "--epochs", "1", "--methods", "tip-adapter-f", "gda"])
     printed = capsys.readouterr().out
     assert [row["method"] for row in rows] == ["tip-adapter-f", "gda"]

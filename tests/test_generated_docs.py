@@ -5,24 +5,18 @@ are regenerated (`.venv/bin/python scripts/generate_docs.py`)."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import ROOT, load_repo_module
 
 
 @pytest.fixture(scope="module")
 def generate_docs():
-    spec = importlib.util.spec_from_file_location("generate_docs", ROOT / "scripts" / "generate_docs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_repo_module("scripts/generate_docs.py")
 
 
 def test_generated_pages_are_up_to_date():

@@ -4,22 +4,15 @@ lacks a candidate's row marked and left out of the tables, and issue 24's accept
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+from conftest import load_repo_module
 
 from xmadapter_hf.methods import AUTO_CANDIDATES
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def tables():
-    spec = importlib.util.spec_from_file_location("study_tables", ROOT / "benchmarks" / "study_tables.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_repo_module("benchmarks/study_tables.py")
 
 
 def _row(method, validation, test, seed=0, shots=4, task="photo", variant="fit"):
