@@ -136,7 +136,7 @@ def add_classes(
         keys = caches.normalized_keys(model, embeds, model.cache_embeds.dtype)  # (M, C), as `set_cache` stores them
         model.cache_embeds = torch.cat([model.cache_embeds, keys])
         model.cache_labels = torch.cat([model.cache_labels, labels.to(device) + old_classes])
-    _set_class_names(config, [*config.class_names, *names])
+    config.class_names = [*config.class_names, *names]  # the labels follow (XMAdapterConfig.__setattr__)
     caches.record_cache(model)
     config.classes_added += len(names)
     model.method.add_classes(model.cache_state(), old_classes, old_entries)
@@ -157,16 +157,10 @@ def replace_classes(model, class_names, text_batch_size: int = 256):
     model.class_embeds = weights.to(model.class_embeds)
     model.cache_embeds = model.cache_embeds.new_zeros(0, model.embed_dim)
     model.cache_labels = model.cache_labels.new_zeros(0)
-    _set_class_names(config, names)
+    config.class_names = names  # the labels follow (XMAdapterConfig.__setattr__)
     caches.record_cache(model)
     config.classes_added = 0
     config.evaluation = None  # the metrics were of the other classes
     config.temperature = None  # and so was the temperature's fit (a cache of the new classes will replace the old)
     model.method.resize_cache(0)
     return model
-
-
-def _set_class_names(config, names: list[str]) -> None:
-    config.class_names = names
-    config.id2label = dict(enumerate(names))
-    config.label2id = {name: i for i, name in enumerate(names)}

@@ -288,7 +288,7 @@ class XMAdapterConfig(PreTrainedConfig):
                 except (TypeError, ValueError) as error:
                     raise _field_error(name, value, field.type, error) from error
         super().__setattr__(name, value)
-        if constructed and name == "class_names":  # keep the labels in step (`_set_class_names` in classes.py)
+        if constructed and name == "class_names":  # keep the labels in step (add_classes, replace_classes)
             self.id2label = dict(enumerate(self.class_names))
             self.label2id = {label: i for i, label in enumerate(self.class_names)}
 
