@@ -137,6 +137,14 @@ def check_output_folder(output: str | Path, overwrite: bool, label: str = "--out
     return output
 
 
+def require_gradio(needs: str) -> None:
+    """Refuses, naming the `app` extra, where gradio is not installed (``needs``: who needs it, and why)."""
+    try:
+        import gradio  # noqa: F401
+    except ImportError as error:
+        raise CLIError(f'{needs}: pip install "xmadapter-hf[app]"') from error
+
+
 def search_options(args: argparse.Namespace) -> dict:
     """--search-grid, --search-scale and --search-step as the library's `search_grid`, `search_scale` and
     `search_step` (each `None` where not given: the library decides); a range with "auto" is a `CLIError`."""

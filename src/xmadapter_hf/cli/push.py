@@ -13,7 +13,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import CLIError, Command, add_loading_arguments, check_adapter, load_adapter, loading_options
+from .common import (
+    CLIError,
+    Command,
+    add_loading_arguments,
+    check_adapter,
+    load_adapter,
+    loading_options,
+    require_gradio,
+)
 
 
 def add_arguments(parser) -> None:
@@ -45,10 +53,7 @@ def run(args) -> int:
             raise CLIError(f"--space must be a Space id, user/name; got {args.space!r}", status=2)
         if args.create_pr:
             raise CLIError("--space loads the adapter from a branch: it cannot go with --create-pr", status=2)
-        try:
-            import gradio  # noqa: F401
-        except ImportError as error:
-            raise CLIError('--space needs gradio (the Space\'s version): pip install "xmadapter-hf[app]"') from error
+        require_gradio("--space needs gradio (the Space's version)")
     model = load_adapter(args.adapter, **loading_options(args))
     url = model.push_to_hub(
         args.repo_id, base_model_id=args.base_model_id, private=args.private or None, token=args.token,

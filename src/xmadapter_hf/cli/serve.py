@@ -12,7 +12,15 @@ Needs the `app` extra: pip install "xmadapter-hf[app]".
 
 from __future__ import annotations
 
-from .common import CLIError, Command, add_support_argument, add_threads_argument, positive_int, set_threads
+from .common import (
+    CLIError,
+    Command,
+    add_support_argument,
+    add_threads_argument,
+    positive_int,
+    require_gradio,
+    set_threads,
+)
 
 
 def add_arguments(parser) -> None:
@@ -27,10 +35,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    try:
-        import gradio  # noqa: F401
-    except ImportError as error:
-        raise CLIError('`xmadapter serve` needs gradio: pip install "xmadapter-hf[app]"') from error
+    require_gradio("`xmadapter serve` needs gradio")
     if args.port is not None and not 0 < args.port < 65536:
         raise CLIError(f"--port must be 1-65535, got {args.port}", status=2)
     if args.visitor_minutes <= 0:

@@ -12,7 +12,7 @@ Needs the `app` extra: pip install "xmadapter-hf[app]".
 
 from __future__ import annotations
 
-from .common import CLIError, Command, check_adapter, check_output_folder
+from .common import Command, check_adapter, check_output_folder, require_gradio
 
 
 def add_arguments(parser) -> None:
@@ -31,10 +31,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     output = check_output_folder(args.output, args.overwrite, label="output")
     check_adapter(args.adapter)
-    try:  # the Space's sdk_version is the installed gradio's
-        import gradio  # noqa: F401
-    except ImportError as error:
-        raise CLIError('`xmadapter space` needs gradio: pip install "xmadapter-hf[app]"') from error
+    require_gradio("`xmadapter space` needs gradio")  # the Space's sdk_version is the installed gradio's
     from ..app.space import write_space
 
     written = write_space(
